@@ -1,0 +1,437 @@
+//! The dead-letter queue: what a dead letter carries, and the `webhookd dlq` operations on it.
+//!
+//! A dead letter is the original body plus `x-webhookd-*` headers saying why it died, so ops can
+//! read it with nothing but the broker. The operations read the queue with a consumer that acks
+//! nothing it does not mean to remove: unacked messages go back to their place when the channel
+//! closes (RabbitMQ requeues at the original position), so listing twice shows the same messages
+//! in the same order. `basic.get` in a loop would do the same work one round trip at a time.
+//!
+//! Replay removes a dead letter only after its replacement in the work queue is confirmed by the
+//! broker; a crash in between leaves a duplicate, never a loss.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use futures_util::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel};
+use serde::Serialize;
+
+use crate::broker::{BrokerError, Publisher, Topology};
+use crate::delivery::DeadReason;
+use crate::job::{self, header, Job};
+
+/// How long to wait for the next message of a scan before deciding the queue has no more.
+const SCAN_IDLE: Duration = Duration::from_secs(3);
+
+/// Everything a dead letter records besides its body.
+pub struct Parked<'a> {
+    pub reason: DeadReason,
+    /// The delivery id, or the event id for a message that never reached a webhook.
+    pub message_id: &'a str,
+    pub account_id: Option<u64>,
+    pub event: Option<&'a str>,
+    pub url: Option<&'a str>,
+    /// The retry state (webhook, attempts, first attempt, last status and error), if a webhook
+    /// was involved.
+    pub job: Option<&'a Job>,
+    /// Why, for a message that died before any attempt (a malformed event).
+    pub error: Option<&'a str>,
+}
+
+impl Parked<'_> {
+    pub fn properties(&self, now: SystemTime) -> BasicProperties {
+        let mut headers = FieldTable::default();
+        if let Some(job) = self.job {
+            job.write(&mut headers);
+        }
+        job::put_str(&mut headers, header::REASON, self.reason.as_str());
+        job::put_str(
+            &mut headers,
+            header::DEAD_AT,
+            &humantime::format_rfc3339_millis(now).to_string(),
+        );
+        if let Some(account) = self.account_id {
+            job::put_u64(&mut headers, header::ACCOUNT_ID, account);
+        }
+        if let Some(event) = self.event {
+            job::put_str(&mut headers, header::EVENT, event);
+        }
+        if let Some(url) = self.url {
+            job::put_str(&mut headers, header::URL, url);
+        }
+        if let Some(error) = self.error {
+            job::put_str(&mut headers, header::LAST_ERROR, error);
+        }
+        if self.job.is_none() {
+            job::put_u64(&mut headers, header::ATTEMPTS, 0);
+        }
+        BasicProperties::default()
+            .with_message_id(ShortString::from(self.message_id))
+            .with_content_type(ShortString::from("application/json"))
+            .with_headers(headers)
+    }
+}
+
+/// One dead letter as ops see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Entry {
+    pub id: String,
+    pub dead_at: Option<String>,
+    pub reason: String,
+    pub account_id: Option<u64>,
+    pub webhook_id: Option<String>,
+    pub event: Option<String>,
+    pub url: Option<String>,
+    pub attempts: u64,
+    pub last_status: Option<u16>,
+    pub last_error: Option<String>,
+    /// Every header, for `dlq show`.
+    pub headers: BTreeMap<String, String>,
+    /// The body as text (lossy if it is not UTF-8: a malformed event may not be).
+    pub body: String,
+    #[serde(skip)]
+    event_id: Option<String>,
+}
+
+impl Entry {
+    fn from_message(properties: &BasicProperties, body: &[u8]) -> Entry {
+        let empty = FieldTable::default();
+        let headers = properties.headers().as_ref().unwrap_or(&empty);
+        let text = |key| job::get_str(headers, key);
+        Entry {
+            id: properties
+                .message_id()
+                .as_ref()
+                .map(|id| id.as_str().to_owned())
+                .unwrap_or_default(),
+            dead_at: text(header::DEAD_AT),
+            reason: text(header::REASON).unwrap_or_else(|| "unknown".to_owned()),
+            account_id: job::get_u64(headers, header::ACCOUNT_ID),
+            webhook_id: text(header::WEBHOOK_ID),
+            event: text(header::EVENT),
+            url: text(header::URL),
+            attempts: job::get_u64(headers, header::ATTEMPTS).unwrap_or(0),
+            last_status: job::get_u64(headers, header::LAST_STATUS)
+                .and_then(|s| u16::try_from(s).ok()),
+            last_error: text(header::LAST_ERROR),
+            headers: headers
+                .inner()
+                .iter()
+                .map(|(k, v)| (k.as_str().to_owned(), display_value(v)))
+                .collect(),
+            body: String::from_utf8_lossy(body).into_owned(),
+            event_id: text(header::EVENT_ID),
+        }
+    }
+
+    /// The message that sends this dead letter back for delivery on a fresh schedule: to its
+    /// webhook alone if it had one, else as a new event to fan out.
+    fn replay_properties(&self, now: SystemTime) -> BasicProperties {
+        let properties =
+            BasicProperties::default().with_content_type(ShortString::from("application/json"));
+        match &self.webhook_id {
+            Some(webhook_id) => {
+                let mut headers = FieldTable::default();
+                Job {
+                    webhook_id: webhook_id.clone(),
+                    event_id: self.event_id.clone().unwrap_or_default(),
+                    attempts: 0,
+                    first_attempt_at_ms: job::unix_ms(now),
+                    last_status: None,
+                    last_error: None,
+                }
+                .write(&mut headers);
+                properties
+                    .with_message_id(ShortString::from(self.id.as_str()))
+                    .with_headers(headers)
+            }
+            None => properties.with_message_id(ShortString::from(self.id.as_str())),
+        }
+    }
+}
+
+fn display_value(value: &AMQPValue) -> String {
+    match value {
+        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        AMQPValue::ShortString(s) => s.as_str().to_owned(),
+        AMQPValue::LongLongInt(n) => n.to_string(),
+        AMQPValue::LongInt(n) => n.to_string(),
+        AMQPValue::Timestamp(n) => n.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Which dead letters an operation acts on. Every set criterion must hold; `ids` (if any) must
+/// contain the entry's id.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub ids: Vec<String>,
+    pub account_id: Option<u64>,
+    pub webhook_id: Option<String>,
+    pub reason: Option<DeadReason>,
+    pub event: Option<String>,
+    pub since: Option<SystemTime>,
+}
+
+impl Filter {
+    /// Whether the filter names anything at all (replay and purge refuse an empty one unless
+    /// told `--all`).
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+            && self.account_id.is_none()
+            && self.webhook_id.is_none()
+            && self.reason.is_none()
+            && self.event.is_none()
+            && self.since.is_none()
+    }
+
+    pub fn matches(&self, entry: &Entry) -> bool {
+        (self.ids.is_empty() || self.ids.iter().any(|id| *id == entry.id))
+            && self.account_id.is_none_or(|a| entry.account_id == Some(a))
+            && self
+                .webhook_id
+                .as_ref()
+                .is_none_or(|w| entry.webhook_id.as_ref() == Some(w))
+            && self.reason.is_none_or(|r| entry.reason == r.as_str())
+            && self
+                .event
+                .as_ref()
+                .is_none_or(|e| entry.event.as_ref() == Some(e))
+            && self.since.is_none_or(|since| {
+                entry
+                    .dead_at
+                    .as_deref()
+                    .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+                    .is_some_and(|dead_at| dead_at >= since)
+            })
+    }
+}
+
+/// What to do with each matching dead letter during a scan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Leave it where it is.
+    Look,
+    /// Publish it back to the work queue, then remove it.
+    Replay,
+    /// Remove it.
+    Purge,
+}
+
+/// Reads the dead-letter queue once, front to back, returning the entries matching `filter` (at
+/// most `limit`) after applying `action` to each. Entries not acted on stay in place.
+pub async fn scan(
+    connection: &lapin::Connection,
+    topology: &Topology,
+    filter: &Filter,
+    limit: Option<usize>,
+    action: Action,
+) -> Result<Vec<Entry>, BrokerError> {
+    let channel = connection.create_channel().await?;
+    let publisher = match action {
+        Action::Replay => Some(Publisher::open(connection, topology.clone()).await?),
+        Action::Look | Action::Purge => None,
+    };
+    let result = scan_on(&channel, publisher.as_ref(), topology, filter, limit, action).await;
+    // Closing the channel hands every unacked message back to the queue, in place.
+    let _ = channel.close(200, ShortString::from("scan done")).await;
+    result
+}
+
+async fn scan_on(
+    channel: &Channel,
+    publisher: Option<&Publisher>,
+    topology: &Topology,
+    filter: &Filter,
+    limit: Option<usize>,
+    action: Action,
+) -> Result<Vec<Entry>, BrokerError> {
+    let queue = ShortString::from(topology.dead_letter_queue.as_str());
+    let declared = channel
+        .queue_declare(
+            queue.clone(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let total = declared.message_count() as usize;
+    let mut found = Vec::new();
+    if total == 0 {
+        return Ok(found);
+    }
+    // Unlimited prefetch: the scan holds every message it has seen until the channel closes.
+    channel.basic_qos(0, BasicQosOptions::default()).await?;
+    let mut consumer = channel
+        .basic_consume(
+            queue,
+            ShortString::from("webhookd-dlq"),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let now = SystemTime::now();
+    for _ in 0..total {
+        let delivery = match tokio::time::timeout(SCAN_IDLE, consumer.next()).await {
+            Ok(Some(delivery)) => delivery?,
+            // Fewer messages than counted: another consumer took some, or they were purged.
+            Ok(None) | Err(_) => break,
+        };
+        let entry = Entry::from_message(&delivery.properties, &delivery.data);
+        if !filter.matches(&entry) {
+            continue;
+        }
+        match (action, publisher) {
+            (Action::Replay, Some(publisher)) => {
+                publisher
+                    .to_work_queue(&delivery.data, entry.replay_properties(now))
+                    .await?;
+                delivery.acker.ack(BasicAckOptions::default()).await?;
+            }
+            (Action::Purge, _) => {
+                delivery.acker.ack(BasicAckOptions::default()).await?;
+            }
+            _ => {}
+        }
+        found.push(entry);
+        if limit.is_some_and(|limit| found.len() >= limit) {
+            break;
+        }
+    }
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(properties: &BasicProperties) -> Entry {
+        Entry::from_message(properties, b"{}")
+    }
+
+    #[test]
+    fn a_parked_delivery_reads_back_as_the_same_entry() {
+        let job = Job {
+            webhook_id: "wh_1".into(),
+            event_id: "ev".into(),
+            attempts: 4,
+            first_attempt_at_ms: 1,
+            last_status: Some(503),
+            last_error: None,
+        };
+        let parked = Parked {
+            reason: DeadReason::Exhausted,
+            message_id: "d-1",
+            account_id: Some(7),
+            event: Some("message_created"),
+            url: Some("http://x/"),
+            job: Some(&job),
+            error: None,
+        };
+        let e = entry(&parked.properties(SystemTime::now()));
+        assert_eq!(e.id, "d-1");
+        assert_eq!(e.reason, "exhausted");
+        assert_eq!(e.account_id, Some(7));
+        assert_eq!(e.webhook_id.as_deref(), Some("wh_1"));
+        assert_eq!(e.attempts, 4);
+        assert_eq!(e.last_status, Some(503));
+        assert!(e.dead_at.is_some());
+    }
+
+    #[test]
+    fn replay_starts_a_fresh_schedule_for_the_same_webhook() {
+        let job = Job {
+            webhook_id: "wh_1".into(),
+            event_id: "ev".into(),
+            attempts: 9,
+            first_attempt_at_ms: 1,
+            last_status: Some(500),
+            last_error: Some("boom".into()),
+        };
+        let parked = Parked {
+            reason: DeadReason::Exhausted,
+            message_id: "d-1",
+            account_id: Some(7),
+            event: None,
+            url: None,
+            job: Some(&job),
+            error: None,
+        };
+        let now = SystemTime::now();
+        let replay = entry(&parked.properties(now)).replay_properties(now);
+        let replayed = Job::from_headers(replay.headers().as_ref()).expect("a job");
+        assert_eq!(replayed.webhook_id, "wh_1");
+        assert_eq!(replayed.event_id, "ev");
+        assert_eq!(replayed.attempts, 0);
+        assert_eq!(replayed.first_attempt_at_ms, job::unix_ms(now));
+        assert_eq!(replayed.last_error, None);
+    }
+
+    #[test]
+    fn filters_combine_and_an_empty_filter_matches_everything() {
+        let parked = Parked {
+            reason: DeadReason::Rejected,
+            message_id: "d-2",
+            account_id: Some(3),
+            event: Some("contact_created"),
+            url: None,
+            job: None,
+            error: Some("malformed"),
+        };
+        let e = entry(&parked.properties(SystemTime::now()));
+        let cases: Vec<(Filter, bool)> = vec![
+            (Filter::default(), true),
+            (
+                Filter {
+                    account_id: Some(3),
+                    reason: Some(DeadReason::Rejected),
+                    ..Filter::default()
+                },
+                true,
+            ),
+            (
+                Filter {
+                    account_id: Some(4),
+                    ..Filter::default()
+                },
+                false,
+            ),
+            (
+                Filter {
+                    ids: vec!["x".into(), "d-2".into()],
+                    ..Filter::default()
+                },
+                true,
+            ),
+            (
+                Filter {
+                    webhook_id: Some("wh".into()),
+                    ..Filter::default()
+                },
+                false,
+            ),
+            (
+                Filter {
+                    event: Some("contact_created".into()),
+                    since: Some(SystemTime::now() - Duration::from_secs(60)),
+                    ..Filter::default()
+                },
+                true,
+            ),
+            (
+                Filter {
+                    since: Some(SystemTime::now() + Duration::from_secs(60)),
+                    ..Filter::default()
+                },
+                false,
+            ),
+        ];
+        for (filter, expected) in cases {
+            assert_eq!(filter.matches(&e), expected, "{filter:?}");
+        }
+    }
+}

@@ -1,0 +1,34 @@
+//! webhookd turns account events published to RabbitMQ into signed webhook calls, retries
+//! failures durably in the broker, and parks what cannot be delivered in a dead-letter queue.
+//!
+//! # Layout
+//!
+//! Each module is one stage of an event's way through the daemon:
+//!
+//! - [`config`]: the TOML file and `WEBHOOKD_*` overrides, validated once into typed values.
+//! - [`event`]: the publisher's contract — the envelope decoder on the hot path and the typed
+//!   `message_created` model used for validation, samples and tests.
+//! - [`store`]: the sled-backed webhook registry and each webhook's attempt log.
+//! - [`delivery`]: the HTTP client (SSRF guard, timeouts), signing, and the one function that
+//!   turns a response into an [`delivery::Outcome`].
+//! - [`retry`]: the backoff schedule as a pure value, and its delay buckets.
+//! - [`job`]: the `x-webhookd-*` headers a retry job or dead letter carries.
+//! - [`broker`]: AMQP connections, topology, publisher confirms.
+//! - [`dlq`]: dead-letter headers and the `webhookd dlq` operations.
+//! - [`admin`]: health, readiness, metrics and the `/v1` webhook API.
+//! - [`metrics`]: the counters behind `/metrics`.
+//! - [`service`]: wiring, the consumer loop, settling each message, and shutdown.
+//! - [`cli`]: the command-line operations that are not the daemon itself.
+
+pub mod admin;
+pub mod broker;
+pub mod cli;
+pub mod config;
+pub mod delivery;
+pub mod dlq;
+pub mod event;
+pub mod job;
+pub mod metrics;
+pub mod retry;
+pub mod service;
+pub mod store;

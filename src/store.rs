@@ -1,0 +1,1282 @@
+//! The webhook registry and each webhook's attempt log, in an embedded sled database.
+//!
+//! Every consumed event asks "which webhooks of account A want event E?", so the layout is built
+//! around that question: it must be one prefix scan, staying in microseconds with a million
+//! webhooks stored (DESIGN.md section 5).
+//!
+//! # Key scheme
+//!
+//! | tree | key | value |
+//! | --- | --- | --- |
+//! | `by_account` | `account_id` (u64 big-endian) ++ webhook id bytes | the webhook, JSON |
+//! | `by_id` | webhook id bytes | `account_id` (u64 big-endian, 8 bytes) |
+//! | `attempts` | webhook id bytes ++ `0x00` ++ sequence (u64 big-endian) | the attempt, JSON |
+//! | `attempt_seq` | webhook id bytes | last sequence used (u64 big-endian) |
+//!
+//! - `by_account` holds the webhook itself, so the hot path is a single B-tree descent plus a
+//!   walk over that account's few entries. Big-endian makes the fixed 8-byte prefix sort
+//!   numerically and never shared by two accounts (account 1 is not a prefix of 256).
+//! - `by_id` is the secondary index for the admin API (get, update, delete by id); it stores only
+//!   the account so a webhook has one copy and cannot disagree with itself.
+//! - Attempt keys end in a per-webhook counter, so "newest first" is a reverse prefix scan and
+//!   keeping the last 100 is a range delete of everything at or below `sequence - 100` — usually
+//!   one key — instead of counting entries on every delivery. Generated ids never contain `0x00`,
+//!   so the separator makes one webhook's attempts never a prefix of another's.
+//!
+//! # Consistency and durability
+//!
+//! Writes that touch both `by_id` and `by_account` (create, update, delete, set_enabled) run in
+//! one sled multi-tree transaction, so neither index ever points at a missing record; update reads
+//! inside the transaction, so concurrent patches of one webhook serialize instead of losing one.
+//! Attempts are written outside transactions: they are diagnostics, and an attempt recorded while
+//! its webhook is being deleted at worst leaves a few orphan entries under an id that is never
+//! reused.
+//!
+//! sled writes to disk every 500 ms by default. A change acknowledged to a user is flushed before
+//! the call returns, so a crash right after "created" cannot forget the webhook. Attempt records
+//! are not flushed one by one: they are written on every delivery, losing the last half second of
+//! them in a crash costs only diagnostics, and a flush per delivery would cost an fsync per event.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use rand::Rng;
+use serde::{Deserialize, Deserializer, Serialize};
+use sled::transaction::{abort, TransactionError, Transactional};
+
+const TREE_BY_ACCOUNT: &str = "by_account";
+const TREE_BY_ID: &str = "by_id";
+const TREE_ATTEMPTS: &str = "attempts";
+const TREE_ATTEMPT_SEQ: &str = "attempt_seq";
+
+/// How many attempts are kept per webhook: enough to see a pattern of failures in
+/// `webhookd webhooks attempts ID`, small enough that a million webhooks stay a bounded store.
+const ATTEMPTS_KEPT: u64 = 100;
+
+const ID_PREFIX: &str = "wh_";
+const ID_ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+/// 20 characters of 36 symbols: 103 bits, so ids are unguessable and never collide in practice.
+const ID_RANDOM_CHARS: usize = 20;
+
+const MAX_URL_CHARS: usize = 2048;
+const MAX_NAME_CHARS: usize = 200;
+const MIN_SECRET_CHARS: usize = 16;
+const SECRET_MASK: &str = "****";
+
+/// A registered endpoint. Stored as JSON so the record stays readable and can gain fields.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Webhook {
+    pub id: String,
+    pub account_id: u64,
+    pub url: String,
+    /// Event names, or `*` for every event including names webhookd does not know.
+    pub events: Vec<String>,
+    /// When set, only events of this inbox are delivered.
+    pub inbox_id: Option<u64>,
+    pub secret: Option<String>,
+    pub enabled: bool,
+    pub name: Option<String>,
+    /// RFC 3339, whole seconds.
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl Webhook {
+    /// Whether an event with this name and inbox goes to this webhook: enabled, `events` contains
+    /// the name or `*`, and `inbox_id` (if set) equals the event's inbox — an event without an
+    /// inbox does not reach a webhook that asked for one.
+    pub fn matches(&self, event: &str, inbox_id: Option<u64>) -> bool {
+        self.enabled
+            && self.events.iter().any(|e| e == "*" || e == event)
+            && self.inbox_id.is_none_or(|wanted| inbox_id == Some(wanted))
+    }
+
+    /// A copy safe to log or return from the API. Only a conventional prefix such as `whsec_`
+    /// stays visible (the part up to the first `_`, when that is at most 6 characters); nothing of
+    /// the random part is shown, since secrets never appear in logs or responses.
+    pub fn masked(&self) -> Webhook {
+        Webhook {
+            secret: self.secret.as_deref().map(mask_secret),
+            ..self.clone()
+        }
+    }
+}
+
+fn mask_secret(secret: &str) -> String {
+    let visible = secret
+        .char_indices()
+        .take(6)
+        .find(|(_, c)| *c == '_')
+        .map_or("", |(at, _)| &secret[..=at]);
+    format!("{visible}{SECRET_MASK}")
+}
+
+/// A webhook to create. Unknown fields are refused so a typo (`"event"` for `"events"`) cannot
+/// silently subscribe an endpoint to everything.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewWebhook {
+    pub account_id: u64,
+    pub url: String,
+    /// Defaults to `["*"]`.
+    #[serde(default = "all_events")]
+    pub events: Vec<String>,
+    #[serde(default)]
+    pub inbox_id: Option<u64>,
+    #[serde(default)]
+    pub secret: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Defaults to `true`.
+    #[serde(default = "enabled_by_default")]
+    pub enabled: bool,
+}
+
+/// Written by hand so `NewWebhook::default()` agrees with a JSON body that omits the fields.
+impl Default for NewWebhook {
+    fn default() -> Self {
+        NewWebhook {
+            account_id: 0,
+            url: String::new(),
+            events: all_events(),
+            inbox_id: None,
+            secret: None,
+            name: None,
+            enabled: enabled_by_default(),
+        }
+    }
+}
+
+fn all_events() -> Vec<String> {
+    vec!["*".to_owned()]
+}
+
+fn enabled_by_default() -> bool {
+    true
+}
+
+/// A partial update. An absent field leaves the value unchanged; for `inbox_id`, `name` and
+/// `secret`, an explicit `null` clears it (`Some(None)`), which is why those are double options.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookPatch {
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub events: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "present")]
+    pub inbox_id: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "present")]
+    pub name: Option<Option<String>>,
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    #[serde(default, deserialize_with = "present")]
+    pub secret: Option<Option<String>>,
+}
+
+/// Called by serde only when the field is present, so `null` becomes `Some(None)` while an absent
+/// field keeps the `#[serde(default)]` of `None`.
+fn present<'de, T, D>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    T: Deserialize<'de>,
+    D: Deserializer<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+impl WebhookPatch {
+    fn apply(&self, webhook: &mut Webhook) {
+        if let Some(url) = &self.url {
+            webhook.url.clone_from(url);
+        }
+        if let Some(events) = &self.events {
+            webhook.events.clone_from(events);
+        }
+        if let Some(inbox_id) = self.inbox_id {
+            webhook.inbox_id = inbox_id;
+        }
+        if let Some(name) = &self.name {
+            webhook.name.clone_from(name);
+        }
+        if let Some(enabled) = self.enabled {
+            webhook.enabled = enabled;
+        }
+        if let Some(secret) = &self.secret {
+            webhook.secret.clone_from(secret);
+        }
+    }
+}
+
+/// One delivery attempt, kept for `webhookd webhooks attempts ID`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// RFC 3339 with milliseconds.
+    pub at: String,
+    pub delivery_id: String,
+    pub attempt: u32,
+    pub status: Option<u16>,
+    pub error: Option<String>,
+    pub latency_ms: u64,
+    /// `delivered`, `retry` or `dead:<reason>`.
+    pub outcome: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// sled holds an exclusive file lock; the usual cause is a running daemon, whose admin API is
+    /// the way in while it runs.
+    #[error("store at {} is in use by another process (is webhookd running?)", path.display())]
+    Locked { path: PathBuf },
+    #[error("invalid {field}: {message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
+    #[error("store error: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("corrupt store record: {0}")]
+    Corrupt(String),
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> StoreError {
+    StoreError::Invalid {
+        field,
+        message: message.into(),
+    }
+}
+
+/// The registry. Cloning is cheap (sled handles are reference counted), so the admin API, the
+/// consumer and every delivery task share one.
+#[derive(Debug, Clone)]
+pub struct Store {
+    db: sled::Db,
+    by_account: sled::Tree,
+    by_id: sled::Tree,
+    attempts: sled::Tree,
+    attempt_seq: sled::Tree,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store at `path`. Only one process may hold it; a second one
+    /// — or a second open in the same process, since sled's `flock` is per open file — gets
+    /// [`StoreError::Locked`].
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        match sled::Config::new().path(path).open() {
+            Ok(db) => Store::with_db(db),
+            Err(error) if is_lock_error(&error) => Err(StoreError::Locked {
+                path: path.to_path_buf(),
+            }),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// A store that lives in a temporary directory removed on drop, for tests.
+    pub fn open_temporary() -> Result<Store, StoreError> {
+        Store::with_db(sled::Config::new().temporary(true).open()?)
+    }
+
+    fn with_db(db: sled::Db) -> Result<Store, StoreError> {
+        Ok(Store {
+            by_account: db.open_tree(TREE_BY_ACCOUNT)?,
+            by_id: db.open_tree(TREE_BY_ID)?,
+            attempts: db.open_tree(TREE_ATTEMPTS)?,
+            attempt_seq: db.open_tree(TREE_ATTEMPT_SEQ)?,
+            db,
+        })
+    }
+
+    /// Validates, assigns a fresh `wh_…` id and timestamps, stores and flushes.
+    pub async fn create(&self, new: NewWebhook) -> Result<Webhook, StoreError> {
+        let now = now_rfc3339();
+        let webhook = Webhook {
+            id: generate_id(),
+            account_id: new.account_id,
+            url: new.url,
+            events: new.events,
+            inbox_id: new.inbox_id,
+            secret: new.secret,
+            enabled: new.enabled,
+            name: new.name,
+            created_at: now.clone(),
+            updated_at: now,
+        };
+        validate(&webhook)?;
+        let value = encode(&webhook)?;
+        let account = webhook.account_id.to_be_bytes();
+        let key = account_key(webhook.account_id, &webhook.id);
+        (&self.by_id, &self.by_account)
+            .transaction(|(by_id, by_account)| {
+                if by_id.insert(webhook.id.as_bytes(), &account[..])?.is_some() {
+                    // 103 random bits make this unreachable in practice; refuse rather than let
+                    // two webhooks share an id.
+                    return abort(StoreError::Corrupt(format!(
+                        "generated webhook id {} already exists",
+                        webhook.id
+                    )));
+                }
+                by_account.insert(key.as_slice(), value.as_slice())?;
+                Ok(())
+            })
+            .map_err(from_transaction)?;
+        self.flush().await?;
+        Ok(webhook)
+    }
+
+    pub fn get(&self, id: &str) -> Result<Option<Webhook>, StoreError> {
+        let Some(account) = self.by_id.get(id)? else {
+            return Ok(None);
+        };
+        let key = account_key(decode_account(&account)?, id);
+        // Missing here means a delete committed between the two reads: writes keep the trees in
+        // step, so it is not corruption.
+        self.by_account
+            .get(key)?
+            .map(|value| decode::<Webhook>(&value))
+            .transpose()
+    }
+
+    /// The account's webhooks in id order, or every webhook ordered by account then id.
+    pub fn list(&self, account_id: Option<u64>) -> Result<Vec<Webhook>, StoreError> {
+        let entries = match account_id {
+            Some(account_id) => self.by_account.scan_prefix(account_id.to_be_bytes()),
+            None => self.by_account.iter(),
+        };
+        entries.map(|entry| decode::<Webhook>(&entry?.1)).collect()
+    }
+
+    /// Hot path: every webhook of the account that matches the event — one prefix scan.
+    pub fn matching(
+        &self,
+        account_id: u64,
+        event: &str,
+        inbox_id: Option<u64>,
+    ) -> Result<Vec<Webhook>, StoreError> {
+        let mut found = Vec::new();
+        for entry in self.by_account.scan_prefix(account_id.to_be_bytes()) {
+            let webhook = decode::<Webhook>(&entry?.1)?;
+            if webhook.matches(event, inbox_id) {
+                found.push(webhook);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Applies the patch, validates the result as a whole, stores and flushes; `None` when there
+    /// is no such webhook.
+    pub async fn update(
+        &self,
+        id: &str,
+        patch: WebhookPatch,
+    ) -> Result<Option<Webhook>, StoreError> {
+        let now = now_rfc3339();
+        let updated = (&self.by_id, &self.by_account)
+            .transaction(|(by_id, by_account)| {
+                let Some(account) = by_id.get(id)? else {
+                    return Ok(None);
+                };
+                let account = decode_account(&account).or_else(abort)?;
+                let key = account_key(account, id);
+                let Some(value) = by_account.get(key.as_slice())? else {
+                    return abort(StoreError::Corrupt(format!(
+                        "webhook {id} is indexed by id but missing from its account"
+                    )));
+                };
+                let mut webhook = decode::<Webhook>(&value).or_else(abort)?;
+                patch.apply(&mut webhook);
+                webhook.updated_at.clone_from(&now);
+                validate(&webhook).or_else(abort)?;
+                by_account.insert(key.as_slice(), encode(&webhook).or_else(abort)?)?;
+                Ok(Some(webhook))
+            })
+            .map_err(from_transaction)?;
+        if updated.is_some() {
+            self.flush().await?;
+        }
+        Ok(updated)
+    }
+
+    /// Removes the webhook and its attempt log, then flushes; `false` when there was none.
+    pub async fn delete(&self, id: &str) -> Result<bool, StoreError> {
+        let existed = (&self.by_id, &self.by_account)
+            .transaction(|(by_id, by_account)| {
+                let Some(account) = by_id.remove(id)? else {
+                    return Ok(false);
+                };
+                let account = decode_account(&account).or_else(abort)?;
+                by_account.remove(account_key(account, id))?;
+                Ok(true)
+            })
+            .map_err(from_transaction)?;
+        if !existed {
+            return Ok(false);
+        }
+        // After the webhook is gone no new attempts are recorded for it (record_attempt checks),
+        // so clearing the log now leaves at most a racing delivery's entry behind.
+        if let Some(prefix) = attempt_prefix(id) {
+            for key in self.attempts.scan_prefix(&prefix).keys() {
+                self.attempts.remove(key?)?;
+            }
+        }
+        self.attempt_seq.remove(id)?;
+        self.flush().await?;
+        Ok(true)
+    }
+
+    /// Used by the API and by delivery when a receiver answers 410 Gone.
+    pub async fn set_enabled(
+        &self,
+        id: &str,
+        enabled: bool,
+    ) -> Result<Option<Webhook>, StoreError> {
+        let patch = WebhookPatch {
+            enabled: Some(enabled),
+            ..WebhookPatch::default()
+        };
+        self.update(id, patch).await
+    }
+
+    /// Appends an attempt and drops those older than the newest 100. An attempt for a webhook
+    /// that no longer exists (deleted while its delivery was in flight) is ignored.
+    pub fn record_attempt(&self, webhook_id: &str, attempt: &Attempt) -> Result<(), StoreError> {
+        let Some(prefix) = attempt_prefix(webhook_id) else {
+            return Ok(());
+        };
+        if !self.by_id.contains_key(webhook_id)? {
+            return Ok(());
+        }
+        let sequence = self
+            .attempt_seq
+            .update_and_fetch(webhook_id, |last| {
+                let next = last.and_then(decode_u64).unwrap_or(0).saturating_add(1);
+                Some(next.to_be_bytes().to_vec())
+            })?
+            .as_deref()
+            .and_then(decode_u64)
+            .ok_or_else(|| {
+                StoreError::Corrupt(format!("attempt sequence of webhook {webhook_id}"))
+            })?;
+        self.attempts
+            .insert(attempt_key(&prefix, sequence), encode(attempt)?)?;
+        if sequence > ATTEMPTS_KEPT {
+            let oldest_kept = attempt_key(&prefix, sequence - ATTEMPTS_KEPT + 1);
+            // Normally exactly one key; more only if an earlier trim lost a race.
+            for key in self.attempts.range(prefix.clone()..oldest_kept).keys() {
+                self.attempts.remove(key?)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Up to `limit` attempts, newest first.
+    pub fn attempts(&self, webhook_id: &str, limit: usize) -> Result<Vec<Attempt>, StoreError> {
+        let Some(prefix) = attempt_prefix(webhook_id) else {
+            return Ok(Vec::new());
+        };
+        self.attempts
+            .scan_prefix(prefix)
+            .values()
+            .rev()
+            .take(limit)
+            .map(|value| decode::<Attempt>(&value?))
+            .collect()
+    }
+
+    /// Waits until everything written so far is on disk.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+}
+
+/// sled 0.34 reports a failed `flock` as `Error::Io` with `ErrorKind::Other` and a formatted
+/// message (`could not acquire lock on …`, sled's `Config::try_lock`), dropping the original
+/// `WouldBlock`. The variant and kind narrow it down; the message's fixed prefix is the only thing
+/// left to tell it from other `Other` errors. The test `second_open_of_a_path_is_locked` pins this,
+/// so a sled upgrade that changes it fails loudly.
+fn is_lock_error(error: &sled::Error) -> bool {
+    matches!(error, sled::Error::Io(io) if io.kind() == io::ErrorKind::Other
+        && io.to_string().starts_with("could not acquire lock"))
+}
+
+fn from_transaction(error: TransactionError<StoreError>) -> StoreError {
+    match error {
+        TransactionError::Abort(error) => error,
+        TransactionError::Storage(error) => StoreError::Sled(error),
+    }
+}
+
+fn generate_id() -> String {
+    let mut rng = rand::rng();
+    let mut id = String::with_capacity(ID_PREFIX.len() + ID_RANDOM_CHARS);
+    id.push_str(ID_PREFIX);
+    for _ in 0..ID_RANDOM_CHARS {
+        let index = rng.random_range(0..ID_ALPHABET.len());
+        id.push(char::from(ID_ALPHABET[index]));
+    }
+    id
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+fn account_key(account_id: u64, webhook_id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(8 + webhook_id.len());
+    key.extend_from_slice(&account_id.to_be_bytes());
+    key.extend_from_slice(webhook_id.as_bytes());
+    key
+}
+
+/// `None` for an id containing `0x00`: no generated id does, and such an id could otherwise read
+/// another webhook's attempts through the separator.
+fn attempt_prefix(webhook_id: &str) -> Option<Vec<u8>> {
+    if webhook_id.as_bytes().contains(&0) {
+        return None;
+    }
+    let mut prefix = Vec::with_capacity(webhook_id.len() + 1);
+    prefix.extend_from_slice(webhook_id.as_bytes());
+    prefix.push(0);
+    Some(prefix)
+}
+
+fn attempt_key(prefix: &[u8], sequence: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(prefix.len() + 8);
+    key.extend_from_slice(prefix);
+    key.extend_from_slice(&sequence.to_be_bytes());
+    key
+}
+
+fn decode_u64(bytes: &[u8]) -> Option<u64> {
+    bytes.try_into().ok().map(u64::from_be_bytes)
+}
+
+fn decode_account(bytes: &[u8]) -> Result<u64, StoreError> {
+    decode_u64(bytes)
+        .ok_or_else(|| StoreError::Corrupt(format!("account id of {} bytes", bytes.len())))
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(|error| StoreError::Corrupt(error.to_string()))
+}
+
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|error| StoreError::Corrupt(error.to_string()))
+}
+
+/// Checks a whole webhook, so create and update (patch applied first) share one set of rules.
+fn validate(webhook: &Webhook) -> Result<(), StoreError> {
+    if webhook.account_id == 0 {
+        return Err(invalid("account_id", "must be a positive integer"));
+    }
+    validate_url(&webhook.url)?;
+    validate_events(&webhook.events)?;
+    if webhook.inbox_id == Some(0) {
+        return Err(invalid("inbox_id", "must be a positive integer"));
+    }
+    if let Some(secret) = &webhook.secret {
+        if secret.chars().count() < MIN_SECRET_CHARS {
+            return Err(invalid(
+                "secret",
+                format!("must be at least {MIN_SECRET_CHARS} characters"),
+            ));
+        }
+        if secret.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(invalid("secret", "must not contain whitespace"));
+        }
+    }
+    if let Some(name) = &webhook.name {
+        if name.chars().count() > MAX_NAME_CHARS {
+            return Err(invalid(
+                "name",
+                format!("must be at most {MAX_NAME_CHARS} characters"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn validate_url(url: &str) -> Result<(), StoreError> {
+    if url.chars().count() > MAX_URL_CHARS {
+        return Err(invalid(
+            "url",
+            format!("must be at most {MAX_URL_CHARS} characters"),
+        ));
+    }
+    // Checked before parsing so a header-splitting CR/LF gets a clear message.
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(invalid(
+            "url",
+            "must not contain whitespace or control characters",
+        ));
+    }
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|error| invalid("url", format!("is not a valid URL: {error}")))?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return Err(invalid("url", "must be an http:// or https:// URL"));
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(invalid("url", "must name a host"));
+    }
+    Ok(())
+}
+
+/// `*` inside a name is refused: matching is by exact name, so `message_*` would silently never
+/// fire.
+fn validate_events(events: &[String]) -> Result<(), StoreError> {
+    if events.is_empty() {
+        return Err(invalid(
+            "events",
+            "must list at least one event name or \"*\"",
+        ));
+    }
+    for event in events {
+        let valid = event == "*"
+            || (!event.is_empty()
+                && event.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-')
+                }));
+        if !valid {
+            return Err(invalid(
+                "events",
+                format!("{event:?} is not \"*\" or a name of a-z, 0-9, '_', '.', '-'"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn new_webhook(account_id: u64) -> NewWebhook {
+        NewWebhook {
+            account_id,
+            url: "https://example.com/hook".to_owned(),
+            ..NewWebhook::default()
+        }
+    }
+
+    fn attempt(n: u32) -> Attempt {
+        Attempt {
+            at: format!("2025-01-01T00:00:{:02}.000Z", n % 60),
+            delivery_id: format!("d-{n}"),
+            attempt: n,
+            status: Some(500),
+            error: None,
+            latency_ms: u64::from(n),
+            outcome: "retry".to_owned(),
+        }
+    }
+
+    fn invalid_field(result: Result<Webhook, StoreError>) -> &'static str {
+        match result {
+            Err(StoreError::Invalid { field, .. }) => field,
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn crud_round_trip() {
+        let store = Store::open_temporary().unwrap();
+        let created = store
+            .create(NewWebhook {
+                events: vec!["message_created".to_owned()],
+                inbox_id: Some(7),
+                secret: Some("whsec_0123456789abcdef".to_owned()),
+                name: Some("crm".to_owned()),
+                ..new_webhook(42)
+            })
+            .await
+            .unwrap();
+        assert!(created.id.starts_with("wh_"));
+        assert_eq!(created.id.len(), 23);
+        assert!(created.id[3..]
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
+        assert_eq!(created.account_id, 42);
+        assert_eq!(created.created_at, created.updated_at);
+        assert!(humantime::parse_rfc3339(&created.created_at).is_ok());
+
+        assert_eq!(store.get(&created.id).unwrap(), Some(created.clone()));
+
+        let updated = store
+            .update(
+                &created.id,
+                WebhookPatch {
+                    url: Some("http://example.org/other".to_owned()),
+                    ..WebhookPatch::default()
+                },
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(updated.url, "http://example.org/other");
+        assert_eq!(store.get(&created.id).unwrap(), Some(updated.clone()));
+
+        let disabled = store
+            .set_enabled(&created.id, false)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!disabled.enabled);
+        assert!(!store.get(&created.id).unwrap().unwrap().enabled);
+
+        assert!(store.delete(&created.id).await.unwrap());
+        assert_eq!(store.get(&created.id).unwrap(), None);
+        assert!(store.list(Some(42)).unwrap().is_empty());
+        assert!(!store.delete(&created.id).await.unwrap());
+        assert_eq!(
+            store
+                .update("wh_missing", WebhookPatch::default())
+                .await
+                .unwrap(),
+            None
+        );
+        assert_eq!(store.set_enabled("wh_missing", true).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_reopened_store_keeps_what_was_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        let created = {
+            let store = Store::open(&path).unwrap();
+            store.create(new_webhook(1)).await.unwrap()
+        };
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.get(&created.id).unwrap(), Some(created));
+    }
+
+    #[tokio::test]
+    async fn patch_changes_only_present_fields_and_null_clears() {
+        let store = Store::open_temporary().unwrap();
+        let created = store
+            .create(NewWebhook {
+                events: vec!["message_created".to_owned()],
+                inbox_id: Some(7),
+                secret: Some("whsec_0123456789abcdef".to_owned()),
+                name: Some("crm".to_owned()),
+                ..new_webhook(1)
+            })
+            .await
+            .unwrap();
+
+        let untouched: WebhookPatch = serde_json::from_str("{}").unwrap();
+        let same = store.update(&created.id, untouched).await.unwrap().unwrap();
+        assert_eq!(
+            Webhook {
+                updated_at: created.updated_at.clone(),
+                ..same
+            },
+            created
+        );
+
+        let patch: WebhookPatch =
+            serde_json::from_str(r#"{"inbox_id": null, "name": null, "events": ["*"]}"#).unwrap();
+        assert_eq!(patch.inbox_id, Some(None));
+        assert_eq!(patch.secret, None);
+        let cleared = store.update(&created.id, patch).await.unwrap().unwrap();
+        assert_eq!(cleared.inbox_id, None);
+        assert_eq!(cleared.name, None);
+        assert_eq!(cleared.events, ["*"]);
+        assert_eq!(cleared.secret, created.secret, "absent secret is unchanged");
+        assert_eq!(cleared.url, created.url);
+
+        let patch: WebhookPatch = serde_json::from_str(
+            r#"{"inbox_id": 9, "name": "x", "secret": null, "enabled": false}"#,
+        )
+        .unwrap();
+        let set = store.update(&created.id, patch).await.unwrap().unwrap();
+        assert_eq!(set.inbox_id, Some(9));
+        assert_eq!(set.name.as_deref(), Some("x"));
+        assert_eq!(set.secret, None);
+        assert!(!set.enabled);
+        assert_eq!(store.get(&created.id).unwrap(), Some(set));
+    }
+
+    #[tokio::test]
+    async fn an_invalid_patch_changes_nothing() {
+        let store = Store::open_temporary().unwrap();
+        let created = store.create(new_webhook(1)).await.unwrap();
+        let patch = WebhookPatch {
+            url: Some("ftp://example.com/".to_owned()),
+            name: Some(Some("renamed".to_owned())),
+            ..WebhookPatch::default()
+        };
+        let result = store.update(&created.id, patch).await.map(Option::unwrap);
+        assert_eq!(invalid_field(result), "url");
+        assert_eq!(store.get(&created.id).unwrap(), Some(created));
+    }
+
+    #[test]
+    fn new_webhook_json_defaults_and_unknown_fields() {
+        let new: NewWebhook =
+            serde_json::from_str(r#"{"account_id": 1, "url": "https://e.com/"}"#).unwrap();
+        assert_eq!(new.events, ["*"]);
+        assert!(new.enabled);
+        assert_eq!(NewWebhook::default().events, new.events);
+        assert!(NewWebhook::default().enabled);
+        let typo = serde_json::from_str::<NewWebhook>(
+            r#"{"account_id": 1, "url": "https://e.com/", "event": ["x"]}"#,
+        );
+        assert!(typo.is_err());
+    }
+
+    #[test]
+    fn matches_table() {
+        let base = Webhook {
+            id: "wh_x".to_owned(),
+            account_id: 1,
+            url: "https://e.com/".to_owned(),
+            events: vec!["message_created".to_owned(), "contact_created".to_owned()],
+            inbox_id: None,
+            secret: None,
+            enabled: true,
+            name: None,
+            created_at: String::new(),
+            updated_at: String::new(),
+        };
+        let star = Webhook {
+            events: vec!["*".to_owned()],
+            ..base.clone()
+        };
+        let inbox = Webhook {
+            inbox_id: Some(7),
+            ..base.clone()
+        };
+        let disabled = Webhook {
+            enabled: false,
+            ..star.clone()
+        };
+        let cases = [
+            ("listed event", &base, "message_created", None, true),
+            (
+                "second listed event",
+                &base,
+                "contact_created",
+                Some(3),
+                true,
+            ),
+            ("unlisted event", &base, "message_updated", None, false),
+            ("prefix of a listed event", &base, "message", None, false),
+            (
+                "star takes any event",
+                &star,
+                "message_updated",
+                Some(1),
+                true,
+            ),
+            (
+                "star takes unknown events",
+                &star,
+                "custom_thing",
+                None,
+                true,
+            ),
+            ("inbox matches", &inbox, "message_created", Some(7), true),
+            ("inbox differs", &inbox, "message_created", Some(8), false),
+            (
+                "event without inbox",
+                &inbox,
+                "message_created",
+                None,
+                false,
+            ),
+            ("disabled", &disabled, "message_created", None, false),
+        ];
+        for (name, webhook, event, inbox_id, expected) in cases {
+            assert_eq!(webhook.matches(event, inbox_id), expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn masked_hides_all_but_a_short_prefix() {
+        let cases = [
+            (
+                Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+                Some("whsec_****"),
+            ),
+            (Some("sk_0123456789abcdef"), Some("sk_****")),
+            (Some("0123456789abcdef"), Some("****")),
+            (Some("longprefix_0123456789abcdef"), Some("****")),
+            (None, None),
+        ];
+        for (secret, expected) in cases {
+            let webhook = Webhook {
+                id: "wh_x".to_owned(),
+                account_id: 1,
+                url: "https://e.com/".to_owned(),
+                events: vec!["*".to_owned()],
+                inbox_id: None,
+                secret: secret.map(str::to_owned),
+                enabled: true,
+                name: None,
+                created_at: String::new(),
+                updated_at: String::new(),
+            };
+            let masked = webhook.masked();
+            assert_eq!(masked.secret.as_deref(), expected, "{secret:?}");
+            assert_eq!(
+                Webhook {
+                    secret: None,
+                    ..masked
+                },
+                Webhook {
+                    secret: None,
+                    ..webhook
+                }
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn list_by_account_or_all() {
+        let store = Store::open_temporary().unwrap();
+        let a = store.create(new_webhook(1)).await.unwrap();
+        let b = store.create(new_webhook(2)).await.unwrap();
+        let c = store.create(new_webhook(1)).await.unwrap();
+
+        let mut one: Vec<String> = store
+            .list(Some(1))
+            .unwrap()
+            .into_iter()
+            .map(|w| w.id)
+            .collect();
+        one.sort();
+        let mut expected = vec![a.id.clone(), c.id.clone()];
+        expected.sort();
+        assert_eq!(one, expected);
+
+        let all = store.list(None).unwrap();
+        assert_eq!(all.len(), 3);
+        assert_eq!(all.iter().filter(|w| w.id == b.id).count(), 1);
+        assert!(
+            all.windows(2).all(|w| w[0].account_id <= w[1].account_id),
+            "ordered by account"
+        );
+        assert!(store.list(Some(3)).unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn accounts_never_leak_into_each_others_prefix_scan() {
+        let store = Store::open_temporary().unwrap();
+        // Little-endian or decimal keys would make some of these share a prefix.
+        let accounts = [1u64, 256, 65_536, 1 << 56, 255, 10, 100, u64::MAX];
+        for account in accounts {
+            store.create(new_webhook(account)).await.unwrap();
+        }
+        for account in accounts {
+            let listed = store.list(Some(account)).unwrap();
+            assert_eq!(listed.len(), 1, "account {account}");
+            assert_eq!(listed[0].account_id, account);
+            let matched = store.matching(account, "message_created", None).unwrap();
+            assert_eq!(matched.len(), 1, "account {account}");
+            assert_eq!(matched[0].account_id, account);
+        }
+    }
+
+    #[tokio::test]
+    async fn matching_filters_the_accounts_webhooks() {
+        let store = Store::open_temporary().unwrap();
+        let star = store.create(new_webhook(5)).await.unwrap();
+        let named = store
+            .create(NewWebhook {
+                events: vec!["message_created".to_owned()],
+                ..new_webhook(5)
+            })
+            .await
+            .unwrap();
+        let other_inbox = store
+            .create(NewWebhook {
+                inbox_id: Some(99),
+                ..new_webhook(5)
+            })
+            .await
+            .unwrap();
+        store
+            .create(NewWebhook {
+                enabled: false,
+                ..new_webhook(5)
+            })
+            .await
+            .unwrap();
+        store.create(new_webhook(6)).await.unwrap();
+
+        let mut ids: Vec<String> = store
+            .matching(5, "message_created", Some(1))
+            .unwrap()
+            .into_iter()
+            .map(|w| w.id)
+            .collect();
+        ids.sort();
+        let mut expected = vec![star.id.clone(), named.id];
+        expected.sort();
+        assert_eq!(ids, expected);
+
+        let mut ids: Vec<String> = store
+            .matching(5, "contact_created", Some(99))
+            .unwrap()
+            .into_iter()
+            .map(|w| w.id)
+            .collect();
+        ids.sort();
+        let mut expected = vec![star.id, other_inbox.id];
+        expected.sort();
+        assert_eq!(ids, expected);
+        assert!(store
+            .matching(7, "message_created", None)
+            .unwrap()
+            .is_empty());
+    }
+
+    #[tokio::test]
+    async fn attempts_are_capped_at_100_and_newest_first() {
+        let store = Store::open_temporary().unwrap();
+        let webhook = store.create(new_webhook(1)).await.unwrap();
+        let neighbour = store.create(new_webhook(1)).await.unwrap();
+        store.record_attempt(&neighbour.id, &attempt(9999)).unwrap();
+        for n in 1..=250 {
+            store.record_attempt(&webhook.id, &attempt(n)).unwrap();
+        }
+
+        let all = store.attempts(&webhook.id, usize::MAX).unwrap();
+        let numbers: Vec<u32> = all.iter().map(|a| a.attempt).collect();
+        assert_eq!(numbers, (151..=250).rev().collect::<Vec<u32>>());
+        assert_eq!(all[0], attempt(250));
+        let stored = store
+            .attempts
+            .scan_prefix(attempt_prefix(&webhook.id).unwrap())
+            .count();
+        assert_eq!(stored, 100, "older entries are deleted, not just hidden");
+
+        let three: Vec<u32> = store
+            .attempts(&webhook.id, 3)
+            .unwrap()
+            .iter()
+            .map(|a| a.attempt)
+            .collect();
+        assert_eq!(three, [250, 249, 248]);
+        assert_eq!(store.attempts(&neighbour.id, 10).unwrap(), [attempt(9999)]);
+    }
+
+    #[tokio::test]
+    async fn attempts_of_unknown_or_deleted_webhooks_are_not_kept() {
+        let store = Store::open_temporary().unwrap();
+        store.record_attempt("wh_unknown", &attempt(1)).unwrap();
+        assert!(store.attempts("wh_unknown", 10).unwrap().is_empty());
+
+        let webhook = store.create(new_webhook(1)).await.unwrap();
+        store.record_attempt(&webhook.id, &attempt(1)).unwrap();
+        assert!(store.delete(&webhook.id).await.unwrap());
+        assert!(store.attempts(&webhook.id, 10).unwrap().is_empty());
+        assert_eq!(store.attempts.len(), 0);
+        assert_eq!(store.attempt_seq.len(), 0);
+
+        // An id with the separator byte cannot reach into a real webhook's log.
+        let real = store.create(new_webhook(1)).await.unwrap();
+        store.record_attempt(&real.id, &attempt(1)).unwrap();
+        let sneaky = format!("{}\0\0", real.id);
+        assert!(store.attempts(&sneaky, 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn second_open_of_a_path_is_locked() {
+        // sled locks with flock on its own file handle, so even a second open in the same
+        // process is refused — which lets this test stand in for a second process.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        let _first = Store::open(&path).unwrap();
+        match Store::open(&path) {
+            Err(error @ StoreError::Locked { .. }) => {
+                let message = error.to_string();
+                assert!(message.contains(&path.display().to_string()), "{message}");
+                assert!(message.contains("in use by another process"), "{message}");
+            }
+            other => panic!("expected Locked, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn validation_names_the_field() {
+        let store = Store::open_temporary().unwrap();
+        let long_url = format!("https://e.com/{}", "a".repeat(2048));
+        let cases: Vec<(&str, NewWebhook, Option<&str>)> = vec![
+            ("valid", new_webhook(1), None),
+            (
+                "http ok",
+                NewWebhook {
+                    url: "http://e.com:8080/x?y=1".into(),
+                    ..new_webhook(1)
+                },
+                None,
+            ),
+            ("zero account", new_webhook(0), Some("account_id")),
+            (
+                "ftp",
+                NewWebhook {
+                    url: "ftp://e.com/".into(),
+                    ..new_webhook(1)
+                },
+                Some("url"),
+            ),
+            (
+                "no scheme",
+                NewWebhook {
+                    url: "e.com/hook".into(),
+                    ..new_webhook(1)
+                },
+                Some("url"),
+            ),
+            (
+                "relative",
+                NewWebhook {
+                    url: "/hook".into(),
+                    ..new_webhook(1)
+                },
+                Some("url"),
+            ),
+            (
+                "empty url",
+                NewWebhook {
+                    url: String::new(),
+                    ..new_webhook(1)
+                },
+                Some("url"),
+            ),
+            (
+                "space",
+                NewWebhook {
+                    url: "https://e.com/a b".into(),
+                    ..new_webhook(1)
+                },
+                Some("url"),
+            ),
+            (
+                "crlf",
+                NewWebhook {
+                    url: "https://e.com/\r\nX: y".into(),
+                    ..new_webhook(1)
+                },
+                Some("url"),
+            ),
+            (
+                "too long",
+                NewWebhook {
+                    url: long_url,
+                    ..new_webhook(1)
+                },
+                Some("url"),
+            ),
+            (
+                "zero inbox",
+                NewWebhook {
+                    inbox_id: Some(0),
+                    ..new_webhook(1)
+                },
+                Some("inbox_id"),
+            ),
+            (
+                "no events",
+                NewWebhook {
+                    events: vec![],
+                    ..new_webhook(1)
+                },
+                Some("events"),
+            ),
+            (
+                "empty event",
+                NewWebhook {
+                    events: vec![String::new()],
+                    ..new_webhook(1)
+                },
+                Some("events"),
+            ),
+            (
+                "upper case event",
+                NewWebhook {
+                    events: vec!["Message".into()],
+                    ..new_webhook(1)
+                },
+                Some("events"),
+            ),
+            (
+                "glob in name",
+                NewWebhook {
+                    events: vec!["message_*".into()],
+                    ..new_webhook(1)
+                },
+                Some("events"),
+            ),
+            (
+                "dotted event",
+                NewWebhook {
+                    events: vec!["a.b-c_1".into()],
+                    ..new_webhook(1)
+                },
+                None,
+            ),
+            (
+                "short secret",
+                NewWebhook {
+                    secret: Some("whsec_short".into()),
+                    ..new_webhook(1)
+                },
+                Some("secret"),
+            ),
+            (
+                "secret with space",
+                NewWebhook {
+                    secret: Some("whsec_0123 456789abc".into()),
+                    ..new_webhook(1)
+                },
+                Some("secret"),
+            ),
+            (
+                "16-char secret",
+                NewWebhook {
+                    secret: Some("0123456789abcdef".into()),
+                    ..new_webhook(1)
+                },
+                None,
+            ),
+            (
+                "long name",
+                NewWebhook {
+                    name: Some("n".repeat(201)),
+                    ..new_webhook(1)
+                },
+                Some("name"),
+            ),
+            (
+                "200-char name",
+                NewWebhook {
+                    name: Some("é".repeat(200)),
+                    ..new_webhook(1)
+                },
+                None,
+            ),
+        ];
+        for (name, new, expected) in cases {
+            let result = store.create(new).await;
+            match expected {
+                None => assert!(result.is_ok(), "{name}: {result:?}"),
+                Some(field) => assert_eq!(invalid_field(result), field, "{name}"),
+            }
+        }
+    }
+
+    #[test]
+    fn store_futures_are_send() {
+        fn assert_send<T: Send>(_: T) {}
+        let store = Store::open_temporary().unwrap();
+        assert_send(store.create(new_webhook(1)));
+        assert_send(store.update("wh_x", WebhookPatch::default()));
+        assert_send(store.delete("wh_x"));
+        assert_send(store.set_enabled("wh_x", true));
+        assert_send(store.flush());
+    }
+}

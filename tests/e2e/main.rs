@@ -1,0 +1,7 @@
+//! End-to-end tests: a real RabbitMQ, real HTTP receivers on loopback, the real binary.
+//! Run them with `scripts/test.sh`, which starts the broker they need.
+
+mod dlq;
+mod pipeline;
+mod retries;
+mod support;

@@ -1,0 +1,265 @@
+//! Durable retries: the schedule, Retry-After, delay buckets, giving up, and surviving kill -9.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use lapin::types::ShortString;
+use lapin::BasicProperties;
+use serde_json::Value;
+
+use crate::support::daemon::{Daemon, Settings};
+use crate::support::receiver::{Receiver, Reply};
+use crate::support::{broker, eventually};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn event(account: u64, n: u32) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "event": "message_created",
+        "id": n,
+        "content": format!("message {n}"),
+        "account": { "id": account },
+    }))
+    .expect("json")
+}
+
+async fn publish(daemon: &Daemon, account: u64, n: u32) {
+    let amqp = broker::connect().await;
+    let props = BasicProperties::default().with_message_id(ShortString::from(format!("ev-{account}-{n}")));
+    broker::publish(&amqp, &daemon.names.exchange, "message_created", &event(account, n), props).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_failing_twice_gets_the_third_attempt_and_the_other_webhook_gets_it_once() {
+    // Retries over a second apart, so each attempt carries a new timestamp and signature.
+    let daemon = Daemon::start(Settings {
+        queue_kind: "quorum",
+        initial_interval: "1200ms",
+        max_interval: "3s",
+        ..Settings::default()
+    })
+    .await;
+    let receiver = Receiver::scripted(|path, seen| match (path, seen) {
+        ("/flaky", 0 | 1) => Reply::status(503),
+        _ => Reply::status(200),
+    })
+    .await;
+    let flaky = daemon.add_webhook(1, &receiver.url("/flaky"), &["--generate-secret"]).await;
+    daemon.add_webhook(1, &receiver.url("/steady"), &[]).await;
+    publish(&daemon, 1, 1).await;
+
+    let attempts = eventually(WAIT, "three attempts at /flaky", || async {
+        let r = receiver.requests("/flaky");
+        (r.len() >= 3).then_some(r)
+    })
+    .await;
+    assert_eq!(attempts.len(), 3, "delivered on the third attempt, then no more");
+    let ids: Vec<&str> = attempts.iter().map(|r| r.header("webhook-id")).collect();
+    assert!(ids.iter().all(|id| *id == ids[0]), "one delivery id across retries: {ids:?}");
+    let signatures: Vec<&str> = attempts.iter().map(|r| r.header("webhook-signature")).collect();
+    assert_ne!(signatures[0], signatures[1]);
+    assert_ne!(signatures[1], signatures[2]);
+    assert_eq!(receiver.requests("/steady").len(), 1, "the 2xx webhook is never retried");
+
+    // The attempt log shows the story, newest first.
+    let id = flaky["id"].as_str().expect("id");
+    let log: Vec<Value> =
+        serde_json::from_str(&daemon.cli_ok(&["webhooks", "attempts", id, "--json"]).await).expect("json");
+    let statuses: Vec<u64> = log.iter().map(|a| a["status"].as_u64().expect("status")).collect();
+    assert_eq!(statuses, vec![200, 503, 503]);
+    assert!(log.iter().all(|a| a["delivery_id"] == ids[0]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_is_honoured() {
+    let daemon = Daemon::start(Settings {
+        max_interval: "5s",
+        ..Settings::default()
+    })
+    .await;
+    let receiver = Receiver::scripted(|_, seen| match seen {
+        0 => Reply::status(429).with_header("retry-after", "1"),
+        _ => Reply::status(200),
+    })
+    .await;
+    daemon.add_webhook(2, &receiver.url("/limited"), &[]).await;
+    publish(&daemon, 2, 1).await;
+    let attempts = eventually(WAIT, "the retry after 429", || async {
+        let r = receiver.requests("/limited");
+        (r.len() >= 2).then_some(r)
+    })
+    .await;
+    let gap = attempts[1].at - attempts[0].at;
+    assert!(gap >= Duration::from_secs(1), "Retry-After: 1 waited only {gap:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_six_hour_wait_does_not_hold_back_a_short_one() {
+    let daemon = Daemon::start(Settings {
+        queue_kind: "quorum",
+        max_interval: "6h",
+        max_elapsed: "24h",
+        ..Settings::default()
+    })
+    .await;
+    let receiver = Receiver::scripted(|path, seen| match (path, seen) {
+        ("/slow", _) => Reply::status(503).with_header("retry-after", "21600"),
+        ("/quick", 0) => Reply::status(503),
+        _ => Reply::status(200),
+    })
+    .await;
+    daemon.add_webhook(1, &receiver.url("/slow"), &[]).await;
+    daemon.add_webhook(2, &receiver.url("/quick"), &[]).await;
+    publish(&daemon, 1, 1).await;
+    eventually(WAIT, "the first attempt at /slow", || async {
+        (!receiver.requests("/slow").is_empty()).then_some(())
+    })
+    .await;
+    publish(&daemon, 2, 1).await;
+    let quick = eventually(Duration::from_secs(10), "the quick retry", || async {
+        let r = receiver.requests("/quick");
+        (r.len() >= 2).then_some(r)
+    })
+    .await;
+    assert!(quick[1].at - quick[0].at < Duration::from_secs(5));
+    let amqp = broker::connect().await;
+    let six_hours = format!("{}.21600s", daemon.names.retry_prefix);
+    assert_eq!(broker::ready_count(&amqp, &six_hours).await, 1, "the 6 h job still waits");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_404_is_rejected_at_once_and_a_410_disables_the_webhook() {
+    let daemon = Daemon::start(Settings::default()).await;
+    let receiver = Receiver::scripted(|path, _| match path {
+        "/missing" => Reply::status(404),
+        _ => Reply::status(410),
+    })
+    .await;
+    let missing = daemon.add_webhook(1, &receiver.url("/missing"), &[]).await;
+    let gone = daemon.add_webhook(1, &receiver.url("/gone"), &[]).await;
+    publish(&daemon, 1, 1).await;
+    let dead = eventually(WAIT, "two dead letters", || async {
+        let dead = daemon.dead_letters().await;
+        (dead.len() >= 2).then_some(dead)
+    })
+    .await;
+    assert_eq!(dead.len(), 2);
+    let by_webhook = |id: &Value| {
+        dead.iter()
+            .find(|d| d["webhook_id"] == *id)
+            .unwrap_or_else(|| panic!("no dead letter for {id}"))
+    };
+    let rejected = by_webhook(&missing["id"]);
+    assert_eq!(rejected["reason"], "rejected");
+    assert_eq!(rejected["headers"]["x-webhookd-last-status"], "404");
+    assert_eq!(rejected["attempts"], 1);
+    assert_eq!(rejected["account_id"], 1);
+    assert_eq!(rejected["event"], "message_created");
+    let gone_letter = by_webhook(&gone["id"]);
+    assert_eq!(gone_letter["reason"], "gone");
+    assert_eq!(receiver.requests("/missing").len(), 1, "a 404 is not retried");
+
+    let shown: Value = serde_json::from_str(
+        &daemon.cli_ok(&["webhooks", "show", gone["id"].as_str().expect("id"), "--json"]).await,
+    )
+    .expect("json");
+    assert_eq!(shown["enabled"], false, "410 disables the webhook");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_never_recovers_is_exhausted_after_max_elapsed() {
+    let daemon = Daemon::start(Settings {
+        max_elapsed: "2s",
+        ..Settings::default()
+    })
+    .await;
+    let receiver = Receiver::scripted(|_, _| Reply::status(500)).await;
+    daemon.add_webhook(1, &receiver.url("/down"), &[]).await;
+    publish(&daemon, 1, 1).await;
+    let dead = eventually(WAIT, "the exhausted dead letter", || async {
+        let dead = daemon.dead_letters().await;
+        (!dead.is_empty()).then_some(dead)
+    })
+    .await;
+    assert_eq!(dead[0]["reason"], "exhausted");
+    assert_eq!(dead[0]["last_status"], 500);
+    let attempts = receiver.requests("/down");
+    assert!(attempts.len() >= 3, "retried before giving up: {}", attempts.len());
+    assert_eq!(dead[0]["attempts"].as_u64(), Some(attempts.len() as u64));
+    let span = attempts[attempts.len() - 1].at - attempts[0].at;
+    assert!(span <= Duration::from_secs(2), "no attempt after max_elapsed: {span:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_waiting_in_delay_queues_survive_kill_9() {
+    let mut daemon = Daemon::start(Settings {
+        queue_kind: "quorum",
+        initial_interval: "3s",
+        max_interval: "3s",
+        ..Settings::default()
+    })
+    .await;
+    let fixed = Arc::new(AtomicBool::new(false));
+    let receiver = {
+        let fixed = fixed.clone();
+        Receiver::scripted(move |_, _| {
+            Reply::status(if fixed.load(Ordering::SeqCst) { 200 } else { 503 })
+        })
+        .await
+    };
+    daemon.add_webhook(1, &receiver.url("/r"), &[]).await;
+    const EVENTS: u32 = 20;
+    for n in 0..EVENTS {
+        publish(&daemon, 1, n).await;
+    }
+    eventually(WAIT, "every event attempted once", || async {
+        (receiver.requests("/r").len() >= EVENTS as usize).then_some(())
+    })
+    .await;
+    daemon.kill9();
+    fixed.store(true, Ordering::SeqCst);
+    let failed: std::collections::HashSet<String> = receiver
+        .requests("/r")
+        .iter()
+        .map(|r| r.header("webhook-id").to_owned())
+        .collect();
+    assert_eq!(failed.len(), EVENTS as usize);
+
+    daemon.spawn();
+    daemon.wait_ready().await;
+    eventually(WAIT, "every delivery after the restart", || async {
+        let delivered: std::collections::HashSet<String> = receiver
+            .requests("/r")
+            .iter()
+            .skip(EVENTS as usize)
+            .map(|r| r.header("webhook-id").to_owned())
+            .collect();
+        (delivered == failed).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_webhook_was_deleted_while_waiting_is_dropped() {
+    let daemon = Daemon::start(Settings {
+        initial_interval: "1s",
+        ..Settings::default()
+    })
+    .await;
+    let receiver = Receiver::scripted(|_, _| Reply::status(503)).await;
+    let webhook = daemon.add_webhook(1, &receiver.url("/d"), &[]).await;
+    publish(&daemon, 1, 1).await;
+    eventually(WAIT, "the first attempt", || async {
+        (!receiver.requests("/d").is_empty()).then_some(())
+    })
+    .await;
+    daemon.cli_ok(&["webhooks", "rm", webhook["id"].as_str().expect("id")]).await;
+    eventually(WAIT, "the job to be dropped", || async {
+        let (_, metrics) = daemon.get("/metrics").await;
+        metrics.contains("webhookd_jobs_dropped_total 1").then_some(())
+    })
+    .await;
+    assert_eq!(receiver.requests("/d").len(), 1, "no attempt after deletion");
+    assert!(daemon.dead_letters().await.is_empty(), "dropped, not dead-lettered");
+}
