@@ -46,7 +46,7 @@ case "$cmd" in
       RABBITMQ_NODENAME="$node" \
       RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 \
       RABBITMQ_NODE_PORT="$port" \
-      RABBITMQ_DIST_PORT=$((port + 20000)) \
+      RABBITMQ_DIST_PORT=$((port > 45000 ? port - 20000 : port + 20000)) \
       RABBITMQ_MNESIA_BASE="$home/mnesia" \
       RABBITMQ_LOG_BASE="$home/log" \
       RABBITMQ_ENABLED_PLUGINS_FILE="$home/enabled_plugins" \

@@ -7,7 +7,8 @@
 #
 # The broker node, the store and the admin token live under .local/ in the repository.
 # Overridable: WEBHOOKD_DEV_PORT (AMQP port, 5673), WEBHOOKD_DEV_NODE (node name),
-# WEBHOOKD_PROFILE (cargo profile, release), and any WEBHOOKD_<SECTION>__<KEY> setting.
+# WEBHOOKD_PROFILE (cargo profile, release), WEBHOOKD_BIN (a prebuilt binary: skip the build),
+# and any WEBHOOKD_<SECTION>__<KEY> setting.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,6 +29,10 @@ export WEBHOOKD_DELIVERY__ALLOW_NETWORKS=${WEBHOOKD_DELIVERY__ALLOW_NETWORKS:-'[
 if [ $# -eq 0 ]; then
   set -- run
 fi
-cargo build --locked --quiet --profile "${WEBHOOKD_PROFILE:-release}"
-dir=$([ "${WEBHOOKD_PROFILE:-release}" = dev ] && echo debug || echo "${WEBHOOKD_PROFILE:-release}")
-exec "target/$dir/webhookd" --config config/webhookd.toml "$@"
+bin=${WEBHOOKD_BIN:-}
+if [ -z "$bin" ]; then
+  profile=${WEBHOOKD_PROFILE:-release}
+  cargo build --locked --quiet --profile "$profile"
+  bin=target/$([ "$profile" = dev ] && echo debug || echo "$profile")/webhookd
+fi
+exec "$bin" --config config/webhookd.toml "$@"

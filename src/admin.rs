@@ -95,8 +95,8 @@ async fn route(state: &AdminState, request: Request<Incoming>) -> Reply {
             reply
         }
         (_, ["v1", ..]) => {
-            if let Err(reply) = authorize(state, &request) {
-                return reply;
+            if let Some(refusal) = refuse_unauthorized(state, &request) {
+                return refusal;
             }
             let query = request.uri().query().unwrap_or("").to_owned();
             match api(state, &method, &segments[1..], &query, request).await {
@@ -108,9 +108,10 @@ async fn route(state: &AdminState, request: Request<Incoming>) -> Reply {
     }
 }
 
-fn authorize(state: &AdminState, request: &Request<Incoming>) -> Result<(), Reply> {
+/// The 401 for a request without the right bearer token; `None` lets it through.
+fn refuse_unauthorized(state: &AdminState, request: &Request<Incoming>) -> Option<Reply> {
     let Some(token) = &state.token else {
-        return Err(json_error(
+        return Some(json_error(
             StatusCode::UNAUTHORIZED,
             "the admin API is disabled: set admin.token (or admin.token_file)",
             None,
@@ -123,9 +124,9 @@ fn authorize(state: &AdminState, request: &Request<Incoming>) -> Result<(), Repl
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
     if bool::from(given.as_bytes().ct_eq(token.expose().as_bytes())) {
-        Ok(())
+        None
     } else {
-        Err(json_error(
+        Some(json_error(
             StatusCode::UNAUTHORIZED,
             "missing or wrong bearer token",
             None,
@@ -252,7 +253,12 @@ async fn read_json(
         .to_bytes();
     let mut fields = match serde_json::from_slice::<Value>(&bytes) {
         Ok(Value::Object(fields)) => fields,
-        Ok(_) => return Err(ApiError::BadRequest("body must be a JSON object".into(), None)),
+        Ok(_) => {
+            return Err(ApiError::BadRequest(
+                "body must be a JSON object".into(),
+                None,
+            ))
+        }
         Err(e) => return Err(ApiError::BadRequest(format!("body is not JSON: {e}"), None)),
     };
     let generate = match fields.remove("generate_secret") {
@@ -289,7 +295,11 @@ fn json_error(status: StatusCode, message: &str, field: Option<&str>) -> Reply {
 }
 
 fn text(status: StatusCode, body: &str) -> Reply {
-    with_body(status, "text/plain; charset=utf-8", Bytes::copy_from_slice(body.as_bytes()))
+    with_body(
+        status,
+        "text/plain; charset=utf-8",
+        Bytes::copy_from_slice(body.as_bytes()),
+    )
 }
 
 fn empty(status: StatusCode) -> Reply {

@@ -72,7 +72,11 @@ impl Topology {
 
 /// Opens a connection named for its role (visible in the management UI and `list_connections`),
 /// with heartbeats so a dead peer is noticed within two intervals.
-pub async fn connect(url: &str, heartbeat: Duration, role: &str) -> Result<Connection, BrokerError> {
+pub async fn connect(
+    url: &str,
+    heartbeat: Duration,
+    role: &str,
+) -> Result<Connection, BrokerError> {
     let uri = with_heartbeat(url, heartbeat);
     let properties = ConnectionProperties::default()
         .with_connection_name(LongString::from(format!("webhookd {role}")));
@@ -104,7 +108,12 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), Broke
             )
             .await?;
     }
-    declare_queue(channel, &topology.queue, queue_arguments(topology.queue_kind)).await?;
+    declare_queue(
+        channel,
+        &topology.queue,
+        queue_arguments(topology.queue_kind),
+    )
+    .await?;
     for key in &topology.binding_keys {
         channel
             .queue_bind(
@@ -126,7 +135,11 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), Broke
     Ok(())
 }
 
-async fn declare_queue(channel: &Channel, name: &str, arguments: FieldTable) -> Result<(), BrokerError> {
+async fn declare_queue(
+    channel: &Channel,
+    name: &str,
+    arguments: FieldTable,
+) -> Result<(), BrokerError> {
     channel
         .queue_declare(
             ShortString::from(name),
@@ -179,7 +192,10 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    pub async fn open(connection: &Connection, topology: Topology) -> Result<Publisher, BrokerError> {
+    pub async fn open(
+        connection: &Connection,
+        topology: Topology,
+    ) -> Result<Publisher, BrokerError> {
         let channel = connection.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
@@ -246,7 +262,11 @@ impl Publisher {
     }
 
     /// Sends a message straight to the work queue (a replayed dead letter).
-    pub async fn to_work_queue(&self, body: &[u8], properties: BasicProperties) -> Result<(), BrokerError> {
+    pub async fn to_work_queue(
+        &self,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<(), BrokerError> {
         self.publish("", &self.topology.queue, body, properties)
             .await
     }
@@ -283,7 +303,8 @@ mod tests {
 
     #[test]
     fn quorum_delay_queues_dead_letter_at_least_once_back_to_work() {
-        let arguments = delay_queue_arguments(QueueKind::Quorum, Duration::from_millis(250), "work");
+        let arguments =
+            delay_queue_arguments(QueueKind::Quorum, Duration::from_millis(250), "work");
         let get = |k: &str| arguments.inner().get(k).cloned();
         assert_eq!(get("x-message-ttl"), Some(AMQPValue::LongLongInt(250)));
         assert_eq!(

@@ -246,7 +246,9 @@ fn parse_since(value: &str) -> Result<SystemTime, String> {
     humantime::parse_duration(value)
         .map(|age| SystemTime::now() - age)
         .map_err(|_| {
-            format!("expected an RFC 3339 time (2026-11-25T10:00:00Z) or an age (2h), got {value:?}")
+            format!(
+                "expected an RFC 3339 time (2026-11-25T10:00:00Z) or an age (2h), got {value:?}"
+            )
         })
 }
 
@@ -268,19 +270,27 @@ pub async fn publish(config: &Config, args: PublishArgs) -> anyhow::Result<()> {
         Some(key) => key,
         None => event::decode_envelope(&body)
             .map(|envelope| envelope.event)
-            .map_err(|e| anyhow!("cannot take the routing key from the body ({e}); pass --routing-key"))?,
+            .map_err(|e| {
+                anyhow!("cannot take the routing key from the body ({e}); pass --routing-key")
+            })?,
     };
     let message_id = args
         .message_id
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let topology = Topology::from_config(&config.broker);
-    let connection =
-        broker::connect(config.broker.url.expose(), config.broker.heartbeat, "publish").await?;
+    let connection = broker::connect(
+        config.broker.url.expose(),
+        config.broker.heartbeat,
+        "publish",
+    )
+    .await?;
     let channel = connection.create_channel().await?;
     // Declaring what the daemon declares means an event published before the daemon first
     // starts waits in its queue instead of vanishing.
     broker::declare(&channel, &topology).await?;
-    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
     let properties = BasicProperties::default()
         .with_content_type(ShortString::from("application/json"))
         .with_delivery_mode(2)
@@ -438,7 +448,10 @@ fn summary(w: &Webhook) -> String {
         w.url,
         w.events.join(","),
         if w.enabled { "enabled" } else { "disabled" },
-        w.name.as_deref().map(|n| format!("  {n:?}")).unwrap_or_default(),
+        w.name
+            .as_deref()
+            .map(|n| format!("  {n:?}"))
+            .unwrap_or_default(),
     )
 }
 
@@ -457,7 +470,10 @@ fn print_webhook(webhook: &Webhook, json: bool) {
     if let Some(secret) = &webhook.secret {
         println!("  secret {secret}");
     }
-    println!("  created {}  updated {}", webhook.created_at, webhook.updated_at);
+    println!(
+        "  created {}  updated {}",
+        webhook.created_at, webhook.updated_at
+    );
 }
 
 /// Where webhook commands go: the daemon's API, or the store itself when no daemon runs.
@@ -491,7 +507,11 @@ impl Registry {
     async fn create(&self, new: NewWebhook) -> anyhow::Result<Webhook> {
         match self {
             Registry::Api(api) => Ok(api
-                .call(Method::POST, "/v1/webhooks", Some(serde_json::to_value(&new)?))
+                .call(
+                    Method::POST,
+                    "/v1/webhooks",
+                    Some(serde_json::to_value(&new)?),
+                )
                 .await?),
             Registry::Direct(store) => Ok(store.create(new).await?),
         }
@@ -539,7 +559,11 @@ impl Registry {
                     .update(id, patch)
                     .await?
                     .ok_or_else(|| anyhow!("no webhook with id {id}"))?;
-                Ok(if secret_changed { webhook } else { webhook.masked() })
+                Ok(if secret_changed {
+                    webhook
+                } else {
+                    webhook.masked()
+                })
             }
         }
     }
@@ -699,8 +723,14 @@ async fn dlq_on(
             limit,
             json,
         } => {
-            let entries =
-                dlq::scan(connection, topology, &filter.into_filter(), limit, Action::Look).await?;
+            let entries = dlq::scan(
+                connection,
+                topology,
+                &filter.into_filter(),
+                limit,
+                Action::Look,
+            )
+            .await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&entries)?);
             } else {
@@ -737,7 +767,11 @@ async fn dlq_on(
             dry_run,
         } => {
             let filter = selection(filter, all, "replay")?;
-            let action = if dry_run { Action::Look } else { Action::Replay };
+            let action = if dry_run {
+                Action::Look
+            } else {
+                Action::Replay
+            };
             let entries = dlq::scan(connection, topology, &filter, None, action).await?;
             for entry in &entries {
                 println!("{}", entry_line(entry));

@@ -10,7 +10,7 @@
 //!   (`broker.prefetch`) and, for an override, the environment variable that set it.
 //! - serde reports an unknown or malformed field by its bare name, without the section it sits in.
 //!   So the table is checked structurally before serde sees it: the keys each section accepts are
-//!   read from its `Deserialize` impl ([`keys_of`]), never from a second hand-written list that
+//!   read from its `Deserialize` impl (`keys_of`), never from a second hand-written list that
 //!   could drift; and when serde rejects a value, each key is retried alone to find which one.
 //! - Defaults live in one place, the `Default` impls below; every struct is `#[serde(default)]`,
 //!   so an empty file is a complete configuration and `config/webhookd.toml` (which a test loads)
@@ -89,7 +89,7 @@ pub struct BrokerConfig {
     /// Unacknowledged deliveries the broker hands out at once: the bound on work in progress.
     pub prefetch: u16,
     /// AMQP heartbeat, whole seconds; zero turns heartbeats off.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration_text")]
     pub heartbeat: Duration,
     /// Delay queues are named `<prefix>.<delay>`, one per delay bucket.
     pub retry_queue_prefix: String,
@@ -183,11 +183,11 @@ impl Default for StoreConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct DeliveryConfig {
     /// Limit on TCP connect plus TLS handshake, so a black-holed host fails fast.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration_text")]
     pub connect_timeout: Duration,
     /// Limit on a whole attempt (connect, send, response head and body); a hanging receiver
     /// costs at most this.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration_text")]
     pub request_timeout: Duration,
     /// Global cap on requests in flight across all endpoints.
     pub max_in_flight: usize,
@@ -216,7 +216,7 @@ impl Default for DeliveryConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct RetryConfig {
     /// Delay before the first retry.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration_text")]
     pub initial_interval: Duration,
     /// Each delay is the previous one times this.
     pub multiplier: f64,
@@ -224,10 +224,10 @@ pub struct RetryConfig {
     /// arrive together.
     pub jitter: f64,
     /// Cap on a single delay.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration_text")]
     pub max_interval: Duration,
     /// Time since the first attempt after which an event is dead-lettered as `exhausted`.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration_text")]
     pub max_elapsed: Duration,
 }
 
@@ -311,7 +311,7 @@ pub enum LogFormat {
 pub struct ServiceConfig {
     /// On SIGTERM, how long in-flight deliveries may take to finish before they are handed
     /// back to the broker; the unit's `TimeoutStopSec=` must exceed it.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration_text")]
     pub drain_timeout: Duration,
 }
 
@@ -992,7 +992,7 @@ fn parse_network(text: &str) -> Result<IpNet, String> {
 }
 
 /// Durations as humantime strings (`"15s"`, `"200ms"`, `"6h"`), both ways.
-mod humantime_serde {
+mod duration_text {
     use std::fmt;
     use std::time::Duration;
 

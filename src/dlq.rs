@@ -188,7 +188,7 @@ impl Filter {
     }
 
     pub fn matches(&self, entry: &Entry) -> bool {
-        (self.ids.is_empty() || self.ids.iter().any(|id| *id == entry.id))
+        (self.ids.is_empty() || self.ids.contains(&entry.id))
             && self.account_id.is_none_or(|a| entry.account_id == Some(a))
             && self
                 .webhook_id
@@ -234,7 +234,15 @@ pub async fn scan(
         Action::Replay => Some(Publisher::open(connection, topology.clone()).await?),
         Action::Look | Action::Purge => None,
     };
-    let result = scan_on(&channel, publisher.as_ref(), topology, filter, limit, action).await;
+    let result = scan_on(
+        &channel,
+        publisher.as_ref(),
+        topology,
+        filter,
+        limit,
+        action,
+    )
+    .await;
     // Closing the channel hands every unacked message back to the queue, in place.
     let _ = channel.close(200, ShortString::from("scan done")).await;
     result

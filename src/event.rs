@@ -1023,6 +1023,9 @@ mod tests {
         SampleContent::Cards,
     ];
 
+    /// Whether an error is the reason a hostile-body case expects.
+    type IsReason = fn(&Malformed) -> bool;
+
     fn nested(depth: usize) -> String {
         format!(
             r#"{{"event":"message_created","account":{{"id":1}},"extra":{}1{}}}"#,
@@ -1107,7 +1110,7 @@ mod tests {
             r#"{{"event":"x","account":{{"id":1,"tags":{}}}}}"#,
             "[".repeat(MAX_DEPTH)
         );
-        let cases: Vec<(&str, &[u8], fn(&Malformed) -> bool)> = vec![
+        let cases: Vec<(&str, &[u8], IsReason)> = vec![
             ("not json", b"hello", |e| matches!(e, Malformed::NotJson(_))),
             ("empty body", b"", |e| matches!(e, Malformed::NotJson(_))),
             ("truncated", br#"{"event":"x","account":{"id":1}"#, |e| {
@@ -1422,6 +1425,17 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn sample_content_names_are_chatwoot_content_types() {
+        use clap::ValueEnum;
+        let names: Vec<String> = SampleContent::value_variants()
+            .iter()
+            .filter_map(|content| content.to_possible_value())
+            .map(|value| value.get_name().to_owned())
+            .collect();
+        assert_eq!(names, ["text", "input_select", "form", "cards"]);
     }
 
     #[test]

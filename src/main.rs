@@ -57,8 +57,15 @@ fn main() -> ExitCode {
 
 /// The daemon logs at the configured level; the one-shot commands only say what went wrong,
 /// unless `RUST_LOG` asks for more.
-fn init_logging(config: &Config, daemon: bool) -> Result<(), tracing_subscriber::filter::ParseError> {
-    let level = if daemon { config.log.level.as_str() } else { "warn" };
+fn init_logging(
+    config: &Config,
+    daemon: bool,
+) -> Result<(), tracing_subscriber::filter::ParseError> {
+    let level = if daemon {
+        config.log.level.as_str()
+    } else {
+        "warn"
+    };
     let filter = match std::env::var("RUST_LOG") {
         Ok(directives) if !directives.is_empty() => EnvFilter::try_new(directives)?,
         _ => EnvFilter::try_new(level)?,
@@ -92,7 +99,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
 
 async fn wait_for_stop_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         // Without signal handlers the process still stops on the default SIGTERM action.
         std::future::pending::<()>().await;
         return;

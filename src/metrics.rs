@@ -129,7 +129,8 @@ impl Metrics {
             "Broker sessions started after the first.",
             self.reconnects.load(Ordering::Relaxed) as f64,
         );
-        self.latency.render(&mut out, "webhookd_delivery_duration_seconds");
+        self.latency
+            .render(&mut out, "webhookd_delivery_duration_seconds");
         out
     }
 }
@@ -160,7 +161,10 @@ impl LabeledCounter {
 }
 
 fn scalar(out: &mut String, name: &str, kind: &str, help: &str, value: f64) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+    );
 }
 
 #[derive(Default)]

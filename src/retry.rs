@@ -153,7 +153,7 @@ impl Schedule {
     /// Rungs are `initial * 1.25^k` rounded up to whole milliseconds (the unit of a queue TTL),
     /// with `max_interval` (rounded up likewise) as the last rung; delays below `initial` get the
     /// first rung and delays above `max_interval` the last. Rounding up means a job never comes
-    /// back earlier than its schedule says, at most 25 % later.
+    /// back earlier than its schedule says, and about 25 % later at most.
     pub fn bucket(&self, delay: Duration) -> Duration {
         let mut last = Duration::ZERO;
         for rung in self.rungs() {

@@ -86,13 +86,12 @@ struct Shared {
 /// stopped. Returns after in-flight work was finished or handed back.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), ServiceError> {
     let store = Store::open(&config.store.path)?;
-    let listener =
-        TcpListener::bind(config.admin.listen)
-            .await
-            .map_err(|source| ServiceError::Listen {
-                addr: config.admin.listen,
-                source,
-            })?;
+    let listener = TcpListener::bind(config.admin.listen)
+        .await
+        .map_err(|source| ServiceError::Listen {
+            addr: config.admin.listen,
+            source,
+        })?;
     let metrics = Arc::new(Metrics::default());
     let readiness = Arc::new(Readiness::default());
     let retry = &config.retry;
@@ -149,7 +148,15 @@ async fn supervise(
             shared.metrics.reconnect();
         }
         first = false;
-        let result = session(config, &topology, shared, readiness, shutdown, &mut failures).await;
+        let result = session(
+            config,
+            &topology,
+            shared,
+            readiness,
+            shutdown,
+            &mut failures,
+        )
+        .await;
         readiness.set(false);
         shared.metrics.broker_connected(false);
         match result {
@@ -339,13 +346,29 @@ async fn process(
             body.len(),
             shared.max_event_bytes
         );
-        return park_unrouted(shared, publisher, &body, message_id, DeadReason::TooLarge, &error).await;
+        return park_unrouted(
+            shared,
+            publisher,
+            &body,
+            message_id,
+            DeadReason::TooLarge,
+            &error,
+        )
+        .await;
     }
     let envelope = match event::decode_envelope(&body) {
         Ok(envelope) => envelope,
         Err(malformed) => {
             let error = malformed.to_string();
-            return park_unrouted(shared, publisher, &body, message_id, DeadReason::Malformed, &error).await;
+            return park_unrouted(
+                shared,
+                publisher,
+                &body,
+                message_id,
+                DeadReason::Malformed,
+                &error,
+            )
+            .await;
         }
     };
     let event_id = match &job {

@@ -27,10 +27,10 @@
 //!
 //! Writes that touch both `by_id` and `by_account` (create, update, delete, set_enabled) run in
 //! one sled multi-tree transaction, so neither index ever points at a missing record; update reads
-//! inside the transaction, so concurrent patches of one webhook serialize instead of losing one.
-//! Attempts are written outside transactions: they are diagnostics, and an attempt recorded while
-//! its webhook is being deleted at worst leaves a few orphan entries under an id that is never
-//! reused.
+//! the record inside its transaction, so it cannot bring back a webhook deleted meanwhile.
+//! Attempts are written outside transactions, and delete clears a webhook's attempt log after the
+//! transaction that removes the webhook: they are diagnostics, and a delivery racing the delete or
+//! a crash between the two steps at worst leaves orphan entries under an id that is never reused.
 //!
 //! sled writes to disk every 500 ms by default. A change acknowledged to a user is flushed before
 //! the call returns, so a crash right after "created" cannot forget the webhook. Attempt records

@@ -294,7 +294,6 @@ impl CappedBody {
 mod tests {
     use super::*;
     use crate::delivery::sign::{attempt_headers, delivery_id};
-    use http_body_util::BodyExt as _;
     use hyper::service::service_fn;
     use hyper_util::rt::TokioIo;
     use std::convert::Infallible;
@@ -537,6 +536,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("address").port();
         let guarded = client(&[], Duration::from_secs(5));
+        let localhost = IpAddr::from([127, 0, 0, 1]);
 
         let literal = guarded
             .post(
@@ -546,7 +546,7 @@ mod tests {
             )
             .await;
         assert!(
-            matches!(literal, Err(SendError::Blocked { addr }) if addr == IpAddr::from([127, 0, 0, 1])),
+            matches!(literal, Err(SendError::Blocked { addr }) if addr == localhost),
             "{literal:?}"
         );
         let mapped = guarded

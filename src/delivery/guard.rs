@@ -39,20 +39,34 @@ pub(super) enum GuardError {
 
 /// IPv4 ranges no webhook may reach unless allowed: (network, prefix length).
 const REFUSED_V4: [(Ipv4Addr, u8); 14] = [
-    (Ipv4Addr::new(0, 0, 0, 0), 8),  // "this network", incl. unspecified
-    (Ipv4Addr::new(10, 0, 0, 0), 8), // private
-    (Ipv4Addr::new(100, 64, 0, 0), 10), // CGNAT shared space
-    (Ipv4Addr::new(127, 0, 0, 0), 8), // loopback
-    (Ipv4Addr::new(169, 254, 0, 0), 16), // link-local, cloud metadata
-    (Ipv4Addr::new(172, 16, 0, 0), 12), // private
-    (Ipv4Addr::new(192, 0, 0, 0), 24), // IETF protocol assignments (DS-Lite, NAT64 discovery)
-    (Ipv4Addr::new(192, 0, 2, 0), 24), // documentation
-    (Ipv4Addr::new(192, 168, 0, 0), 16), // private
-    (Ipv4Addr::new(198, 18, 0, 0), 15), // benchmarking
-    (Ipv4Addr::new(198, 51, 100, 0), 24), // documentation
-    (Ipv4Addr::new(203, 0, 113, 0), 24), // documentation
-    (Ipv4Addr::new(224, 0, 0, 0), 4), // multicast
-    (Ipv4Addr::new(240, 0, 0, 0), 4), // reserved, incl. broadcast
+    // "this network", incl. unspecified
+    (Ipv4Addr::new(0, 0, 0, 0), 8),
+    // private
+    (Ipv4Addr::new(10, 0, 0, 0), 8),
+    // CGNAT shared space
+    (Ipv4Addr::new(100, 64, 0, 0), 10),
+    // loopback
+    (Ipv4Addr::new(127, 0, 0, 0), 8),
+    // link-local, cloud metadata
+    (Ipv4Addr::new(169, 254, 0, 0), 16),
+    // private
+    (Ipv4Addr::new(172, 16, 0, 0), 12),
+    // IETF protocol assignments (DS-Lite, NAT64 discovery)
+    (Ipv4Addr::new(192, 0, 0, 0), 24),
+    // documentation
+    (Ipv4Addr::new(192, 0, 2, 0), 24),
+    // private
+    (Ipv4Addr::new(192, 168, 0, 0), 16),
+    // benchmarking
+    (Ipv4Addr::new(198, 18, 0, 0), 15),
+    // documentation
+    (Ipv4Addr::new(198, 51, 100, 0), 24),
+    // documentation
+    (Ipv4Addr::new(203, 0, 113, 0), 24),
+    // multicast
+    (Ipv4Addr::new(224, 0, 0, 0), 4),
+    // reserved, incl. broadcast
+    (Ipv4Addr::new(240, 0, 0, 0), 4),
 ];
 
 /// IPv6 ranges refused in their own right; the forms that embed an IPv4 address are judged by
@@ -60,12 +74,18 @@ const REFUSED_V4: [(Ipv4Addr, u8); 14] = [
 const REFUSED_V6: [(Ipv6Addr, u8); 8] = [
     (Ipv6Addr::UNSPECIFIED, 128),
     (Ipv6Addr::LOCALHOST, 128),
-    (Ipv6Addr::new(0x64, 0xff9b, 1, 0, 0, 0, 0, 0), 48), // local-use NAT64 (RFC 8215)
-    (Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0), 32), // documentation
-    (Ipv6Addr::new(0xfc00, 0, 0, 0, 0, 0, 0, 0), 7),     // unique local
-    (Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 10),    // link-local
-    (Ipv6Addr::new(0xfec0, 0, 0, 0, 0, 0, 0, 0), 10),    // site-local (deprecated, still private)
-    (Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0), 8),     // multicast
+    // local-use NAT64 (RFC 8215)
+    (Ipv6Addr::new(0x64, 0xff9b, 1, 0, 0, 0, 0, 0), 48),
+    // documentation
+    (Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0), 32),
+    // unique local
+    (Ipv6Addr::new(0xfc00, 0, 0, 0, 0, 0, 0, 0), 7),
+    // link-local
+    (Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 10),
+    // site-local (deprecated, still private)
+    (Ipv6Addr::new(0xfec0, 0, 0, 0, 0, 0, 0, 0), 10),
+    // multicast
+    (Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0), 8),
 ];
 
 /// Whether the guard refuses to connect to `ip`. `allow` opens networks explicitly, and also

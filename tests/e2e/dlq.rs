@@ -19,11 +19,21 @@ async fn publish(daemon: &Daemon, account: u64, n: u32) {
     }))
     .expect("json");
     let props = BasicProperties::default().with_message_id(ShortString::from(format!("dlq-{n}")));
-    broker::publish(&amqp, &daemon.names.exchange, "message_created", &body, props).await;
+    broker::publish(
+        &amqp,
+        &daemon.names.exchange,
+        "message_created",
+        &body,
+        props,
+    )
+    .await;
 }
 
 fn ids(entries: &[Value]) -> Vec<String> {
-    entries.iter().map(|e| e["id"].as_str().expect("id").to_owned()).collect()
+    entries
+        .iter()
+        .map(|e| e["id"].as_str().expect("id").to_owned())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -46,10 +56,22 @@ async fn dead_letters_are_listed_in_place_replayed_once_fixed_and_purged_only_wh
         })
         .await;
         let second = daemon.dead_letters().await;
-        assert_eq!(ids(&first), ids(&second), "{queue_kind}: listing twice, same order");
+        assert_eq!(
+            ids(&first),
+            ids(&second),
+            "{queue_kind}: listing twice, same order"
+        );
         let filtered: Vec<Value> = serde_json::from_str(
             &daemon
-                .cli_ok(&["dlq", "list", "--webhook", &broken_id, "--reason", "rejected", "--json"])
+                .cli_ok(&[
+                    "dlq",
+                    "list",
+                    "--webhook",
+                    &broken_id,
+                    "--reason",
+                    "rejected",
+                    "--json",
+                ])
                 .await,
         )
         .expect("json");
@@ -59,15 +81,23 @@ async fn dead_letters_are_listed_in_place_replayed_once_fixed_and_purged_only_wh
         assert!(shown.contains("x-webhookd-reason: rejected"), "{shown}");
         assert!(shown.contains("\"account\""), "body shown: {shown}");
 
-        let dry = daemon.cli_ok(&["dlq", "purge", "--webhook", &broken_id]).await;
+        let dry = daemon
+            .cli_ok(&["dlq", "purge", "--webhook", &broken_id])
+            .await;
         assert!(dry.contains("would purge 3"), "{dry}");
-        assert_eq!(daemon.dead_letters().await.len(), 3, "purge without --yes deletes nothing");
+        assert_eq!(
+            daemon.dead_letters().await.len(),
+            3,
+            "purge without --yes deletes nothing"
+        );
 
         let refused = daemon.cli(&["dlq", "replay"]).await;
         assert_eq!(refused.status.code(), Some(1), "replay needs a selection");
 
         receiver.rescript(|_, _| Reply::status(200));
-        let replayed = daemon.cli_ok(&["dlq", "replay", "--webhook", &broken_id]).await;
+        let replayed = daemon
+            .cli_ok(&["dlq", "replay", "--webhook", &broken_id])
+            .await;
         assert!(replayed.contains("replayed 3"), "{replayed}");
         eventually(WAIT, "three replayed deliveries", || async {
             (receiver.requests("/broken").len() == 6).then_some(())
@@ -80,8 +110,14 @@ async fn dead_letters_are_listed_in_place_replayed_once_fixed_and_purged_only_wh
             .collect();
         assert_eq!(delivery_ids.len(), 3, "replays keep their delivery ids");
         let dead_ids: std::collections::HashSet<String> = ids(&first).into_iter().collect();
-        assert_eq!(delivery_ids, dead_ids, "dead letters are named by delivery id");
-        assert!(daemon.dead_letters().await.is_empty(), "replayed entries leave the DLQ");
+        assert_eq!(
+            delivery_ids, dead_ids,
+            "dead letters are named by delivery id"
+        );
+        assert!(
+            daemon.dead_letters().await.is_empty(),
+            "replayed entries leave the DLQ"
+        );
 
         receiver.rescript(|_, _| Reply::status(404));
         publish(&daemon, 5, 9).await;

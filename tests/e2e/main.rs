@@ -4,4 +4,5 @@
 mod dlq;
 mod pipeline;
 mod retries;
+mod service;
 mod support;

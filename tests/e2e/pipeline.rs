@@ -14,7 +14,10 @@ use crate::support::daemon::{Daemon, Settings, BIN};
 use crate::support::receiver::Receiver;
 use crate::support::{broker, eventually};
 
-const SEED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/message_created.json");
+const SEED: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/message_created.json"
+);
 const WAIT: Duration = Duration::from_secs(20);
 
 fn hmac(key: &[u8], message: &[u8]) -> Vec<u8> {
@@ -43,7 +46,10 @@ async fn the_seed_sample_arrives_byte_identical_with_both_signatures() {
     let webhook = daemon
         .add_webhook(1, &receiver.url("/hook"), &["--generate-secret"])
         .await;
-    let secret = webhook["secret"].as_str().expect("secret shown once").to_owned();
+    let secret = webhook["secret"]
+        .as_str()
+        .expect("secret shown once")
+        .to_owned();
     assert!(secret.starts_with("whsec_"));
 
     let seed = std::fs::read(SEED).expect("seed fixture");
@@ -56,7 +62,11 @@ async fn the_seed_sample_arrives_byte_identical_with_both_signatures() {
     })
     .await;
     let request = &requests[0];
-    assert_eq!(request.body.as_ref(), seed.as_slice(), "body must be byte-identical");
+    assert_eq!(
+        request.body.as_ref(),
+        seed.as_slice(),
+        "body must be byte-identical"
+    );
     assert_eq!(request.header("content-type"), "application/json");
     assert_eq!(
         request.header("user-agent"),
@@ -108,31 +118,51 @@ async fn events_reach_exactly_the_matching_webhooks() {
         (1, "/other-inbox", vec!["--inbox", "99"]),
         (1, "/same-inbox", vec!["--inbox", "5"]),
     ] {
-        daemon.add_webhook(account, &receiver.url(path), &extra).await;
+        daemon
+            .add_webhook(account, &receiver.url(path), &extra)
+            .await;
     }
     let disabled = daemon.add_webhook(1, &receiver.url("/disabled"), &[]).await;
     let disabled_id = disabled["id"].as_str().expect("id");
-    daemon.cli_ok(&["webhooks", "update", disabled_id, "--disable"]).await;
+    daemon
+        .cli_ok(&["webhooks", "update", disabled_id, "--disable"])
+        .await;
 
     let amqp = broker::connect().await;
-    let props = || BasicProperties::default().with_content_type(ShortString::from("application/json"));
+    let props =
+        || BasicProperties::default().with_content_type(ShortString::from("application/json"));
     // A string account id (as the seed writes them) and an integer one both route.
     let string_id = event(Value::from("1"), Some(5), "message_created");
     let int_id = event(Value::from(1), None, "message_created");
     let sentinel = event(Value::from(2), None, "conversation_created");
     for body in [&string_id, &int_id, &sentinel] {
-        broker::publish(&amqp, &daemon.names.exchange, "message_created", body, props()).await;
+        broker::publish(
+            &amqp,
+            &daemon.names.exchange,
+            "message_created",
+            body,
+            props(),
+        )
+        .await;
     }
 
-    eventually(WAIT, "both events at /a and /b, the sentinel at account 2", || async {
-        (receiver.requests("/a").len() == 2
-            && receiver.requests("/b").len() == 2
-            && receiver.requests("/other-account").len() == 1)
-            .then_some(())
-    })
+    eventually(
+        WAIT,
+        "both events at /a and /b, the sentinel at account 2",
+        || async {
+            (receiver.requests("/a").len() == 2
+                && receiver.requests("/b").len() == 2
+                && receiver.requests("/other-account").len() == 1)
+                .then_some(())
+        },
+    )
     .await;
     let bodies = |path: &str| {
-        let mut bodies: Vec<Vec<u8>> = receiver.requests(path).iter().map(|r| r.body.to_vec()).collect();
+        let mut bodies: Vec<Vec<u8>> = receiver
+            .requests(path)
+            .iter()
+            .map(|r| r.body.to_vec())
+            .collect();
         bodies.sort();
         bodies
     };
@@ -141,10 +171,20 @@ async fn events_reach_exactly_the_matching_webhooks() {
     assert_eq!(bodies("/a"), expected);
     assert_eq!(bodies("/b"), expected);
     assert_eq!(bodies("/other-account"), vec![sentinel]);
-    assert_eq!(bodies("/same-inbox"), vec![string_id], "inbox filter passes inbox 5 only");
-    assert!(receiver.requests("/other-event").is_empty(), "events filter");
+    assert_eq!(
+        bodies("/same-inbox"),
+        vec![string_id],
+        "inbox filter passes inbox 5 only"
+    );
+    assert!(
+        receiver.requests("/other-event").is_empty(),
+        "events filter"
+    );
     assert!(receiver.requests("/other-inbox").is_empty(), "inbox filter");
-    assert!(receiver.requests("/disabled").is_empty(), "disabled webhook");
+    assert!(
+        receiver.requests("/disabled").is_empty(),
+        "disabled webhook"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -161,7 +201,14 @@ async fn a_malformed_event_between_two_good_ones_is_dead_lettered_and_consuming_
         (second.as_slice(), "good-2"),
     ] {
         let props = BasicProperties::default().with_message_id(ShortString::from(id));
-        broker::publish(&amqp, &daemon.names.exchange, "message_created", body, props).await;
+        broker::publish(
+            &amqp,
+            &daemon.names.exchange,
+            "message_created",
+            body,
+            props,
+        )
+        .await;
     }
     eventually(WAIT, "both good events delivered", || async {
         (receiver.requests("/hook").len() == 2).then_some(())
@@ -176,45 +223,88 @@ async fn a_malformed_event_between_two_good_ones_is_dead_lettered_and_consuming_
     assert_eq!(dead[0]["id"], "bad-1");
     assert_eq!(dead[0]["reason"], "malformed");
     assert_eq!(dead[0]["body"], "{not json");
-    assert_eq!(daemon.get("/readyz").await.0, StatusCode::OK, "still consuming");
+    assert_eq!(
+        daemon.get("/readyz").await.0,
+        StatusCode::OK,
+        "still consuming"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_commands_round_trip_through_the_admin_api() {
     let daemon = Daemon::start(Settings::default()).await;
     let created = daemon
-        .add_webhook(3, "http://127.0.0.1:9/in", &["--name", "crm", "--secret", "s3cret-s3cret-s3cret"])
+        .add_webhook(
+            3,
+            "http://127.0.0.1:9/in",
+            &["--name", "crm", "--secret", "s3cret-s3cret-s3cret"],
+        )
         .await;
     let id = created["id"].as_str().expect("id").to_owned();
-    assert_eq!(created["secret"], "s3cret-s3cret-s3cret", "shown once at creation");
+    assert_eq!(
+        created["secret"], "s3cret-s3cret-s3cret",
+        "shown once at creation"
+    );
 
     let listed: Vec<Value> = serde_json::from_str(
-        &daemon.cli_ok(&["webhooks", "list", "--account", "3", "--json"]).await,
+        &daemon
+            .cli_ok(&["webhooks", "list", "--account", "3", "--json"])
+            .await,
     )
     .expect("list JSON");
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0]["id"], id);
-    assert_ne!(listed[0]["secret"], "s3cret-s3cret-s3cret", "masked in list");
+    assert_ne!(
+        listed[0]["secret"], "s3cret-s3cret-s3cret",
+        "masked in list"
+    );
 
     daemon
-        .cli_ok(&["webhooks", "update", &id, "--url", "http://127.0.0.1:9/new", "--events", "contact_created"])
+        .cli_ok(&[
+            "webhooks",
+            "update",
+            &id,
+            "--url",
+            "http://127.0.0.1:9/new",
+            "--events",
+            "contact_created",
+        ])
         .await;
     let shown: Value =
-        serde_json::from_str(&daemon.cli_ok(&["webhooks", "show", &id, "--json"]).await).expect("show JSON");
+        serde_json::from_str(&daemon.cli_ok(&["webhooks", "show", &id, "--json"]).await)
+            .expect("show JSON");
     assert_eq!(shown["url"], "http://127.0.0.1:9/new");
     assert_eq!(shown["events"], serde_json::json!(["contact_created"]));
     assert_eq!(shown["name"], "crm");
 
     // The API is what the CLI used: the daemon's token opens it, nothing else does.
     let path = format!("/v1/webhooks/{id}");
-    assert_eq!(daemon.request(Method::GET, &path, None).await.0, StatusCode::UNAUTHORIZED);
-    assert_eq!(daemon.request(Method::GET, &path, Some("wrong")).await.0, StatusCode::UNAUTHORIZED);
-    assert_eq!(daemon.request(Method::GET, &path, Some(&daemon.token)).await.0, StatusCode::OK);
+    assert_eq!(
+        daemon.request(Method::GET, &path, None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        daemon.request(Method::GET, &path, Some("wrong")).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        daemon
+            .request(Method::GET, &path, Some(&daemon.token))
+            .await
+            .0,
+        StatusCode::OK
+    );
 
     daemon.cli_ok(&["webhooks", "rm", &id]).await;
     let missing = daemon.cli(&["webhooks", "show", &id]).await;
     assert_eq!(missing.status.code(), Some(1));
-    assert_eq!(daemon.request(Method::GET, &path, Some(&daemon.token)).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        daemon
+            .request(Method::GET, &path, Some(&daemon.token))
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -250,13 +340,23 @@ async fn check_config_prints_the_effective_config_with_secrets_masked() {
     let out = daemon.cli_ok(&["check-config"]).await;
     assert!(out.contains(&daemon.names.queue), "{out}");
     assert!(!out.contains(&daemon.token), "admin token leaked: {out}");
-    assert!(!out.contains("guest:guest"), "broker password leaked: {out}");
+    assert!(
+        !out.contains("guest:guest"),
+        "broker password leaked: {out}"
+    );
 }
 
 #[tokio::test]
 async fn a_bad_cli_argument_says_what_was_expected_and_exits_2() {
     let output = tokio::process::Command::new(BIN)
-        .args(["webhooks", "add", "--account", "minus-one", "--url", "http://x/"])
+        .args([
+            "webhooks",
+            "add",
+            "--account",
+            "minus-one",
+            "--url",
+            "http://x/",
+        ])
         .output()
         .await
         .expect("run");

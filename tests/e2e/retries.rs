@@ -26,8 +26,16 @@ fn event(account: u64, n: u32) -> Vec<u8> {
 
 async fn publish(daemon: &Daemon, account: u64, n: u32) {
     let amqp = broker::connect().await;
-    let props = BasicProperties::default().with_message_id(ShortString::from(format!("ev-{account}-{n}")));
-    broker::publish(&amqp, &daemon.names.exchange, "message_created", &event(account, n), props).await;
+    let props =
+        BasicProperties::default().with_message_id(ShortString::from(format!("ev-{account}-{n}")));
+    broker::publish(
+        &amqp,
+        &daemon.names.exchange,
+        "message_created",
+        &event(account, n),
+        props,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -45,7 +53,9 @@ async fn a_receiver_failing_twice_gets_the_third_attempt_and_the_other_webhook_g
         _ => Reply::status(200),
     })
     .await;
-    let flaky = daemon.add_webhook(1, &receiver.url("/flaky"), &["--generate-secret"]).await;
+    let flaky = daemon
+        .add_webhook(1, &receiver.url("/flaky"), &["--generate-secret"])
+        .await;
     daemon.add_webhook(1, &receiver.url("/steady"), &[]).await;
     publish(&daemon, 1, 1).await;
 
@@ -54,19 +64,37 @@ async fn a_receiver_failing_twice_gets_the_third_attempt_and_the_other_webhook_g
         (r.len() >= 3).then_some(r)
     })
     .await;
-    assert_eq!(attempts.len(), 3, "delivered on the third attempt, then no more");
+    assert_eq!(
+        attempts.len(),
+        3,
+        "delivered on the third attempt, then no more"
+    );
     let ids: Vec<&str> = attempts.iter().map(|r| r.header("webhook-id")).collect();
-    assert!(ids.iter().all(|id| *id == ids[0]), "one delivery id across retries: {ids:?}");
-    let signatures: Vec<&str> = attempts.iter().map(|r| r.header("webhook-signature")).collect();
+    assert!(
+        ids.iter().all(|id| *id == ids[0]),
+        "one delivery id across retries: {ids:?}"
+    );
+    let signatures: Vec<&str> = attempts
+        .iter()
+        .map(|r| r.header("webhook-signature"))
+        .collect();
     assert_ne!(signatures[0], signatures[1]);
     assert_ne!(signatures[1], signatures[2]);
-    assert_eq!(receiver.requests("/steady").len(), 1, "the 2xx webhook is never retried");
+    assert_eq!(
+        receiver.requests("/steady").len(),
+        1,
+        "the 2xx webhook is never retried"
+    );
 
     // The attempt log shows the story, newest first.
     let id = flaky["id"].as_str().expect("id");
     let log: Vec<Value> =
-        serde_json::from_str(&daemon.cli_ok(&["webhooks", "attempts", id, "--json"]).await).expect("json");
-    let statuses: Vec<u64> = log.iter().map(|a| a["status"].as_u64().expect("status")).collect();
+        serde_json::from_str(&daemon.cli_ok(&["webhooks", "attempts", id, "--json"]).await)
+            .expect("json");
+    let statuses: Vec<u64> = log
+        .iter()
+        .map(|a| a["status"].as_u64().expect("status"))
+        .collect();
     assert_eq!(statuses, vec![200, 503, 503]);
     assert!(log.iter().all(|a| a["delivery_id"] == ids[0]));
 }
@@ -91,7 +119,10 @@ async fn retry_after_is_honoured() {
     })
     .await;
     let gap = attempts[1].at - attempts[0].at;
-    assert!(gap >= Duration::from_secs(1), "Retry-After: 1 waited only {gap:?}");
+    assert!(
+        gap >= Duration::from_secs(1),
+        "Retry-After: 1 waited only {gap:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -125,7 +156,11 @@ async fn a_six_hour_wait_does_not_hold_back_a_short_one() {
     assert!(quick[1].at - quick[0].at < Duration::from_secs(5));
     let amqp = broker::connect().await;
     let six_hours = format!("{}.21600s", daemon.names.retry_prefix);
-    assert_eq!(broker::ready_count(&amqp, &six_hours).await, 1, "the 6 h job still waits");
+    assert_eq!(
+        broker::ready_count(&amqp, &six_hours).await,
+        1,
+        "the 6 h job still waits"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -158,10 +193,21 @@ async fn a_404_is_rejected_at_once_and_a_410_disables_the_webhook() {
     assert_eq!(rejected["event"], "message_created");
     let gone_letter = by_webhook(&gone["id"]);
     assert_eq!(gone_letter["reason"], "gone");
-    assert_eq!(receiver.requests("/missing").len(), 1, "a 404 is not retried");
+    assert_eq!(
+        receiver.requests("/missing").len(),
+        1,
+        "a 404 is not retried"
+    );
 
     let shown: Value = serde_json::from_str(
-        &daemon.cli_ok(&["webhooks", "show", gone["id"].as_str().expect("id"), "--json"]).await,
+        &daemon
+            .cli_ok(&[
+                "webhooks",
+                "show",
+                gone["id"].as_str().expect("id"),
+                "--json",
+            ])
+            .await,
     )
     .expect("json");
     assert_eq!(shown["enabled"], false, "410 disables the webhook");
@@ -185,10 +231,17 @@ async fn a_receiver_that_never_recovers_is_exhausted_after_max_elapsed() {
     assert_eq!(dead[0]["reason"], "exhausted");
     assert_eq!(dead[0]["last_status"], 500);
     let attempts = receiver.requests("/down");
-    assert!(attempts.len() >= 3, "retried before giving up: {}", attempts.len());
+    assert!(
+        attempts.len() >= 3,
+        "retried before giving up: {}",
+        attempts.len()
+    );
     assert_eq!(dead[0]["attempts"].as_u64(), Some(attempts.len() as u64));
     let span = attempts[attempts.len() - 1].at - attempts[0].at;
-    assert!(span <= Duration::from_secs(2), "no attempt after max_elapsed: {span:?}");
+    assert!(
+        span <= Duration::from_secs(2),
+        "no attempt after max_elapsed: {span:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -204,7 +257,11 @@ async fn jobs_waiting_in_delay_queues_survive_kill_9() {
     let receiver = {
         let fixed = fixed.clone();
         Receiver::scripted(move |_, _| {
-            Reply::status(if fixed.load(Ordering::SeqCst) { 200 } else { 503 })
+            Reply::status(if fixed.load(Ordering::SeqCst) {
+                200
+            } else {
+                503
+            })
         })
         .await
     };
@@ -254,12 +311,59 @@ async fn a_job_whose_webhook_was_deleted_while_waiting_is_dropped() {
         (!receiver.requests("/d").is_empty()).then_some(())
     })
     .await;
-    daemon.cli_ok(&["webhooks", "rm", webhook["id"].as_str().expect("id")]).await;
+    daemon
+        .cli_ok(&["webhooks", "rm", webhook["id"].as_str().expect("id")])
+        .await;
     eventually(WAIT, "the job to be dropped", || async {
         let (_, metrics) = daemon.get("/metrics").await;
-        metrics.contains("webhookd_jobs_dropped_total 1").then_some(())
+        metrics
+            .contains("webhookd_jobs_dropped_total 1")
+            .then_some(())
     })
     .await;
-    assert_eq!(receiver.requests("/d").len(), 1, "no attempt after deletion");
-    assert!(daemon.dead_letters().await.is_empty(), "dropped, not dead-lettered");
+    assert_eq!(
+        receiver.requests("/d").len(),
+        1,
+        "no attempt after deletion"
+    );
+    assert!(
+        daemon.dead_letters().await.is_empty(),
+        "dropped, not dead-lettered"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_hangs_past_the_timeout_is_retried() {
+    let daemon = Daemon::start(Settings {
+        request_timeout: "500ms",
+        ..Settings::default()
+    })
+    .await;
+    let receiver = Receiver::scripted(|_, seen| match seen {
+        0 => Reply::hang(),
+        _ => Reply::status(200),
+    })
+    .await;
+    let webhook = daemon.add_webhook(1, &receiver.url("/hangs"), &[]).await;
+    publish(&daemon, 1, 1).await;
+    eventually(WAIT, "the retry after the timeout", || async {
+        (receiver.requests("/hangs").len() >= 2).then_some(())
+    })
+    .await;
+    let id = webhook["id"].as_str().expect("id");
+    let log: Vec<Value> = eventually(WAIT, "two attempts in the log", || async {
+        let log: Vec<Value> =
+            serde_json::from_str(&daemon.cli_ok(&["webhooks", "attempts", id, "--json"]).await)
+                .expect("json");
+        (log.len() == 2).then_some(log)
+    })
+    .await;
+    assert_eq!(log[0]["status"], 200);
+    assert_eq!(log[1]["status"], Value::Null);
+    assert!(
+        log[1]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("timed out")),
+        "{log:?}"
+    );
 }

@@ -181,9 +181,11 @@ drain_timeout = "{drain_timeout}"
 
     pub async fn wait_ready(&self) {
         let runs = self.runs;
-        eventually(Duration::from_secs(30), "webhookd /readyz to answer 200", || async {
-            (self.get("/readyz").await.0 == StatusCode::OK).then_some(())
-        })
+        eventually(
+            Duration::from_secs(30),
+            "webhookd /readyz to answer 200",
+            || async { (self.get("/readyz").await.0 == StatusCode::OK).then_some(()) },
+        )
         .await;
         assert_eq!(runs, self.runs);
     }
@@ -239,15 +241,22 @@ drain_timeout = "{drain_timeout}"
     /// Registers a webhook through the CLI, returning its JSON.
     pub async fn add_webhook(&self, account: u64, url: &str, extra: &[&str]) -> Value {
         let account = account.to_string();
-        let mut args = vec!["webhooks", "add", "--account", &account, "--url", url, "--json"];
+        let mut args = vec![
+            "webhooks",
+            "add",
+            "--account",
+            &account,
+            "--url",
+            url,
+            "--json",
+        ];
         args.extend_from_slice(extra);
         serde_json::from_str(&self.cli_ok(&args).await).expect("webhook JSON")
     }
 
     /// `dlq list --json`, parsed.
     pub async fn dead_letters(&self) -> Vec<Value> {
-        serde_json::from_str(&self.cli_ok(&["dlq", "list", "--json"]).await)
-            .expect("dlq list JSON")
+        serde_json::from_str(&self.cli_ok(&["dlq", "list", "--json"]).await).expect("dlq list JSON")
     }
 
     /// GET on the admin API without a token.
@@ -256,7 +265,12 @@ drain_timeout = "{drain_timeout}"
     }
 
     /// An admin API request, with `token` as bearer if given.
-    pub async fn request(&self, method: Method, path: &str, token: Option<&str>) -> (StatusCode, String) {
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+    ) -> (StatusCode, String) {
         let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
         let mut request = Request::builder()
             .method(method)
@@ -268,7 +282,12 @@ drain_timeout = "{drain_timeout}"
         match tokio::time::timeout(Duration::from_secs(5), client.request(request)).await {
             Ok(Ok(response)) => {
                 let status = response.status();
-                let body = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                let body = response
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
                 (status, String::from_utf8_lossy(&body).into_owned())
             }
             _ => (StatusCode::SERVICE_UNAVAILABLE, "unreachable".to_owned()),

@@ -80,8 +80,12 @@ impl Receiver {
         Receiver::scripted(|_, _| Reply::status(200)).await
     }
 
-    pub async fn scripted(script: impl Fn(&str, usize) -> Reply + Send + Sync + 'static) -> Receiver {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind receiver");
+    pub async fn scripted(
+        script: impl Fn(&str, usize) -> Reply + Send + Sync + 'static,
+    ) -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind receiver");
         let receiver = Receiver {
             addr: listener.local_addr().expect("receiver address"),
             log: Arc::default(),
@@ -90,7 +94,9 @@ impl Receiver {
         let serving = receiver.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let serving = serving.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |request| {
