@@ -2,28 +2,35 @@
 //! the `/v1` webhook API that `webhookd webhooks …` talks to.
 //!
 //! The daemon holds sled's exclusive lock on the store, so this API is the one way to change the
-//! registry while it runs. Routing is a match on method and path segments: eight routes do not
-//! need a router crate. Everything under `/v1` requires the bearer token, compared in constant
-//! time; health, readiness and metrics stay open so probes need no secret.
+//! registry while it runs. Routing is a match on method and path segments: nine routes do not
+//! need a router crate. Health, readiness and metrics stay open so probes need no secret.
+//!
+//! `/v1` can register a webhook, which makes webhookd POST to a URL of the caller's choosing, so
+//! it is closed unless deliberately opened: with `admin.token` every request needs that bearer
+//! token (compared in constant time); without one `/v1` refuses everything, unless
+//! `admin.insecure_no_auth` is set, which config validation accepts on a loopback listener only.
+//! Bodies are capped, and every refusal is JSON whose `field` names what to fix.
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
-use crate::config::Secret;
+use crate::config::{AdminConfig, Secret};
 use crate::delivery::sign::generate_secret;
 use crate::metrics::Metrics;
 use crate::service::Readiness;
@@ -34,13 +41,45 @@ const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
 pub struct AdminState {
     pub store: Store,
-    pub token: Option<Secret>,
+    pub access: Access,
+    /// How long a rotated-out secret keeps signing (`delivery.secret_rotation_grace`).
+    pub secret_rotation_grace: Duration,
     pub readiness: Arc<Readiness>,
     pub metrics: Arc<Metrics>,
 }
 
+/// Who may use `/v1`.
+pub enum Access {
+    /// Every request must carry this bearer token.
+    Token(Secret),
+    /// No token is configured: `/v1` refuses every request.
+    Closed,
+    /// `admin.insecure_no_auth`: anyone who reaches the (loopback) listener.
+    Open,
+}
+
+impl Access {
+    /// Validation has already refused `insecure_no_auth` with a token or off loopback.
+    pub fn from_config(admin: &AdminConfig) -> Access {
+        match (admin.token(), admin.insecure_no_auth) {
+            (Some(token), _) => Access::Token(token.clone()),
+            (None, true) => Access::Open,
+            (None, false) => Access::Closed,
+        }
+    }
+}
+
 /// Serves until `shutdown`; connections already open finish their current request.
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>, shutdown: CancellationToken) {
+    match state.access {
+        Access::Token(_) => {}
+        Access::Closed => {
+            info!("admin /v1 API is off: set admin.token (or admin.token_file) to manage webhooks through it");
+        }
+        Access::Open => {
+            warn!("admin /v1 API requires no token (admin.insecure_no_auth = true): anyone who can reach the listener can register webhooks");
+        }
+    }
     loop {
         let stream = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -108,20 +147,24 @@ async fn route(state: &AdminState, request: Request<Incoming>) -> Reply {
     }
 }
 
-/// The 401 for a request without the right bearer token; `None` lets it through.
+/// The 401 for a request `/v1` does not let through; `None` lets it through.
 fn refuse_unauthorized(state: &AdminState, request: &Request<Incoming>) -> Option<Reply> {
-    let Some(token) = &state.token else {
-        return Some(json_error(
-            StatusCode::UNAUTHORIZED,
-            "the admin API is disabled: set admin.token (or admin.token_file)",
-            None,
-        ));
+    let token = match &state.access {
+        Access::Open => return None,
+        Access::Closed => {
+            return Some(json_error(
+                StatusCode::UNAUTHORIZED,
+                "the /v1 API is off: no token is configured (admin.token, admin.token_file)",
+                Some("admin.token"),
+            ))
+        }
+        Access::Token(token) => token,
     };
     let given = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(bearer_token)
         .unwrap_or("");
     if bool::from(given.as_bytes().ct_eq(token.expose().as_bytes())) {
         None
@@ -129,22 +172,39 @@ fn refuse_unauthorized(state: &AdminState, request: &Request<Incoming>) -> Optio
         Some(json_error(
             StatusCode::UNAUTHORIZED,
             "missing or wrong bearer token",
-            None,
+            Some("authorization"),
         ))
     }
 }
 
-/// Why an API request failed, as the client should see it.
+/// The credentials of an `Authorization: Bearer …` header; the scheme name is case-insensitive
+/// (RFC 9110 §11.1).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_start_matches(' '))
+}
+
+/// Why an API request failed, as the client should see it. `field` names the request field (or
+/// config key) to fix, when there is one.
 enum ApiError {
-    BadRequest(String, Option<&'static str>),
+    BadRequest(String, Option<String>),
+    TooLarge,
     NotFound,
     Internal(String),
+}
+
+impl ApiError {
+    fn bad_request(message: impl Into<String>, field: &str) -> ApiError {
+        ApiError::BadRequest(message.into(), Some(field.to_owned()))
+    }
 }
 
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> ApiError {
         match error {
-            StoreError::Invalid { field, message } => ApiError::BadRequest(message, Some(field)),
+            StoreError::Invalid { field, message } => ApiError::bad_request(message, field),
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -154,8 +214,13 @@ impl ApiError {
     fn into_reply(self) -> Reply {
         match self {
             ApiError::BadRequest(message, field) => {
-                json_error(StatusCode::BAD_REQUEST, &message, field)
+                json_error(StatusCode::BAD_REQUEST, &message, field.as_deref())
             }
+            ApiError::TooLarge => json_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("request body is over {MAX_REQUEST_BYTES} bytes"),
+                None,
+            ),
             ApiError::NotFound => json_error(StatusCode::NOT_FOUND, "no such webhook", None),
             ApiError::Internal(message) => {
                 warn!(%message, "admin API request failed");
@@ -176,12 +241,14 @@ async fn api(
     match (method, segments) {
         (&Method::GET, ["webhooks"]) => {
             let account = match query_param(query, "account_id") {
-                Some(value) => Some(value.parse::<u64>().map_err(|_| {
-                    ApiError::BadRequest(
-                        format!("account_id must be a positive integer, got {value:?}"),
-                        Some("account_id"),
-                    )
-                })?),
+                Some(value) => Some(value.parse::<u64>().ok().filter(|&a| a > 0).ok_or_else(
+                    || {
+                        ApiError::bad_request(
+                            format!("account_id must be a positive integer, got {value:?}"),
+                            "account_id",
+                        )
+                    },
+                )?),
                 None => None,
             };
             let list: Vec<_> = store.list(account)?.iter().map(|w| w.masked()).collect();
@@ -192,9 +259,9 @@ async fn api(
             if generate {
                 fields.insert("secret".into(), Value::String(generate_secret()));
             }
-            let new: NewWebhook = serde_json::from_value(Value::Object(fields))
-                .map_err(|e| ApiError::BadRequest(e.to_string(), None))?;
+            let new: NewWebhook = from_fields(fields, &REQUIRED_TO_CREATE)?;
             let webhook = store.create(new).await?;
+            // The secret is shown once, in the reply that set it.
             Ok(json(StatusCode::CREATED, &webhook))
         }
         (&Method::GET, ["webhooks", id]) => match store.get(id)? {
@@ -207,14 +274,20 @@ async fn api(
                 fields.insert("secret".into(), Value::String(generate_secret()));
             }
             let secret_changed = fields.contains_key("secret");
-            let patch: WebhookPatch = serde_json::from_value(Value::Object(fields))
-                .map_err(|e| ApiError::BadRequest(e.to_string(), None))?;
+            let patch: WebhookPatch = from_fields(fields, &[])?;
             match store.update(id, patch).await? {
-                // A new secret is shown once, in the reply that set it.
-                Some(webhook) if secret_changed => Ok(json(StatusCode::OK, &webhook)),
+                Some(webhook) if secret_changed => Ok(json(StatusCode::OK, &webhook.revealed())),
                 Some(webhook) => Ok(json(StatusCode::OK, &webhook.masked())),
                 None => Err(ApiError::NotFound),
             }
+        }
+        (&Method::POST, ["webhooks", id, "rotate-secret"]) => {
+            let rotated = store
+                .rotate_secret(id, generate_secret(), state.secret_rotation_grace)
+                .await?
+                .ok_or(ApiError::NotFound)?;
+            info!(webhook_id = %id, grace = %humantime::format_duration(state.secret_rotation_grace), "webhook secret rotated");
+            Ok(json(StatusCode::OK, &rotated.revealed()))
         }
         (&Method::DELETE, ["webhooks", id]) => {
             if store.delete(id).await? {
@@ -236,6 +309,31 @@ async fn api(
     }
 }
 
+/// The fields a new webhook must have. serde reports a missing field at the object itself, with
+/// no path to name it by, so they are checked here first.
+const REQUIRED_TO_CREATE: [&str; 2] = ["account_id", "url"];
+
+/// A request type from the body's fields. A field serde refuses (wrong type, unknown name) is
+/// named by the first segment of its path: `events[0]` is the field `events`.
+fn from_fields<T: DeserializeOwned>(
+    fields: serde_json::Map<String, Value>,
+    required: &[&str],
+) -> Result<T, ApiError> {
+    if let Some(missing) = required.iter().find(|key| !fields.contains_key(**key)) {
+        return Err(ApiError::bad_request("is required", missing));
+    }
+    serde_path_to_error::deserialize(Value::Object(fields)).map_err(|error| {
+        let field = error
+            .path()
+            .to_string()
+            .split(['.', '['])
+            .next()
+            .filter(|field| !field.is_empty())
+            .map(str::to_owned);
+        ApiError::BadRequest(error.into_inner().to_string(), field)
+    })
+}
+
 /// Reads a JSON object body (capped), returning its fields and whether it asked for a generated
 /// secret (`"generate_secret": true`, which is not a field of the webhook itself).
 async fn read_json(
@@ -245,10 +343,11 @@ async fn read_json(
         .collect()
         .await
         .map_err(|e| {
-            ApiError::BadRequest(
-                format!("request body unreadable or over {MAX_REQUEST_BYTES} bytes: {e}"),
-                None,
-            )
+            if e.is::<LengthLimitError>() {
+                ApiError::TooLarge
+            } else {
+                ApiError::BadRequest(format!("request body unreadable: {e}"), None)
+            }
         })?
         .to_bytes();
     let mut fields = match serde_json::from_slice::<Value>(&bytes) {
@@ -265,9 +364,9 @@ async fn read_json(
         None | Some(Value::Bool(false)) => false,
         Some(Value::Bool(true)) => true,
         Some(_) => {
-            return Err(ApiError::BadRequest(
-                "generate_secret must be true or false".into(),
-                Some("generate_secret"),
+            return Err(ApiError::bad_request(
+                "generate_secret must be true or false",
+                "generate_secret",
             ))
         }
     };
@@ -319,6 +418,80 @@ fn with_body(status: StatusCode, content_type: &'static str, body: Bytes) -> Rep
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn fields(value: Value) -> serde_json::Map<String, Value> {
+        match value {
+            Value::Object(fields) => fields,
+            _ => serde_json::Map::new(),
+        }
+    }
+
+    fn refused_field<T: DeserializeOwned>(value: Value, required: &[&str]) -> Option<String> {
+        match from_fields::<T>(fields(value), required) {
+            Err(ApiError::BadRequest(_, field)) => field,
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn required_to_create_are_exactly_the_fields_new_webhook_cannot_default() {
+        let complete = serde_json::json!({ "account_id": 1, "url": "https://e.com/" });
+        assert!(serde_json::from_value::<NewWebhook>(complete.clone()).is_ok());
+        for key in REQUIRED_TO_CREATE {
+            let mut without = fields(complete.clone());
+            without.remove(key);
+            assert!(
+                serde_json::from_value::<NewWebhook>(Value::Object(without.clone())).is_err(),
+                "{key} has a default"
+            );
+            assert_eq!(
+                refused_field::<NewWebhook>(Value::Object(without), &REQUIRED_TO_CREATE).as_deref(),
+                Some(key)
+            );
+        }
+    }
+
+    #[test]
+    fn refused_fields_are_named_by_their_path() {
+        let cases = [
+            (
+                serde_json::json!({ "account_id": "1", "url": "x" }),
+                "account_id",
+            ),
+            (
+                serde_json::json!({ "account_id": 1, "url": "x", "events": [1] }),
+                "events",
+            ),
+            (
+                serde_json::json!({ "account_id": 1, "url": "x", "evnets": [] }),
+                "evnets",
+            ),
+            (
+                serde_json::json!({ "account_id": 1, "url": "x", "inbox_id": -1 }),
+                "inbox_id",
+            ),
+        ];
+        for (body, field) in cases {
+            assert_eq!(
+                refused_field::<NewWebhook>(body.clone(), &REQUIRED_TO_CREATE).as_deref(),
+                Some(field),
+                "{body}"
+            );
+        }
+        let patch = serde_json::json!({ "enabled": "yes" });
+        assert_eq!(
+            refused_field::<WebhookPatch>(patch, &[]).as_deref(),
+            Some("enabled")
+        );
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive_and_needs_credentials() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer  abc"), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearerabc"), None);
+    }
 
     #[test]
     fn query_params_are_found_by_exact_name() {

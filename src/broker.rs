@@ -35,6 +35,12 @@ pub enum BrokerError {
     ConsumerEnded,
     #[error("broker did not confirm a publish to {0} (publisher confirms are off)")]
     Unconfirmed(String),
+    #[error("connecting and declaring took longer than {0:?}")]
+    SetupTimeout(Duration),
+    #[error("a broker connection or channel closed")]
+    ConnectionLost,
+    #[error("publishing failed: the publishing connection or channel is gone")]
+    PublisherLost,
 }
 
 /// The names and kinds webhookd declares, taken from `[broker]` once.
@@ -207,8 +213,9 @@ impl Publisher {
         })
     }
 
-    pub fn topology(&self) -> &Topology {
-        &self.topology
+    /// Whether the confirm channel (and so its connection) is still open.
+    pub fn is_open(&self) -> bool {
+        self.channel.status().connected()
     }
 
     /// Publishes and waits for the broker's confirm.

@@ -132,6 +132,10 @@ pub enum WebhooksCommand {
         disable: bool,
         #[command(flatten)]
         secret: SecretArgs,
+        /// Generate a new secret (printed once) and keep the current one signing too for
+        /// delivery.secret_rotation_grace, so the receiver can switch without failed checks.
+        #[arg(long, conflicts_with_all = ["secret", "generate_secret"])]
+        rotate_secret: bool,
         #[arg(long)]
         json: bool,
     },
@@ -377,8 +381,12 @@ pub async fn webhooks(config: &Config, command: WebhooksCommand) -> anyhow::Resu
             enable,
             disable,
             secret,
+            rotate_secret,
             json,
         } => {
+            if let Some(url) = &url {
+                warn_if_refused(config, url).await;
+            }
             let patch = WebhookPatch {
                 url,
                 events,
@@ -391,7 +399,25 @@ pub async fn webhooks(config: &Config, command: WebhooksCommand) -> anyhow::Resu
                 },
                 secret: secret.resolve().map(Some),
             };
-            print_webhook(&registry.update(&id, patch).await?, json);
+            let webhook = if rotate_secret {
+                // The other changes first, so a refused one leaves the secret as it was.
+                if patch_json(&patch)
+                    .as_object()
+                    .is_some_and(|f| !f.is_empty())
+                {
+                    registry.update(&id, patch).await?;
+                }
+                let grace = config.delivery.secret_rotation_grace;
+                registry.rotate_secret(&id, grace).await?
+            } else {
+                registry.update(&id, patch).await?
+            };
+            print_webhook(&webhook, json);
+            if rotate_secret && !json {
+                println!(
+                    "the new secret is shown only now: store it where the receiver can read it"
+                );
+            }
         }
         WebhooksCommand::Rm { id } => {
             registry.delete(&id).await?;
@@ -469,6 +495,12 @@ fn print_webhook(webhook: &Webhook, json: bool) {
     }
     if let Some(secret) = &webhook.secret {
         println!("  secret {secret}");
+    }
+    if let (Some(previous), Some(until)) = (
+        &webhook.previous_secret,
+        &webhook.previous_secret_expires_at,
+    ) {
+        println!("  previous secret {previous} also signs until {until}");
     }
     println!(
         "  created {}  updated {}",
@@ -560,11 +592,30 @@ impl Registry {
                     .await?
                     .ok_or_else(|| anyhow!("no webhook with id {id}"))?;
                 Ok(if secret_changed {
-                    webhook
+                    webhook.revealed()
                 } else {
                     webhook.masked()
                 })
             }
+        }
+    }
+
+    /// A new secret, shown in the result; the old one keeps signing for `grace` (a running
+    /// daemon applies its own `delivery.secret_rotation_grace`, normally from the same file).
+    async fn rotate_secret(&self, id: &str, grace: Duration) -> anyhow::Result<Webhook> {
+        match self {
+            Registry::Api(api) => Ok(api
+                .call(
+                    Method::POST,
+                    &format!("/v1/webhooks/{id}/rotate-secret"),
+                    None,
+                )
+                .await?),
+            Registry::Direct(store) => Ok(store
+                .rotate_secret(id, sign::generate_secret(), grace)
+                .await?
+                .ok_or_else(|| anyhow!("no webhook with id {id}"))?
+                .revealed()),
         }
     }
 

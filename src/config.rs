@@ -197,6 +197,14 @@ pub struct DeliveryConfig {
     /// link-local and similar destinations). A bare address means that single host.
     #[serde(deserialize_with = "deserialize_networks")]
     pub allow_networks: Vec<IpNet>,
+    /// A PEM file of private CA certificates trusted for https receivers, on top of the bundled
+    /// web PKI roots; read (and checked) at load time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub extra_ca_file: Option<PathBuf>,
+    /// After `webhooks update ID --rotate-secret`, how long the previous secret keeps signing
+    /// alongside the new one, so receivers can switch without rejecting deliveries.
+    #[serde(with = "duration_text")]
+    pub secret_rotation_grace: Duration,
 }
 
 impl Default for DeliveryConfig {
@@ -207,6 +215,8 @@ impl Default for DeliveryConfig {
             max_in_flight: 512,
             max_event_bytes: 1024 * 1024,
             allow_networks: Vec::new(),
+            extra_ca_file: None,
+            secret_rotation_grace: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -256,6 +266,10 @@ pub struct AdminConfig {
     /// A file holding the token (trimmed), for systemd `LoadCredential=`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_file: Option<PathBuf>,
+    /// Serve `/v1` without any token. Without a token `/v1` is refused unless this is set, and
+    /// it is only accepted on a loopback `listen`, so an open registry is always a deliberate,
+    /// local choice.
+    pub insecure_no_auth: bool,
 }
 
 impl AdminConfig {
@@ -271,6 +285,7 @@ impl Default for AdminConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8089)),
             token: None,
             token_file: None,
+            insecure_no_auth: false,
         }
     }
 }
@@ -625,6 +640,12 @@ impl Config {
             "delivery.max_event_bytes",
             format!("must be at least 1, got {}", delivery.max_event_bytes),
         )?;
+        if let Some(path) = &delivery.extra_ca_file {
+            crate::delivery::read_ca_file(path).map_err(|error| Broken {
+                key: "delivery.extra_ca_file",
+                rule: format!("must name a PEM file of CA certificates: {error}"),
+            })?;
+        }
 
         let retry = &self.retry;
         positive("retry.initial_interval", retry.initial_interval)?;
@@ -658,6 +679,23 @@ impl Config {
                 !token.expose().is_empty(),
                 "admin.token",
                 "must not be empty",
+            )?;
+        }
+        if self.admin.insecure_no_auth {
+            ensure(
+                self.admin.token.is_none(),
+                "admin.insecure_no_auth",
+                "must not be true while a token is set (`admin.token` or `admin.token_file`): \
+                 keep one of them",
+            )?;
+            ensure(
+                self.admin.listen.ip().is_loopback(),
+                "admin.insecure_no_auth",
+                format!(
+                    "is allowed only with a loopback `admin.listen` (127.0.0.1 or [::1]), got {}: \
+                     set `admin.token` to serve /v1 on other addresses",
+                    self.admin.listen
+                ),
             )?;
         }
 
@@ -1357,6 +1395,26 @@ mod tests {
                 "at least 1",
             ),
             ("[admin]\ntoken = \"\"", "admin.token", "must not be empty"),
+            (
+                "[admin]\ninsecure_no_auth = true\nlisten = \"0.0.0.0:8089\"",
+                "admin.insecure_no_auth",
+                "only with a loopback `admin.listen`",
+            ),
+            (
+                "[admin]\ninsecure_no_auth = true\nlisten = \"192.168.1.5:8089\"",
+                "admin.insecure_no_auth",
+                "got 192.168.1.5:8089",
+            ),
+            (
+                "[admin]\ninsecure_no_auth = true\ntoken = \"abc\"",
+                "admin.insecure_no_auth",
+                "must not be true while a token is set",
+            ),
+            (
+                "[delivery]\nextra_ca_file = \"/nonexistent/ca.pem\"",
+                "delivery.extra_ca_file",
+                "cannot read /nonexistent/ca.pem",
+            ),
             ("[log]\nlevel = \"\"", "log.level", "must not be empty"),
             (
                 "[log]\nlevel = \"info,lapin=loud\"",
@@ -1372,6 +1430,14 @@ mod tests {
             assert_eq!(key, want_key, "{text:?}");
             assert!(rule.contains(want_rule), "{text:?}: {rule}");
             assert_eq!(var, &None);
+        }
+    }
+
+    #[test]
+    fn insecure_no_auth_is_accepted_on_loopback_only() {
+        for listen in ["127.0.0.1:8089", "127.0.0.2:9", "[::1]:8089"] {
+            let text = format!("[admin]\ninsecure_no_auth = true\nlisten = \"{listen}\"\n");
+            assert!(load_ok(&text, no_env()).admin.insecure_no_auth, "{listen}");
         }
     }
 

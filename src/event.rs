@@ -128,14 +128,14 @@ pub fn decode_envelope(body: &[u8]) -> Result<Envelope, Malformed> {
         Slot::Once(Found::Holder(Slot::Once(None))) => return Err(Malformed::BadAccountId),
         Slot::Once(_) => return Err(Malformed::AccountNotObject),
     };
-    let inbox_id = match optional_id(fields.inbox, "inbox", "inbox.id")? {
-        Some(id) => Some(id),
-        None => optional_id(fields.conversation, "conversation", "conversation.inbox_id")?,
-    };
+    // Both holders are checked even when `inbox.id` decides: a repeated `conversation` is as
+    // ambiguous to a receiver as a repeated `inbox`.
+    let inbox = optional_id(fields.inbox, "inbox", "inbox.id")?;
+    let conversation = optional_id(fields.conversation, "conversation", "conversation.inbox_id")?;
     Ok(Envelope {
         event,
         account_id,
-        inbox_id,
+        inbox_id: inbox.or(conversation),
     })
 }
 
@@ -1008,6 +1008,9 @@ fn other_sample(event: &str, account_id: u64, created_at: String) -> serde_json:
 }
 
 #[cfg(test)]
+mod properties;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -1226,6 +1229,11 @@ mod tests {
                 "duplicate inbox",
                 br#"{"event":"x","account":{"id":1},"inbox":{"id":1},"inbox":{"id":2}}"#,
                 |e| matches!(e, Malformed::DuplicateKey("inbox")),
+            ),
+            (
+                "duplicate conversation beside a usable inbox",
+                br#"{"event":"x","account":{"id":1},"inbox":{"id":1},"conversation":{},"conversation":{"inbox_id":2}}"#,
+                |e| matches!(e, Malformed::DuplicateKey("conversation")),
             ),
             ("nesting beyond serde_json's limit", deep.as_bytes(), |e| {
                 matches!(e, Malformed::TooDeep)

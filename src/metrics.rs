@@ -52,8 +52,11 @@ impl Metrics {
         self.dead_letters.inc(reason);
     }
 
-    pub fn retry_scheduled(&self, queue: &str) {
-        self.retries.inc(queue);
+    /// A retry job confirmed in the delay queue of `bucket` (labelled like `5s`; the buckets
+    /// are the schedule's ladder, a bounded set).
+    pub fn retry_scheduled(&self, bucket: Duration) {
+        self.retries
+            .inc(&humantime::format_duration(bucket).to_string());
     }
 
     /// A retry job whose webhook was deleted or disabled while it waited.
@@ -61,8 +64,11 @@ impl Metrics {
         self.jobs_dropped.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn in_flight(&self, delta: i64) {
-        self.in_flight.fetch_add(delta, Ordering::Relaxed);
+    /// Counts one request in flight until the guard drops, so a request abandoned half-way (its
+    /// task cancelled at shutdown or on broker loss) is uncounted too.
+    pub fn in_flight(&self) -> InFlight<'_> {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(&self.in_flight)
     }
 
     pub fn broker_connected(&self, connected: bool) {
@@ -70,6 +76,7 @@ impl Metrics {
             .store(i64::from(connected), Ordering::Relaxed);
     }
 
+    /// A broker session after the first one started consuming.
     pub fn reconnect(&self) {
         self.reconnects.fetch_add(1, Ordering::Relaxed);
     }
@@ -98,8 +105,8 @@ impl Metrics {
         self.retries.render(
             &mut out,
             "webhookd_retries_scheduled_total",
-            "Retry jobs sent to a delay queue, by queue.",
-            "queue",
+            "Retry jobs confirmed in a delay queue, by delay bucket.",
+            "bucket",
         );
         scalar(
             &mut out,
@@ -126,12 +133,21 @@ impl Metrics {
             &mut out,
             "webhookd_broker_reconnects_total",
             "counter",
-            "Broker sessions started after the first.",
+            "Times webhookd consumed again after losing the broker.",
             self.reconnects.load(Ordering::Relaxed) as f64,
         );
         self.latency
             .render(&mut out, "webhookd_delivery_duration_seconds");
         out
+    }
+}
+
+/// One request counted in `webhookd_deliveries_in_flight`, uncounted on drop.
+pub struct InFlight<'a>(&'a AtomicI64);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -234,5 +250,27 @@ mod tests {
         assert!(text.contains("webhookd_delivery_duration_seconds_bucket{le=\"15\"} 2"));
         assert!(text.contains("webhookd_delivery_duration_seconds_bucket{le=\"+Inf\"} 3"));
         assert!(text.contains("webhookd_deliveries_total{outcome=\"delivered\"} 2"));
+    }
+
+    #[test]
+    fn an_abandoned_request_leaves_the_in_flight_gauge() {
+        let metrics = Metrics::default();
+        let first = metrics.in_flight();
+        let second = metrics.in_flight();
+        assert!(metrics.render().contains("webhookd_deliveries_in_flight 2"));
+        drop(first);
+        drop(second);
+        assert!(metrics.render().contains("webhookd_deliveries_in_flight 0"));
+    }
+
+    #[test]
+    fn retries_are_labelled_by_bucket() {
+        let metrics = Metrics::default();
+        metrics.retry_scheduled(Duration::from_secs(5));
+        metrics.retry_scheduled(Duration::from_millis(250));
+        metrics.retry_scheduled(Duration::from_secs(5));
+        let text = metrics.render();
+        assert!(text.contains("webhookd_retries_scheduled_total{bucket=\"5s\"} 2"));
+        assert!(text.contains("webhookd_retries_scheduled_total{bucket=\"250ms\"} 1"));
     }
 }

@@ -8,12 +8,23 @@
 //! shutdown that ran out of drain time — leaves the message to the broker, which delivers it
 //! again: a duplicate with the same delivery id, never a loss.
 //!
-//! A session is one pair of broker connections (consume, publish). When either dies, the
-//! supervisor in [`run`] marks the daemon unready, waits on the retry schedule's own backoff and
-//! starts a new session, declaring the topology again.
+//! A session is one pair of broker connections (consume, publish) and the message tasks started
+//! on them. When either connection or channel dies, the session abandons its tasks (the broker
+//! requeues everything unacked on a dead channel, so settling could only fail or, worse, ack a
+//! tag the broker no longer means), waits for them to end, closes what is left, and the
+//! supervisor in [`run`] marks the daemon unready and starts a new session after a backoff,
+//! declaring the topology and QoS again. Nothing of one session outlives it. lapin's own
+//! auto-recovery stays off for the same reason: it reuses channel ids, so an old delivery tag
+//! could ack a new message.
+//!
+//! What SIGHUP may change (delivery limits, the retry schedule) lives in [`Live`], swapped whole
+//! by [`reload`]; each message reads it once, so one message never mixes two configurations.
+
+mod reload;
+mod systemd;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -23,14 +34,14 @@ use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
 };
 use lapin::types::{FieldTable, ShortString};
-use lapin::{BasicProperties, Connection};
+use lapin::{BasicProperties, Channel, Connection, Consumer};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn, Instrument};
 
-use crate::admin::{self, AdminState};
+use crate::admin::{self, Access, AdminState};
 use crate::broker::{self, BrokerError, Publisher, Topology};
 use crate::config::Config;
 use crate::delivery::{self, sign, Client, ClientSettings, DeadReason, Outcome};
@@ -40,6 +51,20 @@ use crate::job::{self, Job};
 use crate::metrics::Metrics;
 use crate::retry::Schedule;
 use crate::store::{Attempt, Store, Webhook};
+
+/// How long connecting and declaring may take before the attempt counts as failed: a broker
+/// that accepts TCP but never answers must not hold the supervisor forever.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long closing a connection may wait for the broker's answer at shutdown, and after a
+/// broker loss (when the answer is not expected, and waiting only delays the reconnect).
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+const CLOSE_AFTER_LOSS: Duration = Duration::from_millis(500);
+
+/// How often a consuming session checks that both connections and channels are still open.
+/// Most losses show up at once (the consumer stream ends, a publish fails); this catches a
+/// publishing connection that died while nothing was being published.
+const LIVENESS_CHECK: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -56,10 +81,32 @@ pub enum ServiceError {
     },
 }
 
-/// Whether the daemon is consuming; `/readyz` reads it.
+/// Where the daemon stands with the broker; `/readyz` answers 200 only while consuming, and says
+/// why not otherwise.
 #[derive(Debug, Default)]
 pub struct Readiness {
     consuming: AtomicBool,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Clone, Default)]
+enum State {
+    #[default]
+    Connecting,
+    Consuming,
+    Reconnecting(String),
+    Stopping,
+}
+
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            State::Connecting => f.write_str("connecting to the broker"),
+            State::Consuming => f.write_str("consuming"),
+            State::Reconnecting(error) => write!(f, "reconnecting to the broker after: {error}"),
+            State::Stopping => f.write_str("stopping"),
+        }
+    }
 }
 
 impl Readiness {
@@ -67,24 +114,107 @@ impl Readiness {
         self.consuming.load(Ordering::Relaxed)
     }
 
-    fn set(&self, consuming: bool) {
-        self.consuming.store(consuming, Ordering::Relaxed);
+    /// Why the daemon is not ready (`None` when it is), for `/readyz`'s 503 body.
+    pub fn reason(&self) -> Option<String> {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        (!matches!(*state, State::Consuming)).then(|| state.to_string())
+    }
+
+    /// Records the new state and tells systemd (`READY=1` once consuming, `STOPPING=1`, and a
+    /// `STATUS=` line for `systemctl status`).
+    fn set(&self, state: State) {
+        self.consuming
+            .store(matches!(state, State::Consuming), Ordering::Relaxed);
+        systemd::announce(&state);
+        *self.state.lock().unwrap_or_else(PoisonError::into_inner) = state;
     }
 }
 
 /// What every message's processing shares. Built once; sessions come and go around it.
 struct Shared {
     store: Store,
-    client: Client,
-    schedule: Schedule,
-    max_event_bytes: usize,
-    in_flight: Semaphore,
     metrics: Arc<Metrics>,
+    live: RwLock<Arc<Live>>,
 }
 
-/// Runs the daemon until `shutdown` is cancelled: admin server, then broker sessions until
-/// stopped. Returns after in-flight work was finished or handed back.
-pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), ServiceError> {
+impl Shared {
+    /// The settings a message works with, read once per message.
+    fn live(&self) -> Arc<Live> {
+        self.live
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn replace_live(&self, live: Live) {
+        *self.live.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(live);
+    }
+}
+
+/// The settings SIGHUP can change: the HTTP client (timeouts, allow-list), the in-flight cap,
+/// the event size limit and the retry schedule.
+struct Live {
+    client: Client,
+    schedule: Schedule,
+    /// Replaced, not resized, when the cap changes: requests already in flight keep their
+    /// permit of the old semaphore and finish under the old cap (for at most a request
+    /// timeout), and every new request counts against the new one.
+    in_flight: Arc<Semaphore>,
+    max_event_bytes: usize,
+}
+
+impl Live {
+    /// Builds the live settings for `config`, reusing the parts of `previous` whose settings did
+    /// not change (a reload that only touches the schedule keeps the client's warm connections).
+    fn build(config: &Config, previous: Option<(&Config, &Live)>) -> Result<Live, ServiceError> {
+        let delivery = &config.delivery;
+        let client = match previous {
+            Some((old, live)) if client_settings(old) == client_settings(config) => {
+                live.client.clone()
+            }
+            _ => Client::new(client_settings(config))?,
+        };
+        let in_flight = match previous {
+            Some((old, live)) if old.delivery.max_in_flight == delivery.max_in_flight => {
+                live.in_flight.clone()
+            }
+            _ => Arc::new(Semaphore::new(delivery.max_in_flight)),
+        };
+        let retry = &config.retry;
+        Ok(Live {
+            client,
+            schedule: Schedule::new(
+                retry.initial_interval,
+                retry.multiplier,
+                retry.jitter,
+                retry.max_interval,
+                retry.max_elapsed,
+            )?,
+            in_flight,
+            max_event_bytes: delivery.max_event_bytes,
+        })
+    }
+}
+
+/// The delivery client's settings as the config gives them.
+fn client_settings(config: &Config) -> ClientSettings {
+    ClientSettings {
+        connect_timeout: config.delivery.connect_timeout,
+        request_timeout: config.delivery.request_timeout,
+        allow_networks: config.delivery.allow_networks.clone(),
+        extra_ca_file: config.delivery.extra_ca_file.clone(),
+    }
+}
+
+/// Runs the daemon until `shutdown` is cancelled: admin server, systemd watchdog, then broker
+/// sessions until stopped. Each config received on `reloads` (already validated, as SIGHUP
+/// loaded it) is applied where it can be live. Returns after in-flight work was finished or
+/// handed back, and the store flushed.
+pub async fn run(
+    config: Config,
+    shutdown: CancellationToken,
+    reloads: watch::Receiver<Config>,
+) -> Result<(), ServiceError> {
     let store = Store::open(&config.store.path)?;
     let listener = TcpListener::bind(config.admin.listen)
         .await
@@ -94,41 +224,37 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         })?;
     let metrics = Arc::new(Metrics::default());
     let readiness = Arc::new(Readiness::default());
-    let retry = &config.retry;
     let shared = Arc::new(Shared {
         store: store.clone(),
-        client: Client::new(ClientSettings {
-            connect_timeout: config.delivery.connect_timeout,
-            request_timeout: config.delivery.request_timeout,
-            allow_networks: config.delivery.allow_networks.clone(),
-        })?,
-        schedule: Schedule::new(
-            retry.initial_interval,
-            retry.multiplier,
-            retry.jitter,
-            retry.max_interval,
-            retry.max_elapsed,
-        )?,
-        max_event_bytes: config.delivery.max_event_bytes,
-        in_flight: Semaphore::new(config.delivery.max_in_flight),
         metrics: metrics.clone(),
+        live: RwLock::new(Arc::new(Live::build(&config, None)?)),
     });
 
     let admin_state = Arc::new(AdminState {
         store: store.clone(),
-        token: config.admin.token().cloned(),
+        access: Access::from_config(&config.admin),
+        secret_rotation_grace: config.delivery.secret_rotation_grace,
         readiness: readiness.clone(),
         metrics: metrics.clone(),
     });
     info!(listen = %config.admin.listen, "admin API listening");
+    let stopped = CancellationToken::new();
     let admin_task = tokio::spawn(admin::serve(listener, admin_state, shutdown.clone()));
+    let watchdog = tokio::spawn(systemd::watchdog(stopped.clone()));
+    let reloader = tokio::spawn(reload::follow(
+        shared.clone(),
+        config.clone(),
+        reloads,
+        stopped.clone(),
+    ));
 
     supervise(&config, &shared, &readiness, &shutdown).await;
 
     if let Err(error) = store.flush().await {
         error!(%error, "flushing the store at shutdown failed");
     }
-    let _ = admin_task.await;
+    stopped.cancel();
+    let _ = tokio::join!(admin_task, watchdog, reloader);
     info!("stopped");
     Ok(())
 }
@@ -141,37 +267,41 @@ async fn supervise(
     shutdown: &CancellationToken,
 ) {
     let topology = Topology::from_config(&config.broker);
+    // Failed attempts since the last session that consumed: the backoff's retry number.
     let mut failures: u32 = 0;
-    let mut first = true;
+    let mut sessions: u64 = 0;
     while !shutdown.is_cancelled() {
-        if !first {
-            shared.metrics.reconnect();
-        }
-        first = false;
-        let result = session(
-            config,
-            &topology,
-            shared,
-            readiness,
-            shutdown,
-            &mut failures,
-        )
-        .await;
-        readiness.set(false);
-        shared.metrics.broker_connected(false);
-        match result {
-            Ok(()) => break,
-            Err(error) => {
-                failures = failures.saturating_add(1);
-                let wait = reconnect_delay(failures);
-                warn!(%error, retry_in = ?wait, "broker session ended; reconnecting");
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    () = tokio::time::sleep(wait) => {}
-                }
+        let mut consumed = false;
+        let result = session(config, &topology, shared, readiness, shutdown, || {
+            consumed = true;
+            sessions += 1;
+            if sessions > 1 {
+                shared.metrics.reconnect();
             }
+        })
+        .await;
+        shared.metrics.broker_connected(false);
+        let Err(error) = result else {
+            break;
+        };
+        failures = if consumed {
+            1
+        } else {
+            failures.saturating_add(1)
+        };
+        let wait = reconnect_delay(failures);
+        if consumed {
+            warn!(%error, retry_in = ?wait, "lost the broker; reconnecting");
+        } else {
+            warn!(%error, retry_in = ?wait, "cannot consume from the broker; retrying");
+        }
+        readiness.set(State::Reconnecting(error.to_string()));
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = tokio::time::sleep(wait) => {}
         }
     }
+    readiness.set(State::Stopping);
 }
 
 /// Reconnect backoff: 200 ms doubling to 10 s, with jitter so a fleet does not reconnect in
@@ -188,77 +318,153 @@ fn reconnect_delay(failures: u32) -> Duration {
     .unwrap_or(Duration::from_secs(1))
 }
 
+/// What a session holds open while it consumes.
+struct Link {
+    consuming: Connection,
+    publishing: Connection,
+    channel: Channel,
+    publisher: Arc<Publisher>,
+    tag: String,
+}
+
+impl Link {
+    /// Connects, declares the topology, applies QoS and registers the consumer.
+    async fn open(config: &Config, topology: &Topology) -> Result<(Link, Consumer), BrokerError> {
+        let url = config.broker.url.expose();
+        let heartbeat = config.broker.heartbeat;
+        let consuming = broker::connect(url, heartbeat, "consumer").await?;
+        let publishing = broker::connect(url, heartbeat, "publisher").await?;
+        let channel = consuming.create_channel().await?;
+        broker::declare(&channel, topology).await?;
+        let publisher = Arc::new(Publisher::open(&publishing, topology.clone()).await?);
+        channel
+            .basic_qos(config.broker.prefetch, BasicQosOptions::default())
+            .await?;
+        let tag = format!("webhookd-{}", std::process::id());
+        let consumer = channel
+            .basic_consume(
+                ShortString::from(topology.queue.as_str()),
+                ShortString::from(tag.as_str()),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let link = Link {
+            consuming,
+            publishing,
+            channel,
+            publisher,
+            tag,
+        };
+        Ok((link, consumer))
+    }
+
+    /// Whether both connections and both channels are still open.
+    fn is_open(&self) -> bool {
+        self.consuming.status().connected()
+            && self.publishing.status().connected()
+            && self.channel.status().connected()
+            && self.publisher.is_open()
+    }
+
+    /// Closes both connections (and with them the channels; the broker requeues whatever is
+    /// still unacked), waiting at most `patience` for the broker's answer: after a loss one of
+    /// them is usually dead and will never answer.
+    async fn close(&self, patience: Duration) {
+        tokio::join!(
+            close_connection(&self.consuming, patience),
+            close_connection(&self.publishing, patience)
+        );
+    }
+}
+
+async fn close_connection(connection: &Connection, patience: Duration) {
+    let closing = connection.close(200, ShortString::from("webhookd stopping"));
+    match tokio::time::timeout(patience, closing).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => debug!(%error, "closing a broker connection"),
+        Err(_) => debug!("closing a broker connection timed out"),
+    }
+}
+
+/// How a session's message tasks are told to stop before they settle.
+#[derive(Clone, Default)]
+struct Stops {
+    /// Drain time is up: nack and requeue what is unfinished.
+    hand_back: CancellationToken,
+    /// The session lost its broker link: settle nothing (the broker requeues it all).
+    lost: CancellationToken,
+}
+
 /// One broker session: connect, declare, consume until shutdown (Ok) or broker loss (Err).
+/// `on_consuming` runs once the consumer is registered.
 async fn session(
     config: &Config,
     topology: &Topology,
     shared: &Arc<Shared>,
     readiness: &Readiness,
     shutdown: &CancellationToken,
-    failures: &mut u32,
+    on_consuming: impl FnOnce(),
 ) -> Result<(), BrokerError> {
-    let url = config.broker.url.expose();
-    let heartbeat = config.broker.heartbeat;
-    let consuming = broker::connect(url, heartbeat, "consumer").await?;
-    let publishing = broker::connect(url, heartbeat, "publisher").await?;
-    let channel = consuming.create_channel().await?;
-    broker::declare(&channel, topology).await?;
-    let publisher = Arc::new(Publisher::open(&publishing, topology.clone()).await?);
-    channel
-        .basic_qos(config.broker.prefetch, BasicQosOptions::default())
-        .await?;
-    let tag = format!("webhookd-{}", std::process::id());
-    let mut consumer = channel
-        .basic_consume(
-            ShortString::from(topology.queue.as_str()),
-            ShortString::from(tag.as_str()),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    readiness.set(true);
+    let (link, mut consumer) = tokio::select! {
+        () = shutdown.cancelled() => return Ok(()),
+        opened = tokio::time::timeout(SETUP_TIMEOUT, Link::open(config, topology)) => {
+            opened.map_err(|_| BrokerError::SetupTimeout(SETUP_TIMEOUT))??
+        }
+    };
+    readiness.set(State::Consuming);
     shared.metrics.broker_connected(true);
-    *failures = 0;
+    on_consuming();
     info!(queue = %topology.queue, prefetch = config.broker.prefetch, "consuming");
 
     let tasks = TaskTracker::new();
-    let hand_back = CancellationToken::new();
+    let stops = Stops::default();
+    let mut check = tokio::time::interval(LIVENESS_CHECK);
     let ended = loop {
         tokio::select! {
             () = shutdown.cancelled() => break Ok(()),
+            () = stops.lost.cancelled() => break Err(BrokerError::PublisherLost),
+            _ = check.tick() => if !link.is_open() {
+                break Err(BrokerError::ConnectionLost);
+            },
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => {
-                    tasks.spawn(handle(shared.clone(), publisher.clone(), delivery, hand_back.clone()));
+                    tasks.spawn(handle(shared.clone(), link.publisher.clone(), delivery, stops.clone()));
                 }
                 Some(Err(error)) => break Err(BrokerError::from(error)),
                 None => break Err(BrokerError::ConsumerEnded),
             },
         }
     };
-    readiness.set(false);
-    if ended.is_ok() {
-        drain(config, &channel, &tag, &tasks, &hand_back).await;
-        close(&consuming, &publishing).await;
-    } else {
-        // The channel is gone: the broker requeues every unacked message by itself. In-flight
-        // tasks finish on their own; their acks fail harmlessly.
-        tasks.close();
+    match ended {
+        Ok(()) => {
+            readiness.set(State::Stopping);
+            drain(config, &link, &tasks, &stops).await;
+            link.close(CLOSE_TIMEOUT).await;
+        }
+        Err(ref error) => {
+            readiness.set(State::Reconnecting(error.to_string()));
+            shared.metrics.broker_connected(false);
+            stops.lost.cancel();
+            tasks.close();
+            tasks.wait().await;
+            link.close(CLOSE_AFTER_LOSS).await;
+        }
     }
     ended
 }
 
 /// Graceful stop: no new messages, in-flight work finishes within the drain time, the rest is
-/// handed back to the broker (nack + requeue), never dead-lettered.
-async fn drain(
-    config: &Config,
-    channel: &lapin::Channel,
-    tag: &str,
-    tasks: &TaskTracker,
-    hand_back: &CancellationToken,
-) {
+/// handed back to the broker (nack + requeue), never dead-lettered. Messages the broker had
+/// already sent but the loop had not taken yet go back when the channel closes.
+async fn drain(config: &Config, link: &Link, tasks: &TaskTracker, stops: &Stops) {
     info!(in_flight = tasks.len(), drain_timeout = ?config.service.drain_timeout, "stopping: draining");
-    if let Err(error) = channel
-        .basic_cancel(ShortString::from(tag), BasicCancelOptions::default())
+    if let Err(error) = link
+        .channel
+        .basic_cancel(
+            ShortString::from(link.tag.as_str()),
+            BasicCancelOptions::default(),
+        )
         .await
     {
         warn!(%error, "cancelling the consumer failed");
@@ -272,15 +478,15 @@ async fn drain(
             unfinished = tasks.len(),
             "drain time is up: handing unfinished messages back to the broker"
         );
-        hand_back.cancel();
-        tasks.wait().await;
-    }
-}
-
-async fn close(consuming: &Connection, publishing: &Connection) {
-    for connection in [consuming, publishing] {
-        if let Err(error) = connection.close(200, ShortString::from("shutdown")).await {
-            debug!(%error, "closing a broker connection");
+        stops.hand_back.cancel();
+        if tokio::time::timeout(CLOSE_TIMEOUT, tasks.wait())
+            .await
+            .is_err()
+        {
+            // The nacks are not getting through: the broker is gone, and requeues by itself.
+            warn!("handing back did not finish: abandoning the unfinished messages to the broker");
+            stops.lost.cancel();
+            tasks.wait().await;
         }
     }
 }
@@ -290,14 +496,26 @@ async fn handle(
     shared: Arc<Shared>,
     publisher: Arc<Publisher>,
     mut delivery: Delivery,
-    hand_back: CancellationToken,
+    stops: Stops,
 ) {
     let body = Bytes::from(std::mem::take(&mut delivery.data));
+    let live = shared.live();
     let settled = tokio::select! {
-        result = process(&shared, &publisher, &delivery.properties, body) => result,
-        () = hand_back.cancelled() => Err(Unsettled::ShuttingDown),
+        () = stops.lost.cancelled() => return,
+        () = stops.hand_back.cancelled() => Err(Unsettled::ShuttingDown),
+        result = process(&shared, &live, &publisher, &delivery.properties, body) => result,
     };
-    settle(&delivery, settled).await;
+    if let Err(Unsettled::Broker(BrokerError::Amqp(_))) = &settled {
+        // A publish failed on a dead channel or connection: the whole session is gone.
+        stops.lost.cancel();
+    }
+    // An ack or nack on a connection that died under it may never complete: the broker has
+    // requeued the message already, so losing the session abandons the settling too.
+    tokio::select! {
+        biased;
+        () = stops.lost.cancelled() => {}
+        () = settle(&delivery, settled) => {}
+    }
 }
 
 /// Why a message is handed back instead of acked.
@@ -334,17 +552,18 @@ async fn settle(delivery: &Delivery, settled: Result<(), Unsettled>) {
 /// Decides everything about one message; `Ok` means it may be acked.
 async fn process(
     shared: &Shared,
+    live: &Live,
     publisher: &Publisher,
     properties: &BasicProperties,
     body: Bytes,
 ) -> Result<(), Unsettled> {
     let job = Job::from_headers(properties.headers().as_ref());
     let message_id = properties.message_id().as_ref().map(|id| id.as_str());
-    if body.len() > shared.max_event_bytes {
+    if body.len() > live.max_event_bytes {
         let error = format!(
             "body is {} bytes, over max_event_bytes = {}",
             body.len(),
-            shared.max_event_bytes
+            live.max_event_bytes
         );
         return park_unrouted(
             shared,
@@ -403,12 +622,12 @@ async fn process(
         event_id: &event_id,
     };
     if let [webhook] = targets.as_slice() {
-        return deliver(shared, publisher, &event, webhook, job.as_ref()).await;
+        return deliver(shared, live, publisher, &event, webhook, job.as_ref()).await;
     }
     let results = futures_util::future::join_all(
         targets
             .iter()
-            .map(|webhook| deliver(shared, publisher, &event, webhook, job.as_ref())),
+            .map(|webhook| deliver(shared, live, publisher, &event, webhook, job.as_ref())),
     )
     .await;
     results.into_iter().collect()
@@ -452,6 +671,7 @@ struct EventRef<'a> {
 /// delivery succeeded or its replacement (retry job, dead letter) is confirmed.
 async fn deliver(
     shared: &Shared,
+    live: &Live,
     publisher: &Publisher,
     event: &EventRef<'_>,
     webhook: &Webhook,
@@ -471,13 +691,12 @@ async fn deliver(
     );
     async {
         let timestamp = i64::try_from(job::unix_ms(now) / 1000).unwrap_or(i64::MAX);
-        let headers = sign::attempt_headers(&delivery_id, timestamp, event.body, webhook.secret.as_deref());
+        let headers = sign::attempt_headers(&delivery_id, timestamp, event.body, webhook.signing(now));
         let (result, latency) = {
-            let _permit = shared.in_flight.acquire().await;
-            shared.metrics.in_flight(1);
+            let _permit = live.in_flight.acquire().await;
+            let _counted = shared.metrics.in_flight();
             let started = Instant::now();
-            let result = shared.client.post(&webhook.url, headers, event.body.clone()).await;
-            shared.metrics.in_flight(-1);
+            let result = live.client.post(&webhook.url, headers, event.body.clone()).await;
             (result, started.elapsed())
         };
         let outcome = delivery::classify(&result, SystemTime::now());
@@ -496,8 +715,8 @@ async fn deliver(
             Outcome::Delivered => Next::Done,
             Outcome::Retry { after } => {
                 let elapsed = state.elapsed(SystemTime::now());
-                match shared.schedule.next_delay(attempt, elapsed, after, rand::random::<f64>()) {
-                    Some(delay) => Next::Retry(shared.schedule.bucket(delay)),
+                match live.schedule.next_delay(attempt, elapsed, after, rand::random::<f64>()) {
+                    Some(delay) => Next::Retry(live.schedule.bucket(delay)),
                     None => Next::Dead(DeadReason::Exhausted),
                 }
             }
@@ -530,7 +749,7 @@ async fn deliver(
                     .with_content_type(ShortString::from("application/json"))
                     .with_headers(headers);
                 publisher.to_delay_queue(bucket, event.body, properties).await?;
-                shared.metrics.retry_scheduled(&publisher.topology().delay_queue(bucket));
+                shared.metrics.retry_scheduled(bucket);
                 Ok(())
             }
             Next::Dead(reason) => {

@@ -37,13 +37,15 @@
 //! are not flushed one by one: they are written on every delivery, losing the last half second of
 //! them in a crash costs only diagnostics, and a flush per delivery would cost an fsync per event.
 
-use std::io;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
+use std::{fmt, io};
 
 use rand::Rng;
 use serde::{Deserialize, Deserializer, Serialize};
 use sled::transaction::{abort, TransactionError, Transactional};
+
+use crate::delivery::sign::Signing;
 
 const TREE_BY_ACCOUNT: &str = "by_account";
 const TREE_BY_ID: &str = "by_id";
@@ -65,7 +67,7 @@ const MIN_SECRET_CHARS: usize = 16;
 const SECRET_MASK: &str = "****";
 
 /// A registered endpoint. Stored as JSON so the record stays readable and can gain fields.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct Webhook {
     pub id: String,
     pub account_id: u64,
@@ -75,6 +77,14 @@ pub struct Webhook {
     /// When set, only events of this inbox are delivered.
     pub inbox_id: Option<u64>,
     pub secret: Option<String>,
+    /// The secret a rotation replaced. It keeps signing, as a second Standard Webhooks
+    /// signature, until `previous_secret_expires_at`, so receivers can switch to the new secret
+    /// without a window in which deliveries fail to verify.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_secret: Option<String>,
+    /// RFC 3339 with milliseconds: when `previous_secret` stops signing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_secret_expires_at: Option<String>,
     pub enabled: bool,
     pub name: Option<String>,
     /// RFC 3339, whole seconds.
@@ -94,12 +104,93 @@ impl Webhook {
 
     /// A copy safe to log or return from the API. Only a conventional prefix such as `whsec_`
     /// stays visible (the part up to the first `_`, when that is at most 6 characters); nothing of
-    /// the random part is shown, since secrets never appear in logs or responses.
+    /// the random part is shown, since secrets never appear in logs or responses. A previous
+    /// secret whose grace has ended is left out: it no longer signs anything.
     pub fn masked(&self) -> Webhook {
+        let previous = self.previous_secret_at(SystemTime::now()).map(mask_secret);
         Webhook {
             secret: self.secret.as_deref().map(mask_secret),
+            previous_secret_expires_at: previous
+                .as_ref()
+                .and(self.previous_secret_expires_at.clone()),
+            previous_secret: previous,
             ..self.clone()
         }
+    }
+
+    /// A copy for the one reply that sets a secret (create, update, rotation): the current secret
+    /// in full, since this is the only time it is shown, and everything else as in [`masked`].
+    ///
+    /// [`masked`]: Webhook::masked
+    pub fn revealed(&self) -> Webhook {
+        Webhook {
+            secret: self.secret.clone(),
+            ..self.masked()
+        }
+    }
+
+    /// The secrets an attempt made at `now` is signed with: the current one, and the previous
+    /// one while its rotation grace lasts.
+    pub fn signing(&self, now: SystemTime) -> Signing<'_> {
+        Signing {
+            current: self.secret.as_deref(),
+            previous: self.previous_secret_at(now),
+        }
+    }
+
+    /// The previous secret if it still signs at `now`. An expiry that does not parse ends the
+    /// grace: a secret is never kept signing longer than intended.
+    fn previous_secret_at(&self, now: SystemTime) -> Option<&str> {
+        let until = humantime::parse_rfc3339(self.previous_secret_expires_at.as_deref()?).ok()?;
+        self.previous_secret.as_deref().filter(|_| now < until)
+    }
+
+    /// Makes `secret` the current secret and keeps the one it replaces signing until `until`.
+    /// Without a current secret there is nothing to keep: the webhook simply gets one.
+    fn rotate_to(&mut self, secret: String, until: SystemTime) {
+        let previous = self.secret.replace(secret);
+        self.previous_secret_expires_at = previous
+            .as_ref()
+            .map(|_| humantime::format_rfc3339_millis(until).to_string());
+        self.previous_secret = previous;
+    }
+}
+
+/// Written by hand so that a `{:?}` in a log line or a failed assertion shows secrets masked.
+impl fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Destructured so that a new field cannot be forgotten here.
+        let Webhook {
+            id,
+            account_id,
+            url,
+            events,
+            inbox_id,
+            secret,
+            previous_secret,
+            previous_secret_expires_at,
+            enabled,
+            name,
+            created_at,
+            updated_at,
+        } = self;
+        f.debug_struct("Webhook")
+            .field("id", id)
+            .field("account_id", account_id)
+            .field("url", url)
+            .field("events", events)
+            .field("inbox_id", inbox_id)
+            .field("secret", &secret.as_deref().map(mask_secret))
+            .field(
+                "previous_secret",
+                &previous_secret.as_deref().map(mask_secret),
+            )
+            .field("previous_secret_expires_at", previous_secret_expires_at)
+            .field("enabled", enabled)
+            .field("name", name)
+            .field("created_at", created_at)
+            .field("updated_at", updated_at)
+            .finish()
     }
 }
 
@@ -203,7 +294,10 @@ impl WebhookPatch {
             webhook.enabled = enabled;
         }
         if let Some(secret) = &self.secret {
+            // Setting a secret outright replaces it at once, ending any rotation's grace.
             webhook.secret.clone_from(secret);
+            webhook.previous_secret = None;
+            webhook.previous_secret_expires_at = None;
         }
     }
 }
@@ -296,6 +390,8 @@ impl Store {
             events: new.events,
             inbox_id: new.inbox_id,
             secret: new.secret,
+            previous_secret: None,
+            previous_secret_expires_at: None,
             enabled: new.enabled,
             name: new.name,
             created_at: now.clone(),
@@ -369,6 +465,30 @@ impl Store {
         id: &str,
         patch: WebhookPatch,
     ) -> Result<Option<Webhook>, StoreError> {
+        self.modify(id, |webhook| patch.apply(webhook)).await
+    }
+
+    /// Replaces the webhook's secret with `secret`, keeping the previous one signing for `grace`
+    /// (see [`Webhook::previous_secret`]); `None` when there is no such webhook. A rotation during
+    /// another's grace ends that grace: only the secret being replaced keeps signing.
+    pub async fn rotate_secret(
+        &self,
+        id: &str,
+        secret: String,
+        grace: Duration,
+    ) -> Result<Option<Webhook>, StoreError> {
+        let until = SystemTime::now() + grace;
+        self.modify(id, |webhook| webhook.rotate_to(secret.clone(), until))
+            .await
+    }
+
+    /// Reads the webhook, changes it with `change`, validates the result as a whole, stores and
+    /// flushes. `change` may run more than once: sled retries a transaction that lost a race.
+    async fn modify(
+        &self,
+        id: &str,
+        change: impl Fn(&mut Webhook),
+    ) -> Result<Option<Webhook>, StoreError> {
         let now = now_rfc3339();
         let updated = (&self.by_id, &self.by_account)
             .transaction(|(by_id, by_account)| {
@@ -383,7 +503,7 @@ impl Store {
                     )));
                 };
                 let mut webhook = decode::<Webhook>(&value).or_else(abort)?;
-                patch.apply(&mut webhook);
+                change(&mut webhook);
                 webhook.updated_at.clone_from(&now);
                 validate(&webhook).or_else(abort)?;
                 by_account.insert(key.as_slice(), encode(&webhook).or_else(abort)?)?;
@@ -799,6 +919,115 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn rotation_keeps_the_previous_secret_signing_for_the_grace_only() {
+        let store = Store::open_temporary().unwrap();
+        let old = "whsec_b2xkLXNlY3JldC1vbGQtc2VjcmV0";
+        let new = "whsec_bmV3LXNlY3JldC1uZXctc2VjcmV0";
+        let created = store
+            .create(NewWebhook {
+                secret: Some(old.to_owned()),
+                ..new_webhook(1)
+            })
+            .await
+            .unwrap();
+        let grace = Duration::from_secs(3600);
+        let before = SystemTime::now();
+        let rotated = store
+            .rotate_secret(&created.id, new.to_owned(), grace)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(store.get(&created.id).unwrap().as_ref(), Some(&rotated));
+        assert_eq!(rotated.secret.as_deref(), Some(new));
+        assert_eq!(rotated.previous_secret.as_deref(), Some(old));
+        let until = rotated
+            .previous_secret_expires_at
+            .as_deref()
+            .and_then(|at| humantime::parse_rfc3339(at).ok())
+            .unwrap();
+        assert!(
+            until >= before + grace - Duration::from_millis(1),
+            "{until:?}"
+        );
+
+        let during = rotated.signing(until - Duration::from_millis(1));
+        assert_eq!((during.current, during.previous), (Some(new), Some(old)));
+        let after = rotated.signing(until);
+        assert_eq!((after.current, after.previous), (Some(new), None));
+
+        let masked = rotated.masked();
+        assert_eq!(masked.secret.as_deref(), Some("whsec_****"));
+        assert_eq!(masked.previous_secret.as_deref(), Some("whsec_****"));
+        assert_eq!(
+            masked.previous_secret_expires_at,
+            rotated.previous_secret_expires_at
+        );
+
+        // Setting a secret outright ends the grace at once.
+        let patch = WebhookPatch {
+            secret: Some(Some("whsec_c2V0LWRpcmVjdGx5LXNlY3JldA==".to_owned())),
+            ..WebhookPatch::default()
+        };
+        let set = store.update(&created.id, patch).await.unwrap().unwrap();
+        assert_eq!(set.previous_secret, None);
+        assert_eq!(set.previous_secret_expires_at, None);
+    }
+
+    #[tokio::test]
+    async fn an_ended_grace_is_not_shown_and_a_first_rotation_keeps_nothing() {
+        let store = Store::open_temporary().unwrap();
+        let unsigned = store.create(new_webhook(1)).await.unwrap();
+        let first = store
+            .rotate_secret(
+                &unsigned.id,
+                "whsec_Zmlyc3Qtc2VjcmV0LWV2ZXI=".to_owned(),
+                Duration::from_secs(60),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(first.secret.is_some());
+        assert_eq!(first.previous_secret, None, "nothing to keep signing");
+        assert_eq!(first.previous_secret_expires_at, None);
+
+        let ended = store
+            .rotate_secret(
+                &unsigned.id,
+                "whsec_c2Vjb25kLXNlY3JldC1ldmVy".to_owned(),
+                Duration::ZERO,
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            ended.previous_secret.is_some(),
+            "stored until the next change"
+        );
+        let masked = ended.masked();
+        assert_eq!(masked.previous_secret, None);
+        assert_eq!(masked.previous_secret_expires_at, None);
+        assert_eq!(ended.signing(SystemTime::now()).previous, None);
+        assert_eq!(
+            store
+                .rotate_secret("wh_missing", "whsec_eA==".to_owned(), Duration::ZERO)
+                .await
+                .unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn records_written_before_rotation_existed_still_load() {
+        let stored = r#"{"id":"wh_x","account_id":1,"url":"https://e.com/","events":["*"],
+            "inbox_id":null,"secret":"whsec_0123456789abcdef","enabled":true,"name":null,
+            "created_at":"2026-01-01T00:00:00Z","updated_at":"2026-01-01T00:00:00Z"}"#;
+        let webhook = decode::<Webhook>(stored.as_bytes()).unwrap();
+        assert_eq!(webhook.previous_secret, None);
+        let encoded = String::from_utf8(encode(&webhook).unwrap()).unwrap();
+        assert!(!encoded.contains("previous_secret"), "{encoded}");
+    }
+
+    #[tokio::test]
     async fn an_invalid_patch_changes_nothing() {
         let store = Store::open_temporary().unwrap();
         let created = store.create(new_webhook(1)).await.unwrap();
@@ -835,6 +1064,8 @@ mod tests {
             events: vec!["message_created".to_owned(), "contact_created".to_owned()],
             inbox_id: None,
             secret: None,
+            previous_secret: None,
+            previous_secret_expires_at: None,
             enabled: true,
             name: None,
             created_at: String::new(),
@@ -913,6 +1144,8 @@ mod tests {
                 events: vec!["*".to_owned()],
                 inbox_id: None,
                 secret: secret.map(str::to_owned),
+                previous_secret: None,
+                previous_secret_expires_at: None,
                 enabled: true,
                 name: None,
                 created_at: String::new(),
@@ -920,6 +1153,12 @@ mod tests {
             };
             let masked = webhook.masked();
             assert_eq!(masked.secret.as_deref(), expected, "{secret:?}");
+            if let Some(secret) = secret {
+                assert!(
+                    !format!("{webhook:?}").contains(secret),
+                    "Debug shows the secret"
+                );
+            }
             assert_eq!(
                 Webhook {
                     secret: None,
@@ -1277,6 +1516,7 @@ mod tests {
         assert_send(store.update("wh_x", WebhookPatch::default()));
         assert_send(store.delete("wh_x"));
         assert_send(store.set_enabled("wh_x", true));
+        assert_send(store.rotate_secret("wh_x", String::new(), Duration::ZERO));
         assert_send(store.flush());
     }
 }

@@ -10,6 +10,7 @@
 
 use std::error::Error as StdError;
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -24,24 +25,27 @@ use ipnet::IpNet;
 use tokio::time::{timeout_at, Instant};
 
 use super::guard::{GuardError, GuardedConnector};
+use super::tls::{self, TlsSetupError};
 
 /// The most of a response body kept for the attempt log; the rest is never read.
 const MAX_BODY: usize = 64 * 1024;
 
 /// What the client is allowed and how long it waits. Built by the caller from config.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientSettings {
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
     /// Networks opened through the SSRF guard (tests allow 127.0.0.0/8).
     pub allow_networks: Vec<IpNet>,
+    /// A PEM file of private CAs trusted in addition to the bundled web PKI roots.
+    pub extra_ca_file: Option<PathBuf>,
 }
 
 /// The client could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot set up TLS")]
-    Tls(#[from] rustls::Error),
+    #[error(transparent)]
+    Tls(#[from] TlsSetupError),
 }
 
 /// Why an attempt got no HTTP response. Display is one line and never includes the URL, which
@@ -95,11 +99,8 @@ impl Client {
     pub fn new(settings: ClientSettings) -> Result<Client, ClientError> {
         let connector =
             GuardedConnector::new(settings.allow_networks.into(), settings.connect_timeout);
-        // The provider is named rather than taken from the process default, so nothing else in
-        // the process can change which crypto delivery uses, and a missing one is an error here
-        // instead of a panic inside rustls.
         let https = HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())?
+            .with_tls_config(tls::client_config(settings.extra_ca_file.as_deref())?)
             .https_or_http()
             .enable_http1()
             .wrap_connector(connector);
@@ -187,8 +188,8 @@ fn send_error(error: &legacy::Error) -> SendError {
     }) {
         return SendError::Blocked { addr };
     }
-    if chain().any(|e| e.is::<rustls::Error>()) {
-        return SendError::Tls(describe(error));
+    if let Some(tls) = chain().find_map(|e| e.downcast_ref::<rustls::Error>()) {
+        return SendError::Tls(describe_tls(tls));
     }
     if chain().any(|e| {
         e.downcast_ref::<std::io::Error>()
@@ -217,6 +218,23 @@ fn causes<'a>(
             None => e.source(),
         }
     })
+}
+
+/// rustls' own words, which name the certificate problem, without hyper's wrapping around them;
+/// an untrusted issuer, the one an operator can fix in config, says how.
+fn describe_tls(error: &rustls::Error) -> String {
+    let mut text = error.to_string();
+    if matches!(
+        error,
+        rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)
+    ) {
+        text.push_str(
+            " (the certificate's issuer is not a trusted CA; a private CA belongs in \
+             delivery.extra_ca_file)",
+        );
+    }
+    text.retain(|c| c != '\n' && c != '\r');
+    text
 }
 
 /// The chain's messages on one line, `outer: inner: …`. This follows `source` alone: an
@@ -293,7 +311,7 @@ impl CappedBody {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::delivery::sign::{attempt_headers, delivery_id};
+    use crate::delivery::sign::{attempt_headers, delivery_id, Signing};
     use hyper::service::service_fn;
     use hyper_util::rt::TokioIo;
     use std::convert::Infallible;
@@ -378,6 +396,7 @@ mod tests {
                 .iter()
                 .map(|n| n.parse().expect("test network parses"))
                 .collect(),
+            extra_ca_file: None,
         })
         .expect("client builds")
     }
@@ -396,7 +415,10 @@ mod tests {
             &delivery_id("e", "w"),
             1_700_000_000,
             &body,
-            Some("whsec_c2VjcmV0"),
+            Signing {
+                current: Some("whsec_c2VjcmV0"),
+                previous: None,
+            },
         );
         let response = loopback_client()
             .post(

@@ -71,13 +71,20 @@ const REFUSED_V4: [(Ipv4Addr, u8); 14] = [
 
 /// IPv6 ranges refused in their own right; the forms that embed an IPv4 address are judged by
 /// that address instead (see [`embedded_v4`]).
-const REFUSED_V6: [(Ipv6Addr, u8); 8] = [
+const REFUSED_V6: [(Ipv6Addr, u8); 12] = [
     (Ipv6Addr::UNSPECIFIED, 128),
     (Ipv6Addr::LOCALHOST, 128),
     // local-use NAT64 (RFC 8215)
     (Ipv6Addr::new(0x64, 0xff9b, 1, 0, 0, 0, 0, 0), 48),
-    // documentation
+    // discard-only (RFC 6666)
+    (Ipv6Addr::new(0x100, 0, 0, 0, 0, 0, 0, 0), 64),
+    // benchmarking (RFC 5180)
+    (Ipv6Addr::new(0x2001, 0x2, 0, 0, 0, 0, 0, 0), 48),
+    // ORCHIDv2 (RFC 7343): identifiers, not routable
+    (Ipv6Addr::new(0x2001, 0x20, 0, 0, 0, 0, 0, 0), 28),
+    // documentation (RFC 3849, RFC 9637)
     (Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0), 32),
+    (Ipv6Addr::new(0x3fff, 0, 0, 0, 0, 0, 0, 0), 20),
     // unique local
     (Ipv6Addr::new(0xfc00, 0, 0, 0, 0, 0, 0, 0), 7),
     // link-local
@@ -125,15 +132,19 @@ fn in_v6_ranges(ip: Ipv6Addr) -> bool {
 }
 
 /// The IPv4 address an IPv6 address reaches, for the forms a host or a translator turns into
-/// IPv4 traffic: mapped `::ffff:a.b.c.d`, compatible `::a.b.c.d`, NAT64 `64:ff9b::a.b.c.d` and
-/// 6to4 `2002:aabb:ccdd::/48`.
+/// IPv4 traffic: mapped `::ffff:a.b.c.d`, translated `::ffff:0:a.b.c.d` (SIIT), compatible
+/// `::a.b.c.d`, NAT64 `64:ff9b::a.b.c.d`, 6to4 `2002:aabb:ccdd::/48`, and Teredo
+/// `2001:0::/32`, whose last 32 bits are the client's IPv4 address inverted (RFC 4380).
 fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     let bits = ip.to_bits();
-    let low32 = Ipv4Addr::from_bits(bits as u32);
+    let low32 = bits as u32;
     match ip.segments() {
-        [0, 0, 0, 0, 0, 0xffff, _, _] | [0, 0, 0, 0, 0, 0, _, _] => Some(low32),
-        [0x64, 0xff9b, 0, 0, 0, 0, _, _] => Some(low32),
+        [0, 0, 0, 0, 0, 0xffff, _, _]
+        | [0, 0, 0, 0, 0xffff, 0, _, _]
+        | [0, 0, 0, 0, 0, 0, _, _]
+        | [0x64, 0xff9b, 0, 0, 0, 0, _, _] => Some(Ipv4Addr::from_bits(low32)),
         [0x2002, _, _, _, _, _, _, _] => Some(Ipv4Addr::from_bits((bits >> 80) as u32)),
+        [0x2001, 0, _, _, _, _, _, _] => Some(Ipv4Addr::from_bits(!low32)),
         _ => None,
     }
 }
@@ -295,12 +306,22 @@ mod tests {
             "::ffff:169.254.169.254",
             "::127.0.0.1",
             "::192.168.0.1",
-            // NAT64 and 6to4 embedding refused IPv4
+            // SIIT-translated forms
+            "::ffff:0:127.0.0.1",
+            "::ffff:0:a9fe:a9fe",
+            // NAT64, 6to4 and Teredo embedding refused IPv4 (Teredo's client is inverted:
+            // 80ff:fffe is 127.0.0.1)
             "64:ff9b::127.0.0.1",
             "64:ff9b::a9fe:a9fe",
             "2002:7f00:1::",
             "2002:c0a8:101::1",
             "2002:a00:1:ffff::1",
+            "2001:0:4136:e378:8000:63bf:80ff:fffe",
+            // discard-only, benchmarking, ORCHIDv2, documentation
+            "100::1",
+            "2001:2::1",
+            "2001:2f::1",
+            "3fff:123::1",
         ];
         for s in refused {
             assert!(is_refused(ip(s), &[]), "{s} should be refused");
@@ -325,6 +346,10 @@ mod tests {
             "::ffff:8.8.8.8",
             "64:ff9b::808:808",
             "2002:808:808::1",
+            // Teredo with a public client (8.8.8.8 inverted is f7f7:f7f7)
+            "2001:0:4136:e378:8000:63bf:f7f7:f7f7",
+            "2001:3::1",
+            "2001:30::1",
         ];
         for s in public {
             assert!(!is_refused(ip(s), &[]), "{s} should be admitted");

@@ -3,19 +3,20 @@
 //! Receivers verify in two dialects, so every signed attempt carries both: Standard Webhooks
 //! (`webhook-*`, keyed by the decoded `whsec_` secret) for new receivers, and Chatwoot's own
 //! `X-Chatwoot-*` (keyed by the secret string as typed) so receivers written for Chatwoot verify
-//! unchanged. Everything here is pure and runs once per attempt on the hot path, so the HMAC keys
-//! are built on the stack and each header value costs at most one allocation.
+//! unchanged. During a secret rotation's grace the Standard Webhooks header carries a second
+//! signature, by the previous secret, so receivers can switch secrets without a window in which
+//! deliveries fail to verify. Everything here is pure and runs once per attempt on the hot path,
+//! so each header value costs at most one allocation (two during a rotation).
 
 use std::borrow::Cow;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
-use hmac::digest::{Key, KeyInit};
 use hmac::{Hmac, Mac};
 use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, USER_AGENT};
 use http::HeaderMap;
 use rand::RngCore as _;
-use sha2::{Digest as _, Sha256};
+use sha2::Sha256;
 use uuid::Uuid;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -40,8 +41,20 @@ const DELIVERY_NAMESPACE: Uuid = Uuid::from_u128(0x7596c9f0_0750_42af_959e_4111b
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
+/// The secrets an attempt is signed with. Deliberately not `Debug`: nothing that holds secrets
+/// should be one `{:?}` away from a log line.
+#[derive(Clone, Copy, Default)]
+pub struct Signing<'a> {
+    /// The webhook's secret: signs both dialects.
+    pub current: Option<&'a str>,
+    /// The secret a rotation replaced, while its grace lasts: adds a second Standard Webhooks
+    /// signature, so receivers that still verify with it keep accepting deliveries. Chatwoot's
+    /// header has room for one signature and carries the current secret's.
+    pub previous: Option<&'a str>,
+}
+
 /// The headers of one attempt. The delivery id and timestamp go out even without a secret, since
-/// receivers deduplicate on the id; the two signatures only with one.
+/// receivers deduplicate on the id; the signatures only with one.
 ///
 /// `delivery_id` is expected to come from [`delivery_id`]; a value that is not a valid header
 /// value (control characters) is left out rather than sent mangled.
@@ -49,7 +62,7 @@ pub fn attempt_headers(
     delivery_id: &str,
     timestamp: i64,
     body: &[u8],
-    secret: Option<&str>,
+    secrets: Signing<'_>,
 ) -> HeaderMap {
     let mut headers = HeaderMap::with_capacity(8);
     headers.insert(CONTENT_TYPE, JSON);
@@ -59,15 +72,22 @@ pub fn attempt_headers(
         headers.insert(CHATWOOT_DELIVERY, id);
     }
     let ts = HeaderValue::from(timestamp);
-    if let Some(secret) = secret {
+    if let Some(secret) = secrets.current {
         let ts_bytes = ts.as_bytes();
+        let mut standard = standard_from_ts(secret, delivery_id, ts_bytes, body);
+        if let (Some(signatures), Some(previous)) = (&mut standard, secrets.previous) {
+            // Standard Webhooks: several space-delimited signatures, any one of which verifies.
+            if let Some(old) = standard_from_ts(previous, delivery_id, ts_bytes, body) {
+                signatures.push(' ');
+                signatures.push_str(&old);
+            }
+        }
         // Both values are ASCII by construction (base64, hex), so the conversions cannot fail.
-        if let Ok(value) =
-            HeaderValue::try_from(standard_from_ts(secret, delivery_id, ts_bytes, body))
-        {
+        if let Some(Ok(value)) = standard.map(HeaderValue::try_from) {
             headers.insert(WEBHOOK_SIGNATURE, value);
         }
-        if let Ok(value) = HeaderValue::try_from(chatwoot_from_ts(secret, ts_bytes, body)) {
+        if let Some(Ok(value)) = chatwoot_from_ts(secret, ts_bytes, body).map(HeaderValue::try_from)
+        {
             headers.insert(CHATWOOT_SIGNATURE, value);
         }
     }
@@ -79,13 +99,18 @@ pub fn attempt_headers(
 /// The Standard Webhooks signature `v1,<base64 HMAC-SHA256(key, "{id}.{ts}.{body}")>`. The key is
 /// the base64-decoded part after `whsec_`; a secret without that prefix, or whose rest does not
 /// decode, is used as raw bytes so that hand-set secrets still sign something verifiable.
-pub fn standard_signature(key_secret: &str, msg_id: &str, timestamp: i64, body: &[u8]) -> String {
+pub fn standard_signature(
+    key_secret: &str,
+    msg_id: &str,
+    timestamp: i64,
+    body: &[u8],
+) -> Option<String> {
     standard_from_ts(key_secret, msg_id, timestamp.to_string().as_bytes(), body)
 }
 
 /// Chatwoot's signature `sha256=<hex HMAC-SHA256(secret, "{ts}.{body}")>`, keyed by the secret
 /// string's bytes exactly as stored (Chatwoot does not decode it).
-pub fn chatwoot_signature(secret: &str, timestamp: i64, body: &[u8]) -> String {
+pub fn chatwoot_signature(secret: &str, timestamp: i64, body: &[u8]) -> Option<String> {
     chatwoot_from_ts(secret, timestamp.to_string().as_bytes(), body)
 }
 
@@ -115,7 +140,7 @@ pub fn generate_secret() -> String {
     secret
 }
 
-fn standard_from_ts(secret: &str, msg_id: &str, ts: &[u8], body: &[u8]) -> String {
+fn standard_from_ts(secret: &str, msg_id: &str, ts: &[u8], body: &[u8]) -> Option<String> {
     let key: Cow<'_, [u8]> = match secret
         .strip_prefix(SECRET_PREFIX)
         .map(|k| STANDARD.decode(k))
@@ -123,45 +148,33 @@ fn standard_from_ts(secret: &str, msg_id: &str, ts: &[u8], body: &[u8]) -> Strin
         Some(Ok(decoded)) => Cow::Owned(decoded),
         _ => Cow::Borrowed(secret.as_bytes()),
     };
-    let mut mac = hmac_sha256(&key);
-    mac.update(msg_id.as_bytes());
-    mac.update(b".");
-    mac.update(ts);
-    mac.update(b".");
-    mac.update(body);
+    let digest = hmac_sha256(&key, &[msg_id.as_bytes(), b".", ts, b".", body])?;
     let mut signature = String::with_capacity(3 + 44);
     signature.push_str("v1,");
-    STANDARD.encode_string(mac.finalize().into_bytes(), &mut signature);
-    signature
+    STANDARD.encode_string(digest, &mut signature);
+    Some(signature)
 }
 
-fn chatwoot_from_ts(secret: &str, ts: &[u8], body: &[u8]) -> String {
-    let mut mac = hmac_sha256(secret.as_bytes());
-    mac.update(ts);
-    mac.update(b".");
-    mac.update(body);
+fn chatwoot_from_ts(secret: &str, ts: &[u8], body: &[u8]) -> Option<String> {
+    let digest = hmac_sha256(secret.as_bytes(), &[ts, b".", body])?;
     let mut signature = String::with_capacity(7 + 64);
     signature.push_str("sha256=");
-    for byte in mac.finalize().into_bytes() {
+    for byte in digest {
         signature.push(char::from(HEX[usize::from(byte >> 4)]));
         signature.push(char::from(HEX[usize::from(byte & 0x0f)]));
     }
-    signature
+    Some(signature)
 }
 
-/// HMAC-SHA256 keyed with `key` of any length, without the `Result` of `new_from_slice` (whose
-/// error cannot happen for HMAC but would still need a branch). RFC 2104 §2: a key longer than
-/// the block is hashed first, and a shorter one is zero-padded to the block, so this block is
-/// the key HMAC itself would use.
-fn hmac_sha256(key: &[u8]) -> HmacSha256 {
-    let mut block = Key::<HmacSha256>::default();
-    if key.len() > block.len() {
-        let digest = Sha256::digest(key);
-        block[..digest.len()].copy_from_slice(&digest);
-    } else {
-        block[..key.len()].copy_from_slice(key);
+/// HMAC-SHA256 of `parts` concatenated. HMAC takes keys of any length, so `None` does not happen;
+/// `new_from_slice` only returns a `Result` because its trait also serves MACs with fixed key
+/// sizes, and an impossible error is still handled rather than unwrapped on the hot path.
+fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> Option<[u8; 32]> {
+    let mut mac = HmacSha256::new_from_slice(key).ok()?;
+    for part in parts {
+        mac.update(part);
     }
-    <HmacSha256 as KeyInit>::new(&block)
+    Some(mac.finalize().into_bytes().into())
 }
 
 #[cfg(test)]
@@ -180,8 +193,9 @@ mod tests {
                 "msg_p5jXN8AQM9LWM0D4loKWxJek",
                 TS,
                 BODY
-            ),
-            "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+            )
+            .as_deref(),
+            Some("v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=")
         );
     }
 
@@ -208,8 +222,8 @@ mod tests {
         ];
         for (secret, expected) in cases {
             assert_eq!(
-                standard_signature(secret, "msg_1", TS, BODY),
-                expected,
+                standard_signature(secret, "msg_1", TS, BODY).as_deref(),
+                Some(expected),
                 "{secret}"
             );
         }
@@ -231,17 +245,32 @@ mod tests {
             ),
         ];
         for (secret, expected) in cases {
-            assert_eq!(chatwoot_signature(secret, TS, BODY), expected, "{secret}");
+            assert_eq!(
+                chatwoot_signature(secret, TS, BODY).as_deref(),
+                Some(expected),
+                "{secret}"
+            );
         }
+    }
+
+    fn signed_by(current: &'static str) -> Signing<'static> {
+        Signing {
+            current: Some(current),
+            previous: None,
+        }
+    }
+
+    fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
+        headers.get(name).map(HeaderValue::as_bytes)
     }
 
     #[test]
     fn attempt_headers_with_secret_carry_both_dialects() {
         let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
         let id = delivery_id("evt-1", "wh-1");
-        let headers = attempt_headers(&id, TS, BODY, Some(secret));
-        let standard = standard_signature(secret, &id, TS, BODY);
-        let chatwoot = chatwoot_signature(secret, TS, BODY);
+        let headers = attempt_headers(&id, TS, BODY, signed_by(secret));
+        let standard = standard_signature(secret, &id, TS, BODY).unwrap_or_default();
+        let chatwoot = chatwoot_signature(secret, TS, BODY).unwrap_or_default();
         let agent = format!("webhookd/{}", env!("CARGO_PKG_VERSION"));
         let expected = [
             ("content-type", "application/json"),
@@ -255,28 +284,53 @@ mod tests {
         ];
         assert_eq!(headers.len(), expected.len());
         for (name, value) in expected {
-            assert_eq!(
-                headers.get(name).map(HeaderValue::as_bytes),
-                Some(value.as_bytes()),
-                "{name}"
-            );
+            assert_eq!(header(&headers, name), Some(value.as_bytes()), "{name}");
         }
     }
 
     #[test]
+    fn during_a_rotation_standard_carries_both_signatures_and_chatwoot_the_new_one() {
+        let new = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let old = "whsec_c2VjcmV0LW9mLXRoZS1wYXN0LXJvdGF0aW9u";
+        let rotating = Signing {
+            current: Some(new),
+            previous: Some(old),
+        };
+        let headers = attempt_headers("d-1", TS, BODY, rotating);
+        let both = format!(
+            "{} {}",
+            standard_signature(new, "d-1", TS, BODY).unwrap_or_default(),
+            standard_signature(old, "d-1", TS, BODY).unwrap_or_default()
+        );
+        assert_eq!(header(&headers, "webhook-signature"), Some(both.as_bytes()));
+        assert_eq!(
+            header(&headers, "x-chatwoot-signature"),
+            chatwoot_signature(new, TS, BODY)
+                .as_deref()
+                .map(str::as_bytes)
+        );
+
+        // A previous secret alone (the current one cleared) signs nothing.
+        let orphan = Signing {
+            current: None,
+            previous: Some(old),
+        };
+        let headers = attempt_headers("d-1", TS, BODY, orphan);
+        assert_eq!(header(&headers, "webhook-signature"), None);
+        assert_eq!(header(&headers, "x-chatwoot-signature"), None);
+    }
+
+    #[test]
     fn attempt_headers_without_secret_are_unsigned_but_identified() {
-        let headers = attempt_headers("d-1", TS, BODY, None);
+        let headers = attempt_headers("d-1", TS, BODY, Signing::default());
         for name in ["webhook-signature", "x-chatwoot-signature"] {
             assert!(headers.get(name).is_none(), "{name}");
         }
         for name in ["webhook-id", "x-chatwoot-delivery"] {
-            assert_eq!(
-                headers.get(name).map(HeaderValue::as_bytes),
-                Some(&b"d-1"[..])
-            );
+            assert_eq!(header(&headers, name), Some(&b"d-1"[..]), "{name}");
         }
         assert_eq!(
-            headers.get("webhook-timestamp").map(HeaderValue::as_bytes),
+            header(&headers, "webhook-timestamp"),
             Some(&b"1614265330"[..])
         );
     }

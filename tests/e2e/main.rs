@@ -2,7 +2,9 @@
 //! Run them with `scripts/test.sh`, which starts the broker they need.
 
 mod dlq;
+mod faults;
 mod pipeline;
 mod retries;
+mod security;
 mod service;
 mod support;

@@ -70,3 +70,143 @@ pub async fn ready_count(connection: &Connection, queue: &str) -> u32 {
     let _ = channel.close(200, ShortString::from("done")).await;
     count
 }
+
+/// Connects to a broker other than the shared test node (a test's [`PrivateNode`]).
+pub async fn connect_to(url: &str) -> Connection {
+    Connection::connect(url, ConnectionProperties::default())
+        .await
+        .unwrap_or_else(|e| panic!("no RabbitMQ at {url}: {e}"))
+}
+
+/// A RabbitMQ node of one test's own, for tests that restart the broker or close its
+/// connections: the shared test node serves every other test at the same time. Stopped on drop,
+/// so a failing test does not leave it running.
+pub struct PrivateNode {
+    pub name: String,
+    pub port: u16,
+    home: tempfile::TempDir,
+}
+
+impl PrivateNode {
+    /// Starts the node (about 8 s, more on a loaded machine) and waits until it accepts AMQP.
+    pub async fn start(prefix: &str) -> PrivateNode {
+        let node = PrivateNode::reserve(prefix);
+        let port = node.port.to_string();
+        node.script(&["start", &node.name, &port]).await;
+        node
+    }
+
+    /// A name, a port and a home for a node something else starts (`scripts/run.sh`, given
+    /// them), stopped on drop all the same.
+    pub fn reserve(prefix: &str) -> PrivateNode {
+        PrivateNode {
+            name: super::unique(prefix).replace('-', "_"),
+            port: free_amqp_port(),
+            home: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    /// The node's state folder (`WEBHOOKD_BROKER_HOME`).
+    pub fn home(&self) -> &std::path::Path {
+        self.home.path()
+    }
+
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// `rabbitmqctl` against this node, asserting success; returns its output.
+    pub async fn ctl(&self, args: &[&str]) -> String {
+        let mut all = vec!["ctl", self.name.as_str()];
+        all.extend_from_slice(args);
+        self.script(&all).await
+    }
+
+    /// Force-closes the connections whose name (set by webhookd, `webhookd consumer` or
+    /// `webhookd publisher`) contains `name`, as `rabbitmqctl close_connection` does for an
+    /// operator. Returns how many it closed.
+    pub async fn close_connections(&self, name: &str) -> usize {
+        let listing = self
+            .ctl(&[
+                "list_connections",
+                "-q",
+                "--no-table-headers",
+                "pid",
+                "client_properties",
+            ])
+            .await;
+        let pids: Vec<&str> = listing
+            .lines()
+            .filter(|line| line.contains(name))
+            .filter_map(|line| line.split_whitespace().next())
+            .collect();
+        for pid in &pids {
+            self.ctl(&["close_connection", pid, "closed by a webhookd test"])
+                .await;
+        }
+        pids.len()
+    }
+
+    async fn script(&self, args: &[&str]) -> String {
+        let output = tokio::process::Command::new(script_path())
+            .args(args)
+            .env("WEBHOOKD_BROKER_HOME", self.home.path())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .expect("scripts/broker.sh");
+        assert!(
+            output.status.success(),
+            "broker.sh {args:?} failed:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+}
+
+impl Drop for PrivateNode {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(script_path())
+            .args(["stop", &self.name])
+            .env("WEBHOOKD_BROKER_HOME", self.home.path())
+            .stdin(std::process::Stdio::null())
+            .status();
+    }
+}
+
+fn script_path() -> String {
+    format!("{}/scripts/broker.sh", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A free port low enough that the broker's distribution port (20000 away) is valid too.
+pub fn free_amqp_port() -> u16 {
+    loop {
+        let port = super::daemon::free_port().port();
+        if port < 45000 {
+            return port;
+        }
+        let candidate = port - 20000;
+        if std::net::TcpListener::bind(("127.0.0.1", candidate)).is_ok() {
+            return candidate;
+        }
+    }
+}
+
+/// Publishes a small `event` for `account`, numbered `n` (body field `id`, message id
+/// `ev-<account>-<n>`), routed by its event name.
+pub async fn publish_event(
+    connection: &Connection,
+    exchange: &str,
+    event: &str,
+    account: u64,
+    n: u64,
+) {
+    let body = serde_json::to_vec(&serde_json::json!({
+        "event": event, "id": n, "account": { "id": account },
+    }))
+    .expect("json");
+    let props =
+        BasicProperties::default().with_message_id(ShortString::from(format!("ev-{account}-{n}")));
+    publish(connection, exchange, event, &body, props).await;
+}

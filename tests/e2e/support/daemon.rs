@@ -37,6 +37,15 @@ pub struct Settings {
     pub drain_timeout: &'static str,
     /// Extra TOML lines appended to the file (e.g. a whole `[log]` table).
     pub extra: String,
+    /// Another broker than the shared test node (a test's private node).
+    pub broker_url: Option<String>,
+    /// `delivery.allow_networks` as TOML; `[]` leaves the SSRF guard closed to loopback.
+    pub allow_networks: &'static str,
+    /// Extra lines in `[delivery]` and `[admin]`, which `extra` cannot reopen.
+    pub delivery_extra: String,
+    pub admin_extra: String,
+    /// Whether the config sets `admin.token` (to `Daemon::token`).
+    pub admin_token: bool,
 }
 
 impl Default for Settings {
@@ -50,6 +59,11 @@ impl Default for Settings {
             request_timeout: "2s",
             drain_timeout: "5s",
             extra: String::new(),
+            broker_url: None,
+            allow_networks: r#"["127.0.0.0/8"]"#,
+            delivery_extra: String::new(),
+            admin_extra: String::new(),
+            admin_token: true,
         }
     }
 }
@@ -95,7 +109,17 @@ impl Daemon {
             request_timeout,
             drain_timeout,
             extra,
+            broker_url,
+            allow_networks,
+            delivery_extra,
+            admin_extra,
+            admin_token,
         } = settings;
+        let token_line = if admin_token {
+            format!("token = \"{token}\"")
+        } else {
+            String::new()
+        };
         let text = format!(
             r#"
 [broker]
@@ -111,9 +135,10 @@ prefetch = 64
 path = "{store}"
 
 [delivery]
-allow_networks = ["127.0.0.0/8"]
+allow_networks = {allow_networks}
 connect_timeout = "1s"
 request_timeout = "{request_timeout}"
+{delivery_extra}
 
 [retry]
 initial_interval = "{initial_interval}"
@@ -124,13 +149,14 @@ max_elapsed = "{max_elapsed}"
 
 [admin]
 listen = "{admin}"
-token = "{token}"
+{token_line}
+{admin_extra}
 
 [service]
 drain_timeout = "{drain_timeout}"
 {extra}
 "#,
-            url = broker::url(),
+            url = broker_url.unwrap_or_else(broker::url),
             exchange = names.exchange,
             queue = names.queue,
             retry_prefix = names.retry_prefix,
@@ -159,6 +185,11 @@ drain_timeout = "{drain_timeout}"
     }
 
     pub fn spawn(&mut self) {
+        self.spawn_with_env(&[]);
+    }
+
+    /// Starts the daemon with extra environment variables (e.g. systemd's `NOTIFY_SOCKET`).
+    pub fn spawn_with_env(&mut self, env: &[(&str, &std::ffi::OsStr)]) {
         assert!(self.child.is_none(), "daemon already running");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -170,6 +201,7 @@ drain_timeout = "{drain_timeout}"
             .arg(&self.config_path)
             .arg("run")
             .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))
             .stderr(log)
@@ -198,15 +230,26 @@ drain_timeout = "{drain_timeout}"
         }
     }
 
+    /// Sends `signal` (a `kill -s` name such as `HUP`) to the running daemon.
+    pub fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("daemon running");
+        let status = Command::new("kill")
+            .args(["-s", signal, &child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -s {signal}");
+    }
+
     /// SIGTERM, then waits (up to `timeout`) for the exit status.
     pub async fn sigterm(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        self.signal("TERM");
+        self.wait_exit(timeout).await
+    }
+
+    /// Waits (up to `timeout`) for the daemon to exit on its own, returning its status.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("daemon running");
-        let status = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .expect("kill -TERM");
-        assert!(status.success());
-        eventually(timeout, "webhookd to exit after SIGTERM", || {
+        eventually(timeout, "webhookd to exit", || {
             let exited = child.try_wait().expect("wait");
             async move { exited }
         })
@@ -259,6 +302,23 @@ drain_timeout = "{drain_timeout}"
         serde_json::from_str(&self.cli_ok(&["dlq", "list", "--json"]).await).expect("dlq list JSON")
     }
 
+    /// The value of one series on `/metrics`, e.g. `webhookd_events_total{event="x"}`; 0 when
+    /// the series is absent (a counter nothing has touched yet).
+    /// A series name without labels sums all of its labelled series.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let (status, text) = self.get("/metrics").await;
+        assert_eq!(status, StatusCode::OK, "/metrics: {text}");
+        text.lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter_map(|line| line.rsplit_once(' '))
+            .filter(|(name, _)| {
+                *name == series
+                    || (!series.contains('{') && name.starts_with(&format!("{series}{{")))
+            })
+            .map(|(_, value)| value.parse::<f64>().expect("metric value"))
+            .sum()
+    }
+
     /// GET on the admin API without a token.
     pub async fn get(&self, path: &str) -> (StatusCode, String) {
         self.request(Method::GET, path, None).await
@@ -271,6 +331,18 @@ drain_timeout = "{drain_timeout}"
         path: &str,
         token: Option<&str>,
     ) -> (StatusCode, String) {
+        self.request_with_body(method, path, token, Bytes::new())
+            .await
+    }
+
+    /// An admin API request with a body.
+    pub async fn request_with_body(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Bytes,
+    ) -> (StatusCode, String) {
         let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
         let mut request = Request::builder()
             .method(method)
@@ -278,7 +350,7 @@ drain_timeout = "{drain_timeout}"
         if let Some(token) = token {
             request = request.header("authorization", format!("Bearer {token}"));
         }
-        let request = request.body(Full::new(Bytes::new())).expect("request");
+        let request = request.body(Full::new(body)).expect("request");
         match tokio::time::timeout(Duration::from_secs(5), client.request(request)).await {
             Ok(Ok(response)) => {
                 let status = response.status();
@@ -298,6 +370,12 @@ drain_timeout = "{drain_timeout}"
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
+        if std::thread::panicking() {
+            let logs = self.logs();
+            let tail: Vec<&str> = logs.lines().rev().take(60).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            eprintln!("--- webhookd log (last 60 lines) ---\n{}", tail.join("\n"));
+        }
     }
 }
 

@@ -1,4 +1,4 @@
-//! An in-process HTTP receiver on 127.0.0.1:0 whose answers a test scripts per path.
+//! An in-process HTTP (or https) receiver on 127.0.0.1:0 whose answers a test scripts per path.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -13,6 +13,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
 /// One request as the receiver saw it.
 #[derive(Debug, Clone)]
@@ -21,6 +22,8 @@ pub struct Received {
     pub headers: HeaderMap,
     pub body: Bytes,
     pub at: Instant,
+    /// The status answered; `None` while the reply hangs.
+    pub status: Option<u16>,
 }
 
 impl Received {
@@ -70,6 +73,7 @@ pub type Script = Arc<dyn Fn(&str, usize) -> Reply + Send + Sync>;
 #[derive(Clone)]
 pub struct Receiver {
     pub addr: SocketAddr,
+    scheme: &'static str,
     log: Arc<Mutex<Vec<Received>>>,
     script: Arc<Mutex<Script>>,
 }
@@ -83,13 +87,24 @@ impl Receiver {
     pub async fn scripted(
         script: impl Fn(&str, usize) -> Reply + Send + Sync + 'static,
     ) -> Receiver {
+        Receiver::serve(Arc::new(script), None).await
+    }
+
+    /// A receiver that answers 200 to everything over TLS with `tls`'s certificate; a
+    /// connection whose handshake fails is never logged as a request.
+    pub async fn https(tls: Arc<rustls::ServerConfig>) -> Receiver {
+        Receiver::serve(Arc::new(|_: &str, _| Reply::status(200)), Some(tls.into())).await
+    }
+
+    async fn serve(script: Script, tls: Option<TlsAcceptor>) -> Receiver {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind receiver");
         let receiver = Receiver {
             addr: listener.local_addr().expect("receiver address"),
+            scheme: if tls.is_some() { "https" } else { "http" },
             log: Arc::default(),
-            script: Arc::new(Mutex::new(Arc::new(script))),
+            script: Arc::new(Mutex::new(script)),
         };
         let serving = receiver.clone();
         tokio::spawn(async move {
@@ -98,14 +113,22 @@ impl Receiver {
                     continue;
                 };
                 let serving = serving.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |request| {
                         let serving = serving.clone();
                         async move { Ok::<_, Infallible>(serving.answer(request).await) }
                     });
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let http = http1::Builder::new();
+                    let _ = match tls {
+                        None => http.serve_connection(TokioIo::new(stream), service).await,
+                        Some(tls) => match tls.accept(stream).await {
+                            Ok(stream) => {
+                                http.serve_connection(TokioIo::new(stream), service).await
+                            }
+                            Err(_) => return,
+                        },
+                    };
                 });
             }
         });
@@ -118,7 +141,22 @@ impl Receiver {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        format!("{}://{}{path}", self.scheme, self.addr)
+    }
+
+    /// Every request so far, to any path.
+    pub fn all(&self) -> Vec<Received> {
+        self.log.lock().expect("log lock").clone()
+    }
+
+    /// How many requests so far match `filter` (no copies: cheap enough to poll).
+    pub fn count(&self, filter: impl Fn(&Received) -> bool) -> usize {
+        self.log
+            .lock()
+            .expect("log lock")
+            .iter()
+            .filter(|r| filter(r))
+            .count()
     }
 
     /// Every request so far to `path`.
@@ -141,7 +179,7 @@ impl Receiver {
             .await
             .map(|b| b.to_bytes())
             .unwrap_or_default();
-        let seen = {
+        let (seen, index) = {
             let mut log = self.log.lock().expect("log lock");
             let seen = log.iter().filter(|r| r.path == path).count();
             log.push(Received {
@@ -149,13 +187,16 @@ impl Receiver {
                 headers,
                 body,
                 at: Instant::now(),
+                status: None,
             });
-            seen
+            (seen, log.len() - 1)
         };
         let script = self.script.lock().expect("script lock").clone();
         let reply = script(&path, seen);
         if reply.hang {
             tokio::time::sleep(Duration::from_secs(3600)).await;
+        } else {
+            self.log.lock().expect("log lock")[index].status = Some(reply.status);
         }
         let mut response = Response::new(Full::new(Bytes::from_static(b"ok")));
         *response.status_mut() = StatusCode::from_u16(reply.status).expect("valid status");

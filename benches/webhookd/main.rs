@@ -1,0 +1,623 @@
+//! webhookd's speed benchmark (issue 6, DESIGN.md section 8): how close the real daemon comes to
+//! what this machine can physically move, how much memory it holds, and whether one dead
+//! receiver slows the others.
+//!
+//! webhookd's rate is only meaningful against the machine's own limits, measured in the same run
+//! on the same messages: D, a bare lapin consumer draining the queue; P, a bare hyper client
+//! POSTing to the same receiver; and L = 1 / (1/D + 1/P), the bound for doing both jobs on the
+//! same cores. Every figure is the median of several runs, and the table reports ratios to
+//! targets rather than asserting them, because the machine is shared: ratios within one run are
+//! what compare.
+//!
+//! ```text
+//! scripts/bench.sh            # full run (release build, its own broker node), ~30 min
+//! scripts/bench.sh --smoke    # every scenario once, small sizes, in a minute or two
+//! ```
+//!
+//! `cargo test --all-targets` runs this binary too (without `--bench`): it then does the smoke
+//! run against the test broker with the debug build, so CI keeps every scenario working at the
+//! cost of no extra build. Smoke runs check that each scenario produces its numbers, nothing else.
+//!
+//! Throughput runs pre-publish their events before webhookd starts, so the figures measure
+//! consumption alone and webhookd's start-up is outside the first-to-last-receipt window; the
+//! latency run publishes at a steady rate while webhookd runs.
+
+mod amqp;
+mod daemon;
+mod events;
+mod http;
+mod procfs;
+mod receiver;
+mod registry;
+mod report;
+mod scenarios;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde_json::json;
+
+use crate::events::Bodies;
+use crate::registry::Registry;
+use crate::report::{median, quantile, Figure, Goal, Report};
+use crate::scenarios::{Bench, Delivered, Delivery, DRAIN};
+
+/// The bench node `scripts/bench.sh` starts; under `cargo test`, the test node.
+const BENCH_URL: &str = "amqp://guest:guest@127.0.0.1:5680/%2f";
+const TEST_URL: &str = "amqp://guest:guest@127.0.0.1:5679/%2f";
+
+/// The targets of issue 6.
+const SHARE_OF_LIMIT: f64 = 0.8;
+const P99_CEILING_MS: f64 = 1.5;
+const RSS_CEILING_MIB: f64 = 32.0;
+const ISOLATION_FLOOR: f64 = 0.9;
+const LOOKUP_P99_CEILING_US: f64 = 50.0;
+const FAN_OUT: u64 = 10;
+
+/// How big each scenario is.
+#[derive(Debug, Clone, serde::Serialize)]
+struct Sizes {
+    runs: usize,
+    /// N: events per throughput run (D, P, webhookd with one webhook per event).
+    events: u64,
+    /// Accounts with one webhook each; events cycle through them.
+    accounts: u64,
+    /// Accounts with ten webhooks each (fan-out, isolation).
+    fan_out_accounts: u64,
+    /// Events per fan-out or isolation run (each is ten deliveries).
+    fan_out_events: u64,
+    latency_per_second: u64,
+    latency_seconds: u64,
+    backlog: u64,
+    /// Isolation is measured over this long from the first receipt (or until all arrived).
+    isolation_window: Duration,
+    /// `delivery.request_timeout` in the isolation runs; `None` is webhookd's default, 15 s.
+    isolation_timeout: Option<&'static str>,
+    registry_webhooks: u64,
+    registry_accounts: u64,
+    registry_lookups: u64,
+}
+
+const FULL: Sizes = Sizes {
+    runs: 3,
+    events: 200_000,
+    accounts: 1_000,
+    fan_out_accounts: 100,
+    fan_out_events: 20_000,
+    latency_per_second: 2_000,
+    latency_seconds: 30,
+    backlog: 1_000_000,
+    isolation_window: Duration::from_secs(35),
+    isolation_timeout: None,
+    registry_webhooks: 1_000_000,
+    registry_accounts: 250_000,
+    registry_lookups: 100_000,
+};
+
+const SMOKE: Sizes = Sizes {
+    runs: 1,
+    events: 2_000,
+    accounts: 100,
+    fan_out_accounts: 20,
+    fan_out_events: 200,
+    latency_per_second: 2_000,
+    latency_seconds: 2,
+    backlog: 3_000,
+    isolation_window: Duration::from_secs(3),
+    isolation_timeout: Some("1s"),
+    registry_webhooks: 10_000,
+    registry_accounts: 2_500,
+    registry_lookups: 2_000,
+};
+
+struct Options {
+    smoke: bool,
+    /// Started by `cargo bench` (which passes `--bench`) rather than `cargo test`.
+    bench: bool,
+    runs: Option<usize>,
+    out: Option<PathBuf>,
+    log_level: String,
+    /// libtest-style name filters, as `cargo test <filter>` passes them to every target.
+    filters: Vec<String>,
+}
+
+fn options() -> anyhow::Result<Options> {
+    let mut options = Options {
+        smoke: false,
+        bench: false,
+        runs: None,
+        out: None,
+        log_level: "info".to_owned(),
+        filters: Vec::new(),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--smoke" => options.smoke = true,
+            "--bench" => options.bench = true,
+            "--runs" => options.runs = Some(args.next().context("--runs N")?.parse()?),
+            "--out" => options.out = Some(args.next().context("--out PATH")?.into()),
+            "--log-level" => options.log_level = args.next().context("--log-level LEVEL")?,
+            "--help" | "-h" => {
+                println!(
+                    "usage: scripts/bench.sh [--smoke] [--runs N] [--out PATH] [--log-level LEVEL]"
+                );
+                std::process::exit(0);
+            }
+            // Flags libtest would understand (`--nocapture`, `--quiet`, …) mean nothing here.
+            flag if flag.starts_with('-') => {}
+            filter => options.filters.push(filter.to_owned()),
+        }
+    }
+    Ok(options)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let options = options()?;
+    if !options.bench
+        && !options.filters.is_empty()
+        && !options
+            .filters
+            .iter()
+            .any(|f| "bench_smoke".contains(f.as_str()))
+    {
+        println!("webhookd benchmark: filtered out");
+        return Ok(());
+    }
+    let smoke = options.smoke || !options.bench;
+    let mut sizes = if smoke { SMOKE } else { FULL };
+    if let Some(runs) = options.runs {
+        sizes.runs = runs.max(1);
+    }
+    let url = std::env::var("WEBHOOKD_BENCH_AMQP_URL")
+        .or_else(|_| std::env::var("WEBHOOKD_TEST_AMQP_URL"))
+        .unwrap_or_else(|_| if options.bench { BENCH_URL } else { TEST_URL }.to_owned());
+    let out = match options.out {
+        Some(path) => path,
+        None => target_dir()?
+            .join("bench")
+            .join(if smoke { "smoke.json" } else { "report.json" }),
+    };
+
+    let mut bench = Bench::connect(url, options.log_level.clone()).await?;
+    // Under `cargo bench`, names select scenarios; under `cargo test` they were libtest filters.
+    let selected = if options.bench {
+        options.filters
+    } else {
+        Vec::new()
+    };
+    let mode = match (smoke, selected.is_empty()) {
+        (true, _) => "smoke",
+        (false, true) => "full",
+        (false, false) => "partial",
+    };
+    let report = measure(&mut bench, &sizes, mode, &selected).await?;
+    println!("{}", report.markdown());
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&out, serde_json::to_vec_pretty(&report.json())?)?;
+    println!("written to {}", out.display());
+    Ok(())
+}
+
+/// `target/`, found from this executable's path (`target/<profile>/deps/webhookd-…`).
+fn target_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    exe.ancestors()
+        .nth(3)
+        .map(PathBuf::from)
+        .context("cannot find the target directory")
+}
+
+/// Runs `one` `runs` times, saying what runs on stderr, and keeps every result.
+async fn repeat<T>(
+    runs: usize,
+    what: &str,
+    mut one: impl AsyncFnMut() -> anyhow::Result<T>,
+) -> anyhow::Result<Vec<T>> {
+    let mut all = Vec::with_capacity(runs);
+    for run in 1..=runs {
+        eprintln!(
+            "bench: {what}, run {run} of {runs} (load {})",
+            procfs::load_average()
+        );
+        let started = Instant::now();
+        all.push(one().await.with_context(|| format!("{what}, run {run}"))?);
+        eprintln!("bench: {what}, run {run} took {:.1?}", started.elapsed());
+    }
+    Ok(all)
+}
+
+/// 1 / (1/a + 1/b): the rate of doing two jobs one after the other on the same cores.
+fn combined(a: f64, b: f64) -> f64 {
+    1.0 / (1.0 / a + 1.0 / b)
+}
+
+/// The scenarios, by the names `scripts/bench.sh NAME…` selects them with.
+const SCENARIOS: [&str; 7] = [
+    "raw",
+    "webhookd",
+    "fan-out",
+    "isolation",
+    "latency",
+    "backlog",
+    "registry",
+];
+
+/// The raw limits' medians, which the other targets derive from.
+#[derive(Clone, Copy)]
+struct Limits {
+    p: f64,
+    d_classic: f64,
+    d_quorum: f64,
+}
+
+/// What every scenario publishes, and how much of it.
+struct Inputs<'a> {
+    sizes: &'a Sizes,
+    single: Bodies,
+    fan_out: Bodies,
+}
+
+/// Everything one benchmark run measures, scenario by scenario.
+struct Measure<'a> {
+    bench: &'a mut Bench,
+    inputs: Inputs<'a>,
+    figures: Vec<Figure>,
+    details: serde_json::Map<String, serde_json::Value>,
+}
+
+async fn measure(
+    bench: &mut Bench,
+    sizes: &Sizes,
+    mode: &'static str,
+    selected: &[String],
+) -> anyhow::Result<Report> {
+    let wanted =
+        |name: &str| selected.is_empty() || selected.iter().any(|s| name.contains(s.as_str()));
+    let unknown: Vec<&String> = selected
+        .iter()
+        .filter(|s| !SCENARIOS.iter().any(|name| name.contains(s.as_str())))
+        .collect();
+    if !unknown.is_empty() {
+        bail!(
+            "no scenario matches {unknown:?}; scenarios: {}",
+            SCENARIOS.join(", ")
+        );
+    }
+    let load_before = procfs::load_average();
+    let started = Instant::now();
+    let mut m = Measure {
+        inputs: Inputs {
+            single: Bodies::new(sizes.accounts),
+            fan_out: Bodies::new(sizes.fan_out_accounts),
+            sizes,
+        },
+        bench,
+        figures: Vec::new(),
+        details: serde_json::Map::new(),
+    };
+    let limits = if wanted("raw") {
+        Some(m.limits().await?)
+    } else {
+        None
+    };
+    if wanted("webhookd") {
+        m.one_webhook(limits).await?;
+    }
+    let fan_out = if wanted("fan-out") {
+        Some(m.fan_out(limits).await?)
+    } else {
+        None
+    };
+    if wanted("isolation") {
+        m.isolation(fan_out).await?;
+    }
+    if wanted("latency") {
+        m.latency().await?;
+    }
+    if wanted("backlog") {
+        m.backlog().await?;
+    }
+    if wanted("registry") {
+        m.registry().await?;
+    }
+    m.details.insert(
+        "duration_seconds".to_owned(),
+        json!(started.elapsed().as_secs_f64()),
+    );
+    Ok(Report {
+        mode,
+        machine: procfs::machine(),
+        load_before,
+        load_after: procfs::load_average(),
+        parameters: json!({
+            "scenarios": if selected.is_empty() { json!("all") } else { json!(selected) },
+            "sizes": sizes,
+            "mean_body_bytes": m.inputs.single.mean_len(),
+            "drain_strategy": format!(
+                "prefetch {}, one multiple=true ack per {} deliveries",
+                DRAIN.prefetch, DRAIN.ack_every
+            ),
+            "publishing": "throughput and backlog runs: pre-published (persistent, confirmed) before webhookd starts; latency runs: published steadily while webhookd runs",
+            "webhookd": format!(
+                "{}; webhookd's defaults otherwise (prefetch 256, max_in_flight 512), signing on, log level {}",
+                env!("CARGO_BIN_EXE_webhookd"),
+                m.bench.log_level
+            ),
+        }),
+        figures: m.figures,
+        details: serde_json::Value::Object(m.details),
+    })
+}
+
+impl Inputs<'_> {
+    fn delivery(&self, kind: &'static str, fan_out: bool) -> Delivery<'_> {
+        Delivery {
+            queue_kind: kind,
+            bodies: if fan_out { &self.fan_out } else { &self.single },
+            events: if fan_out {
+                self.sizes.fan_out_events
+            } else {
+                self.sizes.events
+            },
+            webhooks_per_account: if fan_out { FAN_OUT } else { 1 },
+            one_hangs: false,
+            window: None,
+            request_timeout: None,
+            sample_rss: false,
+        }
+    }
+}
+
+impl Measure<'_> {
+    /// D and P, and L from them.
+    async fn limits(&mut self) -> anyhow::Result<Limits> {
+        let (runs, n, single) = (
+            self.inputs.sizes.runs,
+            self.inputs.sizes.events,
+            &self.inputs.single,
+        );
+        let bench = &mut *self.bench;
+        let p = repeat(runs, "P: bare HTTP client", async || {
+            bench.raw_http(single, n).await
+        })
+        .await?;
+        let mut drain = async |kind: &str| {
+            repeat(runs, &format!("D: bare consumer, {kind}"), async || {
+                bench.raw_drain(kind, single, n).await
+            })
+            .await
+        };
+        let d_classic = drain("classic").await?;
+        let d_quorum = drain("quorum").await?;
+        let limits = Limits {
+            p: median(&p),
+            d_classic: median(&d_classic),
+            d_quorum: median(&d_quorum),
+        };
+        self.figures.extend([
+            Figure::new("D — bare consumer drain, classic", "msg/s", d_classic)?,
+            Figure::new("D — bare consumer drain, quorum", "msg/s", d_quorum)?,
+            Figure::new("P — bare HTTP POST, 64 in flight", "req/s", p)?,
+            Figure::new(
+                "L = 1/(1/D + 1/P), classic",
+                "events/s",
+                vec![combined(limits.d_classic, limits.p)],
+            )?,
+            Figure::new(
+                "L = 1/(1/D + 1/P), quorum",
+                "events/s",
+                vec![combined(limits.d_quorum, limits.p)],
+            )?,
+        ]);
+        Ok(limits)
+    }
+
+    /// webhookd with one webhook per event, on both queue kinds.
+    async fn one_webhook(&mut self, limits: Option<Limits>) -> anyhow::Result<()> {
+        for kind in ["classic", "quorum"] {
+            let spec = self.inputs.delivery(kind, false);
+            let bench = &mut *self.bench;
+            let what = format!("webhookd 1 webhook/event, {kind}");
+            let delivered = repeat(self.inputs.sizes.runs, &what, async || {
+                bench.deliver(&spec).await
+            })
+            .await?;
+            let field = |f: fn(&Delivered) -> f64| delivered.iter().map(f).collect::<Vec<_>>();
+            let mut rate = Figure::new(
+                format!("webhookd, 1 webhook/event, {kind}"),
+                "events/s",
+                field(|d| d.rate),
+            )?;
+            if let Some(limits) = limits {
+                let d = if kind == "classic" {
+                    limits.d_classic
+                } else {
+                    limits.d_quorum
+                };
+                rate = rate.target(
+                    Goal::AtLeast(SHARE_OF_LIMIT * combined(d, limits.p)),
+                    format!("0.8 × L {kind}"),
+                );
+            }
+            self.figures.extend([
+                rate,
+                Figure::new(
+                    format!("CPU per 1,000 deliveries, {kind}"),
+                    "s",
+                    field(|d| d.cpu_seconds_per_1000),
+                )?,
+                Figure::new(
+                    format!("peak RSS, {kind}"),
+                    "MiB",
+                    field(|d| d.peak_rss_mib),
+                )?
+                .target(Goal::AtMost(RSS_CEILING_MIB), ""),
+            ]);
+        }
+        Ok(())
+    }
+
+    /// Ten webhooks per event; returns the median deliveries/s, which isolation compares with.
+    async fn fan_out(&mut self, limits: Option<Limits>) -> anyhow::Result<f64> {
+        let spec = self.inputs.delivery("classic", true);
+        let bench = &mut *self.bench;
+        let what = "fan-out, 10 webhooks/event, classic";
+        let runs = repeat(self.inputs.sizes.runs, what, async || {
+            bench.deliver(&spec).await
+        })
+        .await?;
+        let rates: Vec<f64> = runs.iter().map(|d| d.rate).collect();
+        let median_rate = median(&rates);
+        let mut figure = Figure::new(what, "deliveries/s", rates)?;
+        if let Some(limits) = limits {
+            figure = figure.target(
+                Goal::AtLeast(
+                    SHARE_OF_LIMIT * combined(FAN_OUT as f64 * limits.d_classic, limits.p),
+                ),
+                "0.8 × 1/(1/(10·D) + 1/P)",
+            );
+        }
+        self.figures.push(figure);
+        Ok(median_rate)
+    }
+
+    /// Ten webhooks per event, one of which never answers.
+    async fn isolation(&mut self, fan_out: Option<f64>) -> anyhow::Result<()> {
+        let spec = Delivery {
+            one_hangs: true,
+            window: Some(self.inputs.sizes.isolation_window),
+            request_timeout: self.inputs.sizes.isolation_timeout,
+            ..self.inputs.delivery("classic", true)
+        };
+        let bench = &mut *self.bench;
+        let what = "isolation, 1 of 10 webhooks hangs, classic";
+        let runs = repeat(self.inputs.sizes.runs, what, async || {
+            bench.deliver(&spec).await
+        })
+        .await?;
+        self.details.insert(
+            "isolation_hanging_requests".to_owned(),
+            json!(runs.iter().map(|d| d.hung).collect::<Vec<_>>()),
+        );
+        let nine: Vec<f64> = runs.iter().map(|d| d.rate).collect();
+        if let Some(fan_out) = fan_out {
+            let share = nine.iter().map(|rate| rate / (fan_out * 0.9)).collect();
+            self.figures.push(
+                Figure::new("isolation: share of fan-out rate × 9/10", "", share)?
+                    .target(Goal::AtLeast(ISOLATION_FLOOR), ""),
+            );
+        }
+        self.figures.push(Figure::new(
+            "isolation: deliveries to the 9 answering",
+            "deliveries/s",
+            nine,
+        )?);
+        Ok(())
+    }
+
+    /// Publish-to-receipt latency at a steady rate, on both queue kinds.
+    async fn latency(&mut self) -> anyhow::Result<()> {
+        let (rate, seconds) = (
+            self.inputs.sizes.latency_per_second,
+            self.inputs.sizes.latency_seconds,
+        );
+        for kind in ["classic", "quorum"] {
+            let (bench, single) = (&mut *self.bench, &self.inputs.single);
+            let what = format!("latency, {rate}/s for {seconds} s, {kind}");
+            let runs = repeat(self.inputs.sizes.runs, &what, async || {
+                bench.latency(kind, single, rate, seconds).await
+            })
+            .await?;
+            let millis = |q: f64| -> anyhow::Result<Vec<f64>> {
+                runs.iter()
+                    .map(|run| Ok(quantile(&run.0, q)? as f64 / 1e6))
+                    .collect()
+            };
+            let label = |what: &str| format!("publish→receipt {what}, {kind}, {rate}/s");
+            let p99 = Figure::new(label("p99"), "ms", millis(0.99)?)?;
+            self.figures.extend([
+                Figure::new(label("p50"), "ms", millis(0.5)?)?,
+                if kind == "classic" {
+                    p99.target(Goal::AtMost(P99_CEILING_MS), "")
+                } else {
+                    p99
+                },
+                Figure::new(label("max"), "ms", millis(1.0)?)?,
+            ]);
+        }
+        Ok(())
+    }
+
+    /// A backlog queued before webhookd starts, RSS sampled over the drain.
+    async fn backlog(&mut self) -> anyhow::Result<()> {
+        let spec = Delivery {
+            events: self.inputs.sizes.backlog,
+            sample_rss: true,
+            ..self.inputs.delivery("classic", false)
+        };
+        let bench = &mut *self.bench;
+        let what = format!("backlog of {} events, classic", self.inputs.sizes.backlog);
+        let runs = repeat(self.inputs.sizes.runs, &what, async || {
+            bench.deliver(&spec).await
+        })
+        .await?;
+        if runs.iter().any(|d| d.rss_mib.is_empty()) {
+            bail!("a backlog run sampled no RSS");
+        }
+        self.details.insert(
+            "backlog_rss_mib".to_owned(),
+            json!(runs.iter().map(|d| &d.rss_mib).collect::<Vec<_>>()),
+        );
+        let label = format!("backlog {}", self.inputs.sizes.backlog);
+        self.figures.extend([
+            Figure::new(
+                format!("{label}: drain rate"),
+                "events/s",
+                runs.iter().map(|d| d.rate).collect(),
+            )?,
+            Figure::new(
+                format!("{label}: peak RSS"),
+                "MiB",
+                runs.iter().map(|d| d.peak_rss_mib).collect(),
+            )?
+            .target(Goal::AtMost(RSS_CEILING_MIB), ""),
+        ]);
+        Ok(())
+    }
+
+    /// Lookup by account in a store of a million webhooks.
+    async fn registry(&mut self) -> anyhow::Result<()> {
+        let sizes = self.inputs.sizes;
+        eprintln!(
+            "bench: registry: storing {} webhooks over {} accounts",
+            sizes.registry_webhooks, sizes.registry_accounts
+        );
+        let building = Instant::now();
+        let registry = Registry::build(sizes.registry_webhooks, sizes.registry_accounts).await?;
+        self.details.insert(
+            "registry_build_seconds".to_owned(),
+            json!(building.elapsed().as_secs_f64()),
+        );
+        let runs = repeat(sizes.runs, "registry lookups", async || {
+            registry.lookups(sizes.registry_lookups)
+        })
+        .await?;
+        let micros = |q: f64| -> anyhow::Result<Vec<f64>> {
+            runs.iter()
+                .map(|run| Ok(quantile(run, q)? as f64 / 1e3))
+                .collect()
+        };
+        let label = format!("registry lookup, {} webhooks", sizes.registry_webhooks);
+        self.figures.extend([
+            Figure::new(format!("{label}, p50"), "µs", micros(0.5)?)?,
+            Figure::new(format!("{label}, p99"), "µs", micros(0.99)?)?
+                .target(Goal::AtMost(LOOKUP_P99_CEILING_US), ""),
+        ]);
+        Ok(())
+    }
+}

@@ -1,0 +1,89 @@
+//! What the kernel says about a process and the machine: CPU time, resident memory, load.
+//!
+//! Read from `/proc` rather than asked of webhookd, so the figures cover everything the process
+//! does (every thread, the allocator, the TLS and AMQP stacks), and webhookd needs no benchmark
+//! hooks.
+
+use std::sync::OnceLock;
+
+use anyhow::{bail, Context};
+
+/// User plus system CPU time of every thread of `pid`, in seconds (`/proc/<pid>/stat`).
+pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // The command name (field 2) may contain spaces; the fields after its `)` do not. utime and
+    // stime are fields 14 and 15, i.e. the 12th and 13th after the name.
+    let after_name = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .context("malformed /proc/<pid>/stat")?;
+    let mut fields = after_name.split_whitespace().skip(11);
+    let mut ticks = || -> anyhow::Result<u64> {
+        Ok(fields
+            .next()
+            .context("short /proc/<pid>/stat")?
+            .parse::<u64>()?)
+    };
+    let total = ticks()? + ticks()?;
+    Ok(total as f64 / clock_ticks_per_second()? as f64)
+}
+
+/// A `kB` field of `/proc/<pid>/status` (`VmRSS`, `VmHWM`), in KiB.
+pub fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
+    kib_field(&format!("/proc/{pid}/status"), field)
+}
+
+/// `field: <n> kB` in a `/proc` file of such lines.
+fn kib_field(path: &str, field: &str) -> anyhow::Result<u64> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    for line in text.lines() {
+        if let Some(value) = line.strip_prefix(field).and_then(|l| l.strip_prefix(':')) {
+            let kib = value.trim().trim_end_matches("kB").trim();
+            return kib.parse().with_context(|| format!("{field} in {path}"));
+        }
+    }
+    bail!("no {field} in {path}")
+}
+
+/// The 1, 5 and 15 minute load averages, as `/proc/loadavg` prints them.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|text| {
+            text.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_else(|_| "unknown".to_owned())
+}
+
+/// The CPU model and the number of CPUs this process may run on.
+pub fn machine() -> String {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|line| line.strip_prefix("model name"))
+                .map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+    let memory_gib =
+        kib_field("/proc/meminfo", "MemTotal").map_or(0.0, |kib| kib as f64 / (1024.0 * 1024.0));
+    format!("{cpus} × {model}, {memory_gib:.0} GiB RAM")
+}
+
+/// `/proc/<pid>/stat` counts in clock ticks; `getconf` knows how many a second (100 on Linux,
+/// almost always, but not by definition).
+fn clock_ticks_per_second() -> anyhow::Result<u64> {
+    static TICKS: OnceLock<Option<u64>> = OnceLock::new();
+    let ticks = TICKS.get_or_init(|| {
+        let output = std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()?;
+        String::from_utf8(output.stdout).ok()?.trim().parse().ok()
+    });
+    ticks.context("`getconf CLK_TCK` failed")
+}

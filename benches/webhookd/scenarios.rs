@@ -1,0 +1,276 @@
+//! One run of each scenario. Every run gets its own receiver, config, store and broker names, so
+//! no run sees another's messages, connections or hanging requests; its queues are deleted after
+//! it, so the broker carries one run's messages at a time.
+
+use std::time::Duration;
+
+use anyhow::{bail, ensure};
+use lapin::Connection;
+use webhookd::store::NewWebhook;
+
+use crate::amqp::{self, AckStrategy};
+use crate::daemon::{Run, Settings};
+use crate::events::{now_ns, Bodies};
+use crate::http;
+use crate::receiver::{Receiver, Tally, HANG_PATH};
+
+/// How often a waiting run looks at the receiver's counters (the figures come from the
+/// receiver's own timestamps, not from this polling).
+const POLL: Duration = Duration::from_millis(5);
+
+/// How often the backlog scenario samples webhookd's RSS.
+const RSS_SAMPLE_EVERY: Duration = Duration::from_millis(250);
+
+/// The bare HTTP client's concurrency, as the issue specifies.
+const HTTP_IN_FLIGHT: usize = 64;
+
+/// Webhooks have secrets, so every delivery is signed, as in production.
+const SECRET: &str = "whsec_benchmark0123456789abcdef";
+
+/// The bare consumer's ack strategy for D: one `multiple=true` ack per 100 deliveries within a
+/// window of 1,000, the strategy the issue's orientation figures use.
+pub const DRAIN: AckStrategy = AckStrategy {
+    prefetch: 1000,
+    ack_every: 100,
+};
+
+/// What one webhookd delivery run looks like.
+pub struct Delivery<'a> {
+    pub queue_kind: &'a str,
+    pub bodies: &'a Bodies,
+    pub events: u64,
+    pub webhooks_per_account: u64,
+    /// The last webhook of each account points at the receiver's hanging path.
+    pub one_hangs: bool,
+    /// Stop measuring this long after the first receipt, even if not everything arrived.
+    pub window: Option<Duration>,
+    pub request_timeout: Option<&'a str>,
+    pub sample_rss: bool,
+}
+
+/// What a delivery run measured.
+pub struct Delivered {
+    /// Answered deliveries per second, from the first receipt to the last (or to the end of the
+    /// window).
+    pub rate: f64,
+    pub cpu_seconds_per_1000: f64,
+    pub peak_rss_mib: f64,
+    /// (seconds since webhookd started, RSS MiB), every [`RSS_SAMPLE_EVERY`] when sampled.
+    pub rss_mib: Vec<(f64, f64)>,
+    /// Requests the hanging path received.
+    pub hung: u64,
+}
+
+/// Publish-to-receipt latencies of one steady run, in nanoseconds.
+pub struct Latencies(pub Vec<u64>);
+
+/// The shared context of every run.
+pub struct Bench {
+    pub url: String,
+    pub amqp: Connection,
+    pub log_level: String,
+    runs_started: u32,
+}
+
+impl Bench {
+    pub async fn connect(url: String, log_level: String) -> anyhow::Result<Bench> {
+        Ok(Bench {
+            amqp: amqp::connect(&url).await?,
+            url,
+            log_level,
+            runs_started: 0,
+        })
+    }
+
+    /// A config, store and broker names no other run uses.
+    fn run(&mut self, what: &str, queue_kind: &str, timeout: Option<&str>) -> anyhow::Result<Run> {
+        self.runs_started += 1;
+        let tag = format!("bench-{}-{}-{what}", std::process::id(), self.runs_started);
+        let settings = Settings {
+            queue_kind,
+            request_timeout: timeout,
+            log_level: &self.log_level,
+        };
+        Run::new(&self.url, &tag, &settings)
+    }
+
+    /// D: the bare consumer drains `events` pre-published events from a fresh queue.
+    pub async fn raw_drain(
+        &mut self,
+        queue_kind: &str,
+        bodies: &Bodies,
+        events: u64,
+    ) -> anyhow::Result<f64> {
+        let run = self.run("drain", queue_kind, None)?;
+        amqp::declare(&self.amqp, &run.topology).await?;
+        amqp::publish_backlog(&self.amqp, &run.topology, bodies, events).await?;
+        let rate = amqp::drain(&self.amqp, &run.topology.queue, events, DRAIN).await;
+        amqp::delete(&self.amqp, &run.topology).await?;
+        rate
+    }
+
+    /// P: the bare client POSTs `events` bodies to a fresh receiver.
+    pub async fn raw_http(&mut self, bodies: &Bodies, events: u64) -> anyhow::Result<f64> {
+        let receiver = Receiver::start().await?;
+        http::post_rate(&receiver.url("/wh/0"), bodies, events, HTTP_IN_FLIGHT).await
+    }
+
+    /// webhookd drains a pre-published backlog to a fresh receiver.
+    pub async fn deliver(&mut self, spec: &Delivery<'_>) -> anyhow::Result<Delivered> {
+        let receiver = Receiver::start().await?;
+        let run = self.run("deliver", spec.queue_kind, spec.request_timeout)?;
+        run.register(webhooks(
+            &receiver,
+            spec.bodies,
+            spec.webhooks_per_account,
+            spec.one_hangs,
+        ))
+        .await?;
+        amqp::declare(&self.amqp, &run.topology).await?;
+        amqp::publish_backlog(&self.amqp, &run.topology, spec.bodies, spec.events).await?;
+
+        let answering = spec.webhooks_per_account - u64::from(spec.one_hangs);
+        let expected = spec.events * answering;
+        let mut daemon = run.start()?;
+        let started = now_ns();
+        // Generous: a debug build under load still moves far more than 200 deliveries a second.
+        let deadline = started + secs_ns(60) + expected * 5_000_000;
+        let mut rss_mib = Vec::new();
+        let mut next_sample = started;
+        let (tally, end_ns) = loop {
+            let tally = receiver.tally();
+            let now = now_ns();
+            if tally.count >= expected {
+                break (tally, tally.last_ns);
+            }
+            if let Some(window) = spec.window {
+                if tally.count > 0 && now.saturating_sub(tally.first_ns) >= duration_ns(window) {
+                    break (tally, now);
+                }
+            }
+            daemon.ensure_running()?;
+            if now > deadline {
+                bail!(
+                    "webhookd delivered {} of {expected} within {} s; its log ends:\n{}",
+                    tally.count,
+                    (now - started) / 1_000_000_000,
+                    daemon.log_tail()
+                );
+            }
+            if spec.sample_rss && now >= next_sample {
+                let mib = kib_to_mib(daemon.rss_kib()?);
+                rss_mib.push(((now - started) as f64 / 1e9, mib));
+                next_sample = now + duration_ns(RSS_SAMPLE_EVERY);
+            }
+            tokio::time::sleep(POLL).await;
+        };
+        let cpu = daemon.cpu_seconds()?;
+        let peak_rss_mib = kib_to_mib(daemon.peak_rss_kib()?);
+        daemon.stop().await?;
+        amqp::delete(&self.amqp, &run.topology).await?;
+        Ok(Delivered {
+            rate: rate_until(&tally, end_ns)?,
+            cpu_seconds_per_1000: cpu / (tally.count as f64 / 1000.0),
+            peak_rss_mib,
+            rss_mib,
+            hung: receiver.hung(),
+        })
+    }
+
+    /// Scenario 6: webhookd running on an empty queue, `per_second` stamped events published
+    /// steadily for `seconds`, one webhook each.
+    pub async fn latency(
+        &mut self,
+        queue_kind: &str,
+        bodies: &Bodies,
+        per_second: u64,
+        seconds: u64,
+    ) -> anyhow::Result<Latencies> {
+        let receiver = Receiver::start().await?;
+        let run = self.run("latency", queue_kind, None)?;
+        run.register(webhooks(&receiver, bodies, 1, false)).await?;
+        amqp::declare(&self.amqp, &run.topology).await?;
+        let mut daemon = run.start()?;
+        let deadline = now_ns() + secs_ns(60);
+        while amqp::queue_state(&self.amqp, &run.topology.queue).await?.1 == 0 {
+            daemon.ensure_running()?;
+            ensure!(
+                now_ns() < deadline,
+                "webhookd did not start consuming within 60 s"
+            );
+            tokio::time::sleep(POLL).await;
+        }
+        let count = per_second * seconds;
+        amqp::publish_steadily(&self.amqp, &run.topology, bodies, count, per_second).await?;
+        let deadline = now_ns() + secs_ns(60);
+        while receiver.tally().count < count {
+            daemon.ensure_running()?;
+            ensure!(
+                now_ns() < deadline,
+                "webhookd delivered {} of {count} steady events within 60 s of the last publish",
+                receiver.tally().count
+            );
+            tokio::time::sleep(POLL).await;
+        }
+        daemon.stop().await?;
+        amqp::delete(&self.amqp, &run.topology).await?;
+        let latencies = receiver.latencies_ns();
+        ensure!(
+            latencies.len() as u64 >= count,
+            "only {} of {count} deliveries carried their stamp",
+            latencies.len()
+        );
+        Ok(Latencies(latencies))
+    }
+}
+
+/// `per_account` signed webhooks for every account of `bodies`, each on its own path.
+fn webhooks(
+    receiver: &Receiver,
+    bodies: &Bodies,
+    per_account: u64,
+    one_hangs: bool,
+) -> Vec<NewWebhook> {
+    bodies
+        .accounts()
+        .flat_map(|account| {
+            (0..per_account).map(move |k| {
+                let path = if one_hangs && k + 1 == per_account {
+                    HANG_PATH.to_owned()
+                } else {
+                    format!("/wh/{k}")
+                };
+                (account, path)
+            })
+        })
+        .map(|(account_id, path)| NewWebhook {
+            account_id,
+            url: receiver.url(&path),
+            events: vec!["message_created".to_owned()],
+            secret: Some(SECRET.to_owned()),
+            ..NewWebhook::default()
+        })
+        .collect()
+}
+
+fn rate_until(tally: &Tally, end_ns: u64) -> anyhow::Result<f64> {
+    let span = end_ns.saturating_sub(tally.first_ns);
+    ensure!(
+        tally.count > 1 && span > 0,
+        "too few deliveries to time ({})",
+        tally.count
+    );
+    Ok(tally.count as f64 / (span as f64 / 1e9))
+}
+
+fn kib_to_mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+fn secs_ns(seconds: u64) -> u64 {
+    seconds * 1_000_000_000
+}
+
+fn duration_ns(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
