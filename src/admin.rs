@@ -115,16 +115,13 @@ async fn route(state: &AdminState, request: Request<Incoming>) -> Reply {
     let method = request.method().clone();
     match (&method, segments.as_slice()) {
         (&Method::GET, ["healthz"]) => text(StatusCode::OK, "ok\n"),
-        (&Method::GET, ["readyz"]) => {
-            if state.readiness.is_ready() {
-                text(StatusCode::OK, "ready\n")
-            } else {
-                text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "not ready: not consuming from the broker\n",
-                )
-            }
-        }
+        (&Method::GET, ["readyz"]) => match state.readiness.reason() {
+            None => text(StatusCode::OK, "ready\n"),
+            Some(why) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("not ready: {why}\n"),
+            ),
+        },
         (&Method::GET, ["metrics"]) => {
             let mut reply = text(StatusCode::OK, &state.metrics.render());
             reply.headers_mut().insert(

@@ -23,7 +23,6 @@
 mod reload;
 mod systemd;
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -85,7 +84,6 @@ pub enum ServiceError {
 /// why not otherwise.
 #[derive(Debug, Default)]
 pub struct Readiness {
-    consuming: AtomicBool,
     state: Mutex<State>,
 }
 
@@ -110,10 +108,6 @@ impl std::fmt::Display for State {
 }
 
 impl Readiness {
-    pub fn is_ready(&self) -> bool {
-        self.consuming.load(Ordering::Relaxed)
-    }
-
     /// Why the daemon is not ready (`None` when it is), for `/readyz`'s 503 body.
     pub fn reason(&self) -> Option<String> {
         let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
@@ -123,8 +117,6 @@ impl Readiness {
     /// Records the new state and tells systemd (`READY=1` once consuming, `STOPPING=1`, and a
     /// `STATUS=` line for `systemctl status`).
     fn set(&self, state: State) {
-        self.consuming
-            .store(matches!(state, State::Consuming), Ordering::Relaxed);
         systemd::announce(&state);
         *self.state.lock().unwrap_or_else(PoisonError::into_inner) = state;
     }

@@ -73,6 +73,8 @@ async fn losing_a_connection_or_the_broker_flips_readyz_and_deliveries_resume() 
     // The broker itself goes away and comes back.
     node.ctl(&["stop_app"]).await;
     readyz(&daemon, StatusCode::SERVICE_UNAVAILABLE).await;
+    let (_, why) = daemon.get("/readyz").await;
+    assert!(why.starts_with("not ready: "), "/readyz says why: {why}");
     assert_eq!(daemon.metric("webhookd_broker_connected").await, 0.0);
     node.ctl(&["start_app"]).await;
     readyz(&daemon, StatusCode::OK).await;
