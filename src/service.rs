@@ -60,6 +60,9 @@ const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 const CLOSE_AFTER_LOSS: Duration = Duration::from_millis(500);
 
+/// How often buffered attempt records are written to the store.
+const ATTEMPT_LOG_PERIOD: Duration = Duration::from_secs(1);
+
 /// How often a consuming session checks that both connections and channels are still open.
 /// Most losses show up at once (the consumer stream ends, a publish fails); this catches a
 /// publishing connection that died while nothing was being published.
@@ -239,6 +242,7 @@ pub async fn run(
         reloads,
         stopped.clone(),
     ));
+    let attempt_log = tokio::spawn(persist_attempts(store.clone(), stopped.clone()));
 
     supervise(&config, &shared, &readiness, &shutdown).await;
 
@@ -246,9 +250,28 @@ pub async fn run(
         error!(%error, "flushing the store at shutdown failed");
     }
     stopped.cancel();
-    let _ = tokio::join!(admin_task, watchdog, reloader);
+    let _ = tokio::join!(admin_task, watchdog, reloader, attempt_log);
     info!("stopped");
     Ok(())
+}
+
+/// Writes the buffered attempt log to the store once a second, off the delivery path; the final
+/// flush at shutdown writes the rest.
+async fn persist_attempts(store: Store, stopped: CancellationToken) {
+    let mut tick = tokio::time::interval(ATTEMPT_LOG_PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stopped.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let store = store.clone();
+        match tokio::task::spawn_blocking(move || store.persist_attempts()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => warn!(%error, "writing the attempt log failed"),
+            Err(error) => warn!(%error, "the attempt-log writer stopped"),
+        }
+    }
 }
 
 /// Keeps a broker session running until shutdown, reconnecting with backoff.
@@ -727,9 +750,7 @@ async fn deliver(
             latency_ms: u64::try_from(latency.as_millis()).unwrap_or(u64::MAX),
             outcome: next.to_string(),
         };
-        if let Err(error) = shared.store.record_attempt(&webhook.id, &record) {
-            warn!(%error, "recording the attempt failed");
-        }
+        shared.store.record_attempt(&webhook.id, record);
 
         match next {
             Next::Done => Ok(()),
