@@ -598,7 +598,11 @@ impl Store {
         if let Some(buffered) = self.buffer().get(webhook_id) {
             log.extend(buffered.iter().cloned());
         }
-        Ok(log.into_iter().rev().take(limit.min(ATTEMPTS_KEPT)).collect())
+        Ok(log
+            .into_iter()
+            .rev()
+            .take(limit.min(ATTEMPTS_KEPT))
+            .collect())
     }
 
     fn stored_attempts(&self, webhook_id: &str) -> Result<Vec<Attempt>, StoreError> {
@@ -791,19 +795,21 @@ mod tests {
         }
     }
 
+    /// A webhook with every optional field set, so round trips and patches see them all.
+    fn every_field_set(account_id: u64) -> NewWebhook {
+        NewWebhook {
+            events: vec!["message_created".to_owned()],
+            inbox_id: Some(7),
+            secret: Some("whsec_0123456789abcdef".to_owned()),
+            name: Some("crm".to_owned()),
+            ..new_webhook(account_id)
+        }
+    }
+
     #[tokio::test]
     async fn crud_round_trip() {
         let store = Store::open_temporary().unwrap();
-        let created = store
-            .create(NewWebhook {
-                events: vec!["message_created".to_owned()],
-                inbox_id: Some(7),
-                secret: Some("whsec_0123456789abcdef".to_owned()),
-                name: Some("crm".to_owned()),
-                ..new_webhook(42)
-            })
-            .await
-            .unwrap();
+        let created = store.create(every_field_set(42)).await.unwrap();
         assert!(created.id.starts_with("wh_"));
         assert_eq!(created.id.len(), 23);
         assert!(created.id[3..]
@@ -866,16 +872,7 @@ mod tests {
     #[tokio::test]
     async fn patch_changes_only_present_fields_and_null_clears() {
         let store = Store::open_temporary().unwrap();
-        let created = store
-            .create(NewWebhook {
-                events: vec!["message_created".to_owned()],
-                inbox_id: Some(7),
-                secret: Some("whsec_0123456789abcdef".to_owned()),
-                name: Some("crm".to_owned()),
-                ..new_webhook(1)
-            })
-            .await
-            .unwrap();
+        let created = store.create(every_field_set(1)).await.unwrap();
 
         let untouched: WebhookPatch = serde_json::from_str("{}").unwrap();
         let same = store.update(&created.id, untouched).await.unwrap().unwrap();
