@@ -191,6 +191,10 @@ pub struct DeliveryConfig {
     pub request_timeout: Duration,
     /// Global cap on requests in flight across all endpoints.
     pub max_in_flight: usize,
+    /// Cap on requests in flight to one webhook URL. A delivery over it is not attempted but
+    /// handed to the retry queue at once, so one hanging receiver holds at most this many events
+    /// (and prefetch slots) instead of all of them.
+    pub max_in_flight_per_endpoint: usize,
     /// Events with a larger body are dead-lettered as `too_large` instead of delivered.
     pub max_event_bytes: usize,
     /// Networks exempt from the SSRF guard (which otherwise refuses loopback, private,
@@ -213,6 +217,7 @@ impl Default for DeliveryConfig {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(15),
             max_in_flight: 512,
+            max_in_flight_per_endpoint: 64,
             max_event_bytes: 1024 * 1024,
             allow_networks: Vec::new(),
             extra_ca_file: None,
@@ -634,6 +639,14 @@ impl Config {
             delivery.max_in_flight >= 1,
             "delivery.max_in_flight",
             format!("must be at least 1, got {}", delivery.max_in_flight),
+        )?;
+        ensure(
+            delivery.max_in_flight_per_endpoint >= 1,
+            "delivery.max_in_flight_per_endpoint",
+            format!(
+                "must be at least 1, got {}",
+                delivery.max_in_flight_per_endpoint
+            ),
         )?;
         ensure(
             delivery.max_event_bytes >= 1,

@@ -23,6 +23,7 @@
 mod reload;
 mod systemd;
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -155,6 +156,7 @@ struct Live {
     /// permit of the old semaphore and finish under the old cap (for at most a request
     /// timeout), and every new request counts against the new one.
     in_flight: Arc<Semaphore>,
+    endpoints: Arc<Endpoints>,
     max_event_bytes: usize,
 }
 
@@ -175,6 +177,15 @@ impl Live {
             }
             _ => Arc::new(Semaphore::new(delivery.max_in_flight)),
         };
+        let endpoints = match previous {
+            Some((old, live))
+                if old.delivery.max_in_flight_per_endpoint
+                    == delivery.max_in_flight_per_endpoint =>
+            {
+                live.endpoints.clone()
+            }
+            _ => Arc::new(Endpoints::new(delivery.max_in_flight_per_endpoint)),
+        };
         let retry = &config.retry;
         Ok(Live {
             client,
@@ -186,8 +197,63 @@ impl Live {
                 retry.max_elapsed,
             )?,
             in_flight,
+            endpoints,
             max_event_bytes: delivery.max_event_bytes,
         })
+    }
+}
+
+/// Requests in flight per webhook URL. Without a per-endpoint cap one hanging receiver ends up
+/// holding every delivery slot and, through its events' unacked messages, the whole prefetch
+/// window: every other receiver starves. Keyed by URL, not host, so webhooks that share a host
+/// but not a handler stay independent.
+struct Endpoints {
+    cap: usize,
+    busy: Mutex<HashMap<String, usize>>,
+}
+
+/// One request's place under its endpoint's cap, given back on drop.
+struct EndpointSlot {
+    endpoints: Arc<Endpoints>,
+    url: String,
+}
+
+impl Endpoints {
+    fn new(cap: usize) -> Endpoints {
+        Endpoints {
+            cap,
+            busy: Mutex::default(),
+        }
+    }
+
+    /// A slot for `url`, or `None` when it already has `cap` requests in flight.
+    fn try_acquire(self: &Arc<Self>, url: &str) -> Option<EndpointSlot> {
+        let mut busy = self.busy.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = busy.entry(url.to_owned()).or_insert(0);
+        if *count >= self.cap {
+            return None;
+        }
+        *count += 1;
+        Some(EndpointSlot {
+            endpoints: self.clone(),
+            url: url.to_owned(),
+        })
+    }
+}
+
+impl Drop for EndpointSlot {
+    fn drop(&mut self) {
+        let mut busy = self
+            .endpoints
+            .busy
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = busy.get_mut(&self.url) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                busy.remove(&self.url);
+            }
+        }
     }
 }
 
@@ -705,6 +771,21 @@ async fn deliver(
         attempt,
     );
     async {
+        let Some(slot) = live.endpoints.try_acquire(&webhook.url) else {
+            // Not an attempt: the job keeps its count and history, and comes back after the
+            // schedule's next delay (or is given up once max_elapsed has passed).
+            let state = Job {
+                webhook_id: webhook.id.clone(),
+                event_id: event.event_id.to_owned(),
+                attempts: attempt - 1,
+                first_attempt_at_ms,
+                last_status: job.and_then(|j| j.last_status),
+                last_error: job.and_then(|j| j.last_error.clone()),
+            };
+            let next = retry_or_give_up(live, &state, attempt, None);
+            debug!(outcome = %next, "endpoint at its in-flight cap: deferred without an attempt");
+            return follow_up(shared, publisher, event, webhook, &delivery_id, &state, next).await;
+        };
         let timestamp = i64::try_from(job::unix_ms(now) / 1000).unwrap_or(i64::MAX);
         let headers = sign::attempt_headers(&delivery_id, timestamp, event.body, webhook.signing(now));
         let (result, latency) = {
@@ -714,6 +795,7 @@ async fn deliver(
             let result = live.client.post(&webhook.url, headers, event.body.clone()).await;
             (result, started.elapsed())
         };
+        drop(slot);
         let outcome = delivery::classify(&result, SystemTime::now());
         let status = result.as_ref().ok().map(|r| r.status.as_u16());
         let error = result.as_ref().err().map(ToString::to_string);
@@ -728,13 +810,7 @@ async fn deliver(
         };
         let next = match outcome {
             Outcome::Delivered => Next::Done,
-            Outcome::Retry { after } => {
-                let elapsed = state.elapsed(SystemTime::now());
-                match live.schedule.next_delay(attempt, elapsed, after, rand::random::<f64>()) {
-                    Some(delay) => Next::Retry(live.schedule.bucket(delay)),
-                    None => Next::Dead(DeadReason::Exhausted),
-                }
-            }
+            Outcome::Retry { after } => retry_or_give_up(live, &state, attempt, after),
             Outcome::Dead { reason } => Next::Dead(reason),
         };
 
@@ -751,44 +827,71 @@ async fn deliver(
             outcome: next.to_string(),
         };
         shared.store.record_attempt(&webhook.id, record);
-
-        match next {
-            Next::Done => Ok(()),
-            Next::Retry(bucket) => {
-                let mut headers = FieldTable::default();
-                state.write(&mut headers);
-                let properties = BasicProperties::default()
-                    .with_message_id(ShortString::from(delivery_id.as_str()))
-                    .with_content_type(ShortString::from("application/json"))
-                    .with_headers(headers);
-                publisher.to_delay_queue(bucket, event.body, properties).await?;
-                shared.metrics.retry_scheduled(bucket);
-                Ok(())
-            }
-            Next::Dead(reason) => {
-                if reason == DeadReason::Gone {
-                    shared.store.set_enabled(&webhook.id, false).await?;
-                    warn!("receiver answered 410 Gone: webhook disabled");
-                }
-                let parked = Parked {
-                    reason,
-                    message_id: &delivery_id,
-                    account_id: Some(event.envelope.account_id),
-                    event: Some(&event.envelope.event),
-                    url: Some(&webhook.url),
-                    job: Some(&state),
-                    error: None,
-                };
-                publisher
-                    .to_dead_letters(event.body, parked.properties(SystemTime::now()))
-                    .await?;
-                shared.metrics.dead_letter(reason.as_str());
-                Ok(())
-            }
-        }
+        follow_up(shared, publisher, event, webhook, &delivery_id, &state, next).await
     }
     .instrument(span)
     .await
+}
+
+/// The retry bucket after retry number `retry`, or giving up once `max_elapsed` is spent.
+fn retry_or_give_up(live: &Live, state: &Job, retry: u32, after: Option<Duration>) -> Next {
+    let elapsed = state.elapsed(SystemTime::now());
+    match live
+        .schedule
+        .next_delay(retry, elapsed, after, rand::random::<f64>())
+    {
+        Some(delay) => Next::Retry(live.schedule.bucket(delay)),
+        None => Next::Dead(DeadReason::Exhausted),
+    }
+}
+
+/// Carries out `next` for one delivery: nothing, a confirmed retry job, or a confirmed dead
+/// letter. `Ok` once that is done, so the event may be acked.
+async fn follow_up(
+    shared: &Shared,
+    publisher: &Publisher,
+    event: &EventRef<'_>,
+    webhook: &Webhook,
+    delivery_id: &str,
+    state: &Job,
+    next: Next,
+) -> Result<(), Unsettled> {
+    match next {
+        Next::Done => Ok(()),
+        Next::Retry(bucket) => {
+            let mut headers = FieldTable::default();
+            state.write(&mut headers);
+            let properties = BasicProperties::default()
+                .with_message_id(ShortString::from(delivery_id))
+                .with_content_type(ShortString::from("application/json"))
+                .with_headers(headers);
+            publisher
+                .to_delay_queue(bucket, event.body, properties)
+                .await?;
+            shared.metrics.retry_scheduled(bucket);
+            Ok(())
+        }
+        Next::Dead(reason) => {
+            if reason == DeadReason::Gone {
+                shared.store.set_enabled(&webhook.id, false).await?;
+                warn!("receiver answered 410 Gone: webhook disabled");
+            }
+            let parked = Parked {
+                reason,
+                message_id: delivery_id,
+                account_id: Some(event.envelope.account_id),
+                event: Some(&event.envelope.event),
+                url: Some(&webhook.url),
+                job: Some(state),
+                error: None,
+            };
+            publisher
+                .to_dead_letters(event.body, parked.properties(SystemTime::now()))
+                .await?;
+            shared.metrics.dead_letter(reason.as_str());
+            Ok(())
+        }
+    }
 }
 
 /// What follows one attempt.

@@ -20,13 +20,14 @@ use crate::config::Config;
 
 /// The keys applied live: what [`Live`] is built from, and the log level. Named one by one so
 /// that a key added to the config later counts as needing a restart until it is wired here.
-const LIVE_KEYS: [&str; 12] = [
+const LIVE_KEYS: [&str; 13] = [
     "log.level",
     "delivery.connect_timeout",
     "delivery.request_timeout",
     "delivery.allow_networks",
     "delivery.extra_ca_file",
     "delivery.max_in_flight",
+    "delivery.max_in_flight_per_endpoint",
     "delivery.max_event_bytes",
     "retry.initial_interval",
     "retry.multiplier",

@@ -367,3 +367,36 @@ async fn a_receiver_that_hangs_past_the_timeout_is_retried() {
         "{log:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_receiver_holds_at_most_its_endpoint_cap_and_the_others_keep_flowing() {
+    // Four prefetch slots and a receiver that never answers: without a per-endpoint cap its four
+    // events would hold every slot and the healthy webhook would stall after four.
+    let mut daemon = Daemon::configure(Settings {
+        request_timeout: "60s",
+        delivery_extra: "max_in_flight_per_endpoint = 2".to_owned(),
+        ..Settings::default()
+    });
+    daemon.spawn_with_env(&[("WEBHOOKD_BROKER__PREFETCH", std::ffi::OsStr::new("4"))]);
+    daemon.wait_ready().await;
+    let receiver = Receiver::scripted(|path, _| match path {
+        "/hangs" => Reply::hang(),
+        _ => Reply::status(200),
+    })
+    .await;
+    daemon.add_webhook(1, &receiver.url("/hangs"), &[]).await;
+    daemon.add_webhook(1, &receiver.url("/healthy"), &[]).await;
+    const EVENTS: u32 = 12;
+    for n in 0..EVENTS {
+        publish(&daemon, 1, n).await;
+    }
+    eventually(WAIT, "every event at the healthy webhook", || async {
+        (receiver.requests("/healthy").len() >= EVENTS as usize).then_some(())
+    })
+    .await;
+    assert_eq!(
+        receiver.requests("/hangs").len(),
+        2,
+        "the hanging endpoint never has more than its cap in flight"
+    );
+}
