@@ -16,9 +16,13 @@ port=${WEBHOOKD_BENCH_BROKER_PORT:-5680}
 node=webhookd-bench
 scripts/broker.sh start "$node" "$port"
 # Start from an empty node: an interrupted run leaves queues (a million messages, perhaps) behind.
-scripts/broker.sh ctl "$node" stop_app >/dev/null
-scripts/broker.sh ctl "$node" reset >/dev/null
-scripts/broker.sh ctl "$node" start_app >/dev/null
+# The node's chatter is shown only if a step fails.
+for step in stop_app reset start_app; do
+  if ! output=$(scripts/broker.sh ctl "$node" "$step" 2>&1); then
+    echo "$output" >&2
+    exit 1
+  fi
+done
 export WEBHOOKD_BENCH_AMQP_URL="amqp://guest:guest@127.0.0.1:$port/%2f"
 
 cargo bench --locked --bench webhookd -- "$@"

@@ -174,14 +174,6 @@ async fn main() -> anyhow::Result<()> {
     let url = std::env::var("WEBHOOKD_BENCH_AMQP_URL")
         .or_else(|_| std::env::var("WEBHOOKD_TEST_AMQP_URL"))
         .unwrap_or_else(|_| if options.bench { BENCH_URL } else { TEST_URL }.to_owned());
-    let out = match options.out {
-        Some(path) => path,
-        None => target_dir()?
-            .join("bench")
-            .join(if smoke { "smoke.json" } else { "report.json" }),
-    };
-
-    let mut bench = Bench::connect(url, options.log_level.clone()).await?;
     // Under `cargo bench`, names select scenarios; under `cargo test` they were libtest filters.
     let selected = if options.bench {
         options.filters
@@ -193,6 +185,16 @@ async fn main() -> anyhow::Result<()> {
         (false, true) => "full",
         (false, false) => "partial",
     };
+    // A smoke or partial run never overwrites the last full report.
+    let out = match options.out {
+        Some(path) => path,
+        None => target_dir()?.join("bench").join(match mode {
+            "full" => "report.json".to_owned(),
+            other => format!("{other}.json"),
+        }),
+    };
+
+    let mut bench = Bench::connect(url, options.log_level.clone()).await?;
     let report = measure(&mut bench, &sizes, mode, &selected).await?;
     println!("{}", report.markdown());
     if let Some(dir) = out.parent() {
@@ -535,9 +537,20 @@ impl Measure<'_> {
             .await?;
             let millis = |q: f64| -> anyhow::Result<Vec<f64>> {
                 runs.iter()
-                    .map(|run| Ok(quantile(&run.0, q)? as f64 / 1e6))
+                    .map(|run| Ok(quantile(&run.all, q)? as f64 / 1e6))
                     .collect()
             };
+            self.details.insert(
+                format!("latency_{kind}_worst_ms_per_second"),
+                json!(runs
+                    .iter()
+                    .map(|run| run
+                        .worst_per_second
+                        .iter()
+                        .map(|ns| (*ns as f64 / 1e4).round() / 1e2)
+                        .collect::<Vec<_>>())
+                    .collect::<Vec<_>>()),
+            );
             let label = |what: &str| format!("publish→receipt {what}, {kind}, {rate}/s");
             let p99 = Figure::new(label("p99"), "ms", millis(0.99)?)?;
             self.figures.extend([

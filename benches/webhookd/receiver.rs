@@ -42,7 +42,8 @@ struct State {
     first_ns: AtomicU64,
     last_ns: AtomicU64,
     hung: AtomicU64,
-    latencies_ns: Mutex<Vec<u64>>,
+    /// (sent, latency) of each stamped body, nanoseconds.
+    stamped: Mutex<Vec<(u64, u64)>>,
 }
 
 /// Stops serving (and releases every hanging request) when dropped.
@@ -88,10 +89,10 @@ impl Receiver {
         self.state.hung.load(Ordering::Acquire)
     }
 
-    /// The publish-to-receipt latencies of every stamped body received so far.
-    pub fn latencies_ns(&self) -> Vec<u64> {
+    /// (publish time, publish-to-receipt latency) of every stamped body received so far.
+    pub fn stamped(&self) -> Vec<(u64, u64)> {
         self.state
-            .latencies_ns
+            .stamped
             .lock()
             .map(|list| list.clone())
             .unwrap_or_default()
@@ -150,8 +151,8 @@ async fn answer(
         state.last_ns.fetch_max(at, Ordering::AcqRel);
         state.answered.fetch_add(1, Ordering::AcqRel);
         if let Some(sent) = read_stamp(&body) {
-            if let Ok(mut list) = state.latencies_ns.lock() {
-                list.push(at.saturating_sub(sent));
+            if let Ok(mut list) = state.stamped.lock() {
+                list.push((sent, at.saturating_sub(sent)));
             }
         }
     }

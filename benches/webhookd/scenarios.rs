@@ -62,7 +62,34 @@ pub struct Delivered {
 }
 
 /// Publish-to-receipt latencies of one steady run, in nanoseconds.
-pub struct Latencies(pub Vec<u64>);
+pub struct Latencies {
+    pub all: Vec<u64>,
+    /// The worst latency of the events published in each second of the run: shows whether the
+    /// tail is a start-up effect, periodic (a timer in webhookd) or scattered (CPU contention).
+    pub worst_per_second: Vec<u64>,
+}
+
+impl Latencies {
+    fn new(stamped: &[(u64, u64)]) -> Latencies {
+        let start = stamped
+            .iter()
+            .map(|(sent, _)| *sent)
+            .min()
+            .unwrap_or_default();
+        let mut worst_per_second = Vec::new();
+        for (sent, latency) in stamped {
+            let second = ((sent - start) / 1_000_000_000) as usize;
+            if worst_per_second.len() <= second {
+                worst_per_second.resize(second + 1, 0);
+            }
+            worst_per_second[second] = worst_per_second[second].max(*latency);
+        }
+        Latencies {
+            all: stamped.iter().map(|(_, latency)| *latency).collect(),
+            worst_per_second,
+        }
+    }
+}
 
 /// The shared context of every run.
 pub struct Bench {
@@ -214,13 +241,13 @@ impl Bench {
         }
         daemon.stop().await?;
         amqp::delete(&self.amqp, &run.topology).await?;
-        let latencies = receiver.latencies_ns();
+        let stamped = receiver.stamped();
         ensure!(
-            latencies.len() as u64 >= count,
+            stamped.len() as u64 >= count,
             "only {} of {count} deliveries carried their stamp",
-            latencies.len()
+            stamped.len()
         );
-        Ok(Latencies(latencies))
+        Ok(Latencies::new(&stamped))
     }
 }
 
