@@ -63,8 +63,8 @@ pub async fn delete(connection: &Connection, topology: &Topology) -> anyhow::Res
     Ok(())
 }
 
-/// Messages ready in `queue`, and consumers attached to it.
-pub async fn queue_state(connection: &Connection, queue: &str) -> anyhow::Result<(u32, u32)> {
+/// How many consumers `queue` has: webhookd is consuming once this is non-zero.
+pub async fn consumers(connection: &Connection, queue: &str) -> anyhow::Result<u32> {
     let channel = connection.create_channel().await?;
     let state = channel
         .queue_declare(
@@ -77,7 +77,7 @@ pub async fn queue_state(connection: &Connection, queue: &str) -> anyhow::Result
         )
         .await?;
     close(channel).await;
-    Ok((state.message_count(), state.consumer_count()))
+    Ok(state.consumer_count())
 }
 
 /// A confirm-mode channel that keeps up to [`CONFIRM_WINDOW`] publishes in flight, as a

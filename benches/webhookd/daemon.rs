@@ -100,8 +100,10 @@ drain_timeout = "1s"
     }
 
     /// Starts the daemon, under `WEBHOOKD_BENCH_WRAP` if set: a command prefix for profiling,
-    /// e.g. `valgrind --tool=callgrind --callgrind-out-file=/tmp/callgrind.%p` (valgrind keeps
-    /// the pid, so the `/proc` figures still describe the profiled process).
+    /// e.g. `valgrind --tool=callgrind --callgrind-out-file=/tmp/callgrind.%p`. The wrapper must
+    /// run the daemon in its own process, as valgrind does: the benchmark reads `/proc` and sends
+    /// signals by that pid (heaptrack's launcher script, for one, would be stopped while the
+    /// daemon it started runs on).
     pub fn start(&self) -> anyhow::Result<Daemon> {
         let log = self.dir.path().join("webhookd.log");
         let file = std::fs::File::create(&log)?;

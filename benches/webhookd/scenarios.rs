@@ -219,7 +219,7 @@ impl Bench {
         amqp::declare(&self.amqp, &run.topology).await?;
         let mut daemon = run.start()?;
         let deadline = now_ns() + secs_ns(60);
-        while amqp::queue_state(&self.amqp, &run.topology.queue).await?.1 == 0 {
+        while amqp::consumers(&self.amqp, &run.topology.queue).await? == 0 {
             daemon.ensure_running()?;
             ensure!(
                 now_ns() < deadline,
@@ -251,7 +251,10 @@ impl Bench {
     }
 }
 
-/// `per_account` signed webhooks for every account of `bodies`, each on its own path.
+/// `per_account` signed webhooks for every account of `bodies`. Each answering webhook has a URL
+/// of its own, as webhooks of different accounts and purposes do in production (webhookd caps
+/// requests in flight per URL, so one URL shared by a thousand webhooks would measure that cap).
+/// The hanging webhooks all share [`HANG_PATH`]: one receiver that never answers.
 fn webhooks(
     receiver: &Receiver,
     bodies: &Bodies,
@@ -265,7 +268,7 @@ fn webhooks(
                 let path = if one_hangs && k + 1 == per_account {
                     HANG_PATH.to_owned()
                 } else {
-                    format!("/wh/{k}")
+                    format!("/wh/{account}/{k}")
                 };
                 (account, path)
             })
