@@ -20,6 +20,7 @@
 //! What SIGHUP may change (delivery limits, the retry schedule) lives in [`Live`], swapped whole
 //! by [`reload`]; each message reads it once, so one message never mixes two configurations.
 
+mod acks;
 mod reload;
 mod systemd;
 
@@ -30,17 +31,16 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-};
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, Consumer};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, error, info, warn, Instrument};
+use tracing::{debug, error, info, warn};
 
+use self::acks::{Acks, Verdict};
 use crate::admin::{self, Access, AdminState};
 use crate::broker::{self, BrokerError, Publisher, Topology};
 use crate::config::Config;
@@ -500,6 +500,7 @@ async fn session(
 
     let tasks = TaskTracker::new();
     let stops = Stops::default();
+    let (acks, acker) = Acks::start(link.channel.clone());
     let mut check = tokio::time::interval(LIVENESS_CHECK);
     let ended = loop {
         tokio::select! {
@@ -510,7 +511,8 @@ async fn session(
             },
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => {
-                    tasks.spawn(handle(shared.clone(), link.publisher.clone(), delivery, stops.clone()));
+                    let message = handle(shared.clone(), link.publisher.clone(), acks.clone(), delivery, stops.clone());
+                    tasks.spawn(message);
                 }
                 Some(Err(error)) => break Err(BrokerError::from(error)),
                 None => break Err(BrokerError::ConsumerEnded),
@@ -521,12 +523,18 @@ async fn session(
         Ok(()) => {
             readiness.set(State::Stopping);
             drain(config, &link, &tasks, &stops).await;
+            // The acker sends what the finished tasks settled, then ends with the last sender.
+            drop(acks);
+            if tokio::time::timeout(CLOSE_TIMEOUT, acker).await.is_err() {
+                warn!("the last acks did not go out: the broker requeues those messages");
+            }
             link.close(CLOSE_TIMEOUT).await;
         }
         Err(ref error) => {
             readiness.set(State::Reconnecting(error.to_string()));
             shared.metrics.broker_connected(false);
             stops.lost.cancel();
+            acker.abort();
             tasks.close();
             tasks.wait().await;
             link.close(CLOSE_AFTER_LOSS).await;
@@ -559,23 +567,17 @@ async fn drain(config: &Config, link: &Link, tasks: &TaskTracker, stops: &Stops)
             unfinished = tasks.len(),
             "drain time is up: handing unfinished messages back to the broker"
         );
+        // Each task stops at once and leaves its requeue to the acker.
         stops.hand_back.cancel();
-        if tokio::time::timeout(CLOSE_TIMEOUT, tasks.wait())
-            .await
-            .is_err()
-        {
-            // The nacks are not getting through: the broker is gone, and requeues by itself.
-            warn!("handing back did not finish: abandoning the unfinished messages to the broker");
-            stops.lost.cancel();
-            tasks.wait().await;
-        }
+        tasks.wait().await;
     }
 }
 
-/// One message, from delivery to settlement.
+/// One message, from delivery to its verdict for the acker.
 async fn handle(
     shared: Arc<Shared>,
     publisher: Arc<Publisher>,
+    acks: Acks,
     mut delivery: Delivery,
     stops: Stops,
 ) {
@@ -586,17 +588,20 @@ async fn handle(
         () = stops.hand_back.cancelled() => Err(Unsettled::ShuttingDown),
         result = process(&shared, &live, &publisher, &delivery.properties, body) => result,
     };
-    if let Err(Unsettled::Broker(BrokerError::Amqp(_))) = &settled {
-        // A publish failed on a dead channel or connection: the whole session is gone.
-        stops.lost.cancel();
-    }
-    // An ack or nack on a connection that died under it may never complete: the broker has
-    // requeued the message already, so losing the session abandons the settling too.
-    tokio::select! {
-        biased;
-        () = stops.lost.cancelled() => {}
-        () = settle(&delivery, settled) => {}
-    }
+    let verdict = match settled {
+        Ok(()) => Verdict::Ack,
+        Err(reason) => {
+            if let Unsettled::Broker(BrokerError::Amqp(_)) = reason {
+                // A publish failed on a dead channel or connection: the whole session is gone,
+                // and the broker requeues everything unacked.
+                stops.lost.cancel();
+                return;
+            }
+            warn!(%reason, "handing a message back to the broker");
+            Verdict::Requeue
+        }
+    };
+    acks.settle(delivery.delivery_tag, verdict);
 }
 
 /// Why a message is handed back instead of acked.
@@ -608,26 +613,6 @@ enum Unsettled {
     Store(#[from] crate::store::StoreError),
     #[error("shutting down before it was settled")]
     ShuttingDown,
-}
-
-async fn settle(delivery: &Delivery, settled: Result<(), Unsettled>) {
-    let result = match settled {
-        Ok(()) => delivery.acker.ack(BasicAckOptions::default()).await,
-        Err(reason) => {
-            warn!(%reason, "handing a message back to the broker");
-            delivery
-                .acker
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..BasicNackOptions::default()
-                })
-                .await
-        }
-    };
-    if let Err(error) = result {
-        // The channel is gone; the broker requeues the message itself.
-        debug!(%error, "settling a message failed");
-    }
 }
 
 /// Decides everything about one message; `Ok` means it may be acked.
@@ -762,74 +747,107 @@ async fn deliver(
     let delivery_id = sign::delivery_id(event.event_id, &webhook.id);
     let attempt = job.map_or(0, |j| j.attempts).saturating_add(1);
     let first_attempt_at_ms = job.map_or_else(|| job::unix_ms(now), |j| j.first_attempt_at_ms);
-    let span = tracing::info_span!(
-        "delivery",
-        delivery_id = %delivery_id,
-        webhook_id = %webhook.id,
-        account_id = webhook.account_id,
-        event = %event.envelope.event,
-        attempt,
-    );
-    async {
-        let Some(slot) = live.endpoints.try_acquire(&webhook.url) else {
-            // Not an attempt: the job keeps its count and history, and comes back after the
-            // schedule's next delay (or is given up once max_elapsed has passed).
-            let state = Job {
-                webhook_id: webhook.id.clone(),
-                event_id: event.event_id.to_owned(),
-                attempts: attempt - 1,
-                first_attempt_at_ms,
-                last_status: job.and_then(|j| j.last_status),
-                last_error: job.and_then(|j| j.last_error.clone()),
-            };
-            let next = retry_or_give_up(live, &state, attempt, None);
-            debug!(outcome = %next, "endpoint at its in-flight cap: deferred without an attempt");
-            return follow_up(shared, publisher, event, webhook, &delivery_id, &state, next).await;
-        };
-        let timestamp = i64::try_from(job::unix_ms(now) / 1000).unwrap_or(i64::MAX);
-        let headers = sign::attempt_headers(&delivery_id, timestamp, event.body, webhook.signing(now));
-        let (result, latency) = {
-            let _permit = live.in_flight.acquire().await;
-            let _counted = shared.metrics.in_flight();
-            let started = Instant::now();
-            let result = live.client.post(&webhook.url, headers, event.body.clone()).await;
-            (result, started.elapsed())
-        };
-        drop(slot);
-        let outcome = delivery::classify(&result, SystemTime::now());
-        let status = result.as_ref().ok().map(|r| r.status.as_u16());
-        let error = result.as_ref().err().map(ToString::to_string);
-
+    let Some(slot) = live.endpoints.try_acquire(&webhook.url) else {
+        // Not an attempt: the job keeps its count and history, and comes back after the
+        // schedule's next delay (or is given up once max_elapsed has passed).
         let state = Job {
             webhook_id: webhook.id.clone(),
             event_id: event.event_id.to_owned(),
-            attempts: attempt,
+            attempts: attempt - 1,
             first_attempt_at_ms,
-            last_status: status,
-            last_error: error.clone(),
+            last_status: job.and_then(|j| j.last_status),
+            last_error: job.and_then(|j| j.last_error.clone()),
         };
-        let next = match outcome {
-            Outcome::Delivered => Next::Done,
-            Outcome::Retry { after } => retry_or_give_up(live, &state, attempt, after),
-            Outcome::Dead { reason } => Next::Dead(reason),
-        };
+        let next = retry_or_give_up(live, &state, attempt, None);
+        debug!(%delivery_id, webhook_id = %webhook.id, outcome = %next, "endpoint at its in-flight cap: deferred without an attempt");
+        return follow_up(
+            shared,
+            publisher,
+            event,
+            webhook,
+            &delivery_id,
+            &state,
+            next,
+        )
+        .await;
+    };
+    let timestamp = i64::try_from(job::unix_ms(now) / 1000).unwrap_or(i64::MAX);
+    let headers = sign::attempt_headers(&delivery_id, timestamp, event.body, webhook.signing(now));
+    let (result, latency) = {
+        let _permit = live.in_flight.acquire().await;
+        let _counted = shared.metrics.in_flight();
+        let started = Instant::now();
+        let result = live
+            .client
+            .post(&webhook.url, headers, event.body.clone())
+            .await;
+        (result, started.elapsed())
+    };
+    drop(slot);
+    let outcome = delivery::classify(&result, SystemTime::now());
+    let status = result.as_ref().ok().map(|r| r.status.as_u16());
+    let error = result.as_ref().err().map(ToString::to_string);
 
-        let label = next.label();
-        shared.metrics.delivery(label, latency);
-        info!(status, error = error.as_deref(), latency_ms = latency.as_millis() as u64, outcome = %next, "delivery attempt");
-        let record = Attempt {
-            at: humantime::format_rfc3339_millis(now).to_string(),
-            delivery_id: delivery_id.clone(),
-            attempt,
-            status,
-            error,
-            latency_ms: u64::try_from(latency.as_millis()).unwrap_or(u64::MAX),
-            outcome: next.to_string(),
+    let state = Job {
+        webhook_id: webhook.id.clone(),
+        event_id: event.event_id.to_owned(),
+        attempts: attempt,
+        first_attempt_at_ms,
+        last_status: status,
+        last_error: error.clone(),
+    };
+    let next = match outcome {
+        Outcome::Delivered => Next::Done,
+        Outcome::Retry { after } => retry_or_give_up(live, &state, attempt, after),
+        Outcome::Dead { reason } => Next::Dead(reason),
+    };
+
+    let label = next.label();
+    shared.metrics.delivery(label, latency);
+    // One line per attempt with everything needed to follow a delivery. Successes are
+    // debug: at thousands a second they would drown the journal, and /metrics and the
+    // attempt log already count and keep them.
+    macro_rules! log_attempt {
+        ($level:expr) => {
+            tracing::event!(
+                $level,
+                %delivery_id,
+                webhook_id = %webhook.id,
+                account_id = webhook.account_id,
+                event = %event.envelope.event,
+                attempt,
+                status,
+                error = error.as_deref(),
+                latency_ms = latency.as_millis() as u64,
+                outcome = %next,
+                "delivery attempt"
+            )
         };
-        shared.store.record_attempt(&webhook.id, record);
-        follow_up(shared, publisher, event, webhook, &delivery_id, &state, next).await
     }
-    .instrument(span)
+    match next {
+        Next::Done => log_attempt!(tracing::Level::DEBUG),
+        Next::Retry(_) => log_attempt!(tracing::Level::INFO),
+        Next::Dead(_) => log_attempt!(tracing::Level::WARN),
+    }
+    let record = Attempt {
+        at: humantime::format_rfc3339_millis(now).to_string(),
+        delivery_id: delivery_id.clone(),
+        attempt,
+        status,
+        error,
+        latency_ms: u64::try_from(latency.as_millis()).unwrap_or(u64::MAX),
+        outcome: next.to_string(),
+    };
+    shared.store.record_attempt(&webhook.id, record);
+    follow_up(
+        shared,
+        publisher,
+        event,
+        webhook,
+        &delivery_id,
+        &state,
+        next,
+    )
     .await
 }
 
@@ -874,7 +892,7 @@ async fn follow_up(
         Next::Dead(reason) => {
             if reason == DeadReason::Gone {
                 shared.store.set_enabled(&webhook.id, false).await?;
-                warn!("receiver answered 410 Gone: webhook disabled");
+                warn!(webhook_id = %webhook.id, "receiver answered 410 Gone: webhook disabled");
             }
             let parked = Parked {
                 reason,

@@ -459,37 +459,65 @@ async fn metrics_count_exactly_what_happened() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_are_one_object_a_line_and_each_outcome_names_its_ids() {
     let daemon = Daemon::start(Settings {
-        extra: "[log]\nformat = \"json\"\n".to_owned(),
+        extra: "[log]\nformat = \"json\"\nlevel = \"debug\"\n".to_owned(),
         ..Settings::default()
     })
     .await;
-    let receiver = Receiver::ok().await;
-    let webhook = daemon.add_webhook(7, &receiver.url("/hook"), &[]).await;
+    // One webhook answers 200, the other 503 once: a delivered attempt is a debug line, a retry
+    // an info line, and both carry the ids to follow the delivery by.
+    let receiver = Receiver::scripted(|path, seen| match (path, seen) {
+        ("/flaky", 0) => Reply::status(503),
+        _ => Reply::status(200),
+    })
+    .await;
+    let ok = daemon.add_webhook(7, &receiver.url("/hook"), &[]).await;
+    let flaky = daemon.add_webhook(7, &receiver.url("/flaky"), &[]).await;
     let amqp = broker::connect().await;
     broker::publish_event(&amqp, &daemon.names.exchange, "message_created", 7, 1).await;
-    let delivery_id = eventually(WAIT, "the event delivered", || async {
-        let requests = receiver.requests("/hook");
-        requests.first().map(|r| r.header("webhook-id").to_owned())
-    })
-    .await;
-
-    let outcome = eventually(WAIT, "the outcome's log line", || async {
-        let logs = daemon.logs();
-        let mut lines = Vec::new();
-        for line in logs.lines().filter(|l| !l.trim().is_empty()) {
-            let value: serde_json::Value = serde_json::from_str(line)
-                .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
-            lines.push(value);
+    let delivery_id = |path: &'static str| {
+        let receiver = &receiver;
+        async move {
+            eventually(WAIT, "the event delivered", || async {
+                let requests = receiver.requests(path);
+                requests.last().map(|r| r.header("webhook-id").to_owned())
+            })
+            .await
         }
-        lines
-            .into_iter()
-            .find(|l| l["fields"]["message"] == "delivery attempt")
-    })
-    .await;
-    assert_eq!(outcome["level"], "INFO");
-    assert_eq!(outcome["fields"]["outcome"], "delivered");
-    let span = &outcome["span"];
-    assert_eq!(span["delivery_id"], delivery_id.as_str());
-    assert_eq!(span["webhook_id"], webhook["id"]);
-    assert_eq!(span["account_id"], 7);
+    };
+    let (ok_id, flaky_id) = (delivery_id("/hook").await, delivery_id("/flaky").await);
+
+    let attempt_line = |webhook: &serde_json::Value, outcome: &'static str| {
+        let id = webhook["id"].as_str().expect("webhook id").to_owned();
+        let daemon = &daemon;
+        async move {
+            eventually(WAIT, "the attempt's log line", || async {
+                let logs = daemon.logs();
+                let mut lines = Vec::new();
+                for line in logs.lines().filter(|l| !l.trim().is_empty()) {
+                    let value: serde_json::Value = serde_json::from_str(line)
+                        .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+                    lines.push(value);
+                }
+                lines.into_iter().find(|l| {
+                    l["fields"]["message"] == "delivery attempt"
+                        && l["fields"]["webhook_id"] == id.as_str()
+                        && l["fields"]["outcome"]
+                            .as_str()
+                            .unwrap_or("")
+                            .starts_with(outcome)
+                })
+            })
+            .await
+        }
+    };
+    let delivered = attempt_line(&ok, "delivered").await;
+    assert_eq!(delivered["level"], "DEBUG");
+    assert_eq!(delivered["fields"]["delivery_id"], ok_id.as_str());
+    assert_eq!(delivered["fields"]["account_id"], 7);
+    assert_eq!(delivered["fields"]["status"], 200);
+    let retried = attempt_line(&flaky, "retry").await;
+    assert_eq!(retried["level"], "INFO");
+    assert_eq!(retried["fields"]["delivery_id"], flaky_id.as_str());
+    assert_eq!(retried["fields"]["status"], 503);
+    assert_eq!(retried["fields"]["attempt"], 1);
 }
