@@ -10,7 +10,7 @@
 //! what compare.
 //!
 //! ```text
-//! scripts/bench.sh            # full run (release build, its own broker node), ~45 min here
+//! scripts/bench.sh            # full run (release build, its own broker node), ~30 min here
 //! scripts/bench.sh --smoke    # every scenario once, small sizes, in a minute or two
 //! ```
 //!
