@@ -769,12 +769,12 @@ impl Store {
             let stored = stored.as_deref().unwrap_or_default();
             // The buffer holds at most 100, so the ones kept from the stored log are its newest
             // `100 - new.len()`, found by skipping the oldest.
-            let starts = record_starts(stored);
-            let keep_from = starts
-                .len()
-                .saturating_sub(ATTEMPTS_KEPT - new.len())
-                .min(starts.len());
-            let kept = starts.get(keep_from).map_or(&[][..], |&at| &stored[at..]);
+            let records = records(stored);
+            let keep_from = records.len().saturating_sub(ATTEMPTS_KEPT - new.len());
+            // Each record's length prefix sits just before it.
+            let kept = records
+                .get(keep_from)
+                .map_or(&[][..], |r| &stored[r.start - 4..]);
             let mut log = Vec::with_capacity(kept.len() + new.len() * 256);
             log.extend_from_slice(kept);
             for attempt in &new {
@@ -801,10 +801,9 @@ impl Store {
             .unwrap_or_default();
         let stored = self.attempts.get(webhook_id.as_bytes())?;
         let stored = stored.as_deref().unwrap_or_default();
-        let starts = record_starts(stored);
         // Only the records shown are decoded.
-        for &at in starts.iter().rev().take(limit - newest.len()) {
-            newest.push(decode(record_at(stored, at)?)?);
+        for record in records(stored).into_iter().rev().take(limit - newest.len()) {
+            newest.push(decode(&stored[record])?);
         }
         Ok(newest)
     }
@@ -866,32 +865,25 @@ fn account_key(account_id: u64, webhook_id: &str) -> Vec<u8> {
     key
 }
 
-/// Where each record of a stored attempt log starts (at its length prefix), oldest first. A
-/// log that does not parse (the earlier JSON-array format) has no records.
-fn record_starts(log: &[u8]) -> Vec<usize> {
-    let mut starts = Vec::with_capacity(ATTEMPTS_KEPT);
+/// Where each record of a stored attempt log is (after its length prefix), oldest first. A log
+/// that does not parse (the earlier JSON-array format) has no records.
+fn records(log: &[u8]) -> Vec<std::ops::Range<usize>> {
+    let mut records = Vec::with_capacity(ATTEMPTS_KEPT);
     let mut at = 0;
-    while let Some(length) = log.get(at..at + 4) {
-        let length = u32::from_be_bytes([length[0], length[1], length[2], length[3]]) as usize;
-        if log.len() - at - 4 < length {
+    while let Some(&[a, b, c, d]) = log.get(at..at + 4) {
+        let start = at + 4;
+        let end = start + u32::from_be_bytes([a, b, c, d]) as usize;
+        if end > log.len() {
             return Vec::new();
         }
-        starts.push(at);
-        at += 4 + length;
+        records.push(start..end);
+        at = end;
     }
     if at == log.len() {
-        starts
+        records
     } else {
         Vec::new()
     }
-}
-
-/// The record whose length prefix is at `at`, as [`record_starts`] found it.
-fn record_at(log: &[u8], at: usize) -> Result<&[u8], StoreError> {
-    let corrupt = || StoreError::Corrupt("an attempt record runs past the log".into());
-    let length = log.get(at..at + 4).ok_or_else(corrupt)?;
-    let length = u32::from_be_bytes([length[0], length[1], length[2], length[3]]) as usize;
-    log.get(at + 4..at + 4 + length).ok_or_else(corrupt)
 }
 
 fn decode_u64(bytes: &[u8]) -> Option<u64> {
@@ -1536,13 +1528,9 @@ mod tests {
     /// The attempt numbers of the records stored for the webhook, oldest first.
     fn stored_numbers(store: &Store, webhook_id: &str) -> Vec<u32> {
         let log = store.attempts.get(webhook_id.as_bytes()).unwrap().unwrap();
-        record_starts(&log)
+        records(&log)
             .into_iter()
-            .map(|at| {
-                decode::<Attempt>(record_at(&log, at).unwrap())
-                    .unwrap()
-                    .attempt
-            })
+            .map(|record| decode::<Attempt>(&log[record]).unwrap().attempt)
             .collect()
     }
 
