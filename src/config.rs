@@ -195,6 +195,16 @@ pub struct DeliveryConfig {
     /// handed to the retry queue at once, so one hanging receiver holds at most this many events
     /// (and prefetch slots) instead of all of them.
     pub max_in_flight_per_endpoint: usize,
+    /// Failed attempts in a row (timeouts, connection errors, 408/425/429/5xx) that open a
+    /// webhook URL's circuit: its deliveries then wait in the retry queue for the cool-down.
+    pub circuit_failures: u32,
+    /// How long a circuit first stays open; each failed probe after it doubles it, up to 16×.
+    #[serde(with = "duration_text")]
+    pub circuit_cooldown: Duration,
+    /// A URL with every `max_in_flight_per_endpoint` slot taken and no request finished for this
+    /// long is taken to hang, and its circuit opens without waiting for the request timeout.
+    #[serde(with = "duration_text")]
+    pub circuit_stall: Duration,
     /// Events with a larger body are dead-lettered as `too_large` instead of delivered.
     pub max_event_bytes: usize,
     /// Networks exempt from the SSRF guard (which otherwise refuses loopback, private,
@@ -218,6 +228,9 @@ impl Default for DeliveryConfig {
             request_timeout: Duration::from_secs(15),
             max_in_flight: 512,
             max_in_flight_per_endpoint: 64,
+            circuit_failures: 5,
+            circuit_cooldown: Duration::from_secs(30),
+            circuit_stall: Duration::from_secs(2),
             max_event_bytes: 1024 * 1024,
             allow_networks: Vec::new(),
             extra_ca_file: None,
@@ -648,6 +661,12 @@ impl Config {
                 delivery.max_in_flight_per_endpoint
             ),
         )?;
+        ensure(
+            delivery.circuit_failures >= 1,
+            "delivery.circuit_failures",
+            format!("must be at least 1, got {}", delivery.circuit_failures),
+        )?;
+        positive("delivery.circuit_stall", delivery.circuit_stall)?;
         ensure(
             delivery.max_event_bytes >= 1,
             "delivery.max_event_bytes",

@@ -26,6 +26,8 @@ pub struct Metrics {
     retries: LabeledCounter,
     jobs_dropped: AtomicU64,
     in_flight: AtomicI64,
+    circuits_open: AtomicI64,
+    circuits_opened: AtomicU64,
     broker_connected: AtomicI64,
     reconnects: AtomicU64,
     latency: Histogram,
@@ -69,6 +71,17 @@ impl Metrics {
     pub fn in_flight(&self) -> InFlight<'_> {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(&self.in_flight)
+    }
+
+    /// An endpoint's circuit opened (DESIGN.md §3): its deliveries wait out a cool-down.
+    pub fn circuit_opened(&self) {
+        self.circuits_open.fetch_add(1, Ordering::Relaxed);
+        self.circuits_opened.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An open circuit closed because its endpoint answered again.
+    pub fn circuit_closed(&self) {
+        self.circuits_open.fetch_sub(1, Ordering::Relaxed);
     }
 
     pub fn broker_connected(&self, connected: bool) {
@@ -121,6 +134,20 @@ impl Metrics {
             "gauge",
             "HTTP requests to webhooks in flight.",
             self.in_flight.load(Ordering::Relaxed) as f64,
+        );
+        scalar(
+            &mut out,
+            "webhookd_circuits_open",
+            "gauge",
+            "Webhook URLs whose circuit is open: their deliveries wait in the retry queue.",
+            self.circuits_open.load(Ordering::Relaxed) as f64,
+        );
+        scalar(
+            &mut out,
+            "webhookd_circuits_opened_total",
+            "counter",
+            "Times an endpoint's circuit opened after failures or a stall.",
+            self.circuits_opened.load(Ordering::Relaxed) as f64,
         );
         scalar(
             &mut out,

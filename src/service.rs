@@ -21,10 +21,10 @@
 //! by [`reload`]; each message reads it once, so one message never mixes two configurations.
 
 mod acks;
+mod endpoints;
 mod reload;
 mod systemd;
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -41,6 +41,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
 use self::acks::{Acks, Verdict};
+use self::endpoints::{Endpoints, Policy, Refusal};
 use crate::admin::{self, Access, AdminState};
 use crate::broker::{self, BrokerError, Publisher, Topology};
 use crate::config::Config;
@@ -131,6 +132,9 @@ struct Shared {
     store: Store,
     metrics: Arc<Metrics>,
     live: RwLock<Arc<Live>>,
+    /// Per-URL in-flight caps and circuits. Outside [`Live`] so a reload changes the policy
+    /// without forgetting which circuits are open.
+    endpoints: Arc<Endpoints>,
 }
 
 impl Shared {
@@ -156,7 +160,6 @@ struct Live {
     /// permit of the old semaphore and finish under the old cap (for at most a request
     /// timeout), and every new request counts against the new one.
     in_flight: Arc<Semaphore>,
-    endpoints: Arc<Endpoints>,
     max_event_bytes: usize,
 }
 
@@ -177,15 +180,6 @@ impl Live {
             }
             _ => Arc::new(Semaphore::new(delivery.max_in_flight)),
         };
-        let endpoints = match previous {
-            Some((old, live))
-                if old.delivery.max_in_flight_per_endpoint
-                    == delivery.max_in_flight_per_endpoint =>
-            {
-                live.endpoints.clone()
-            }
-            _ => Arc::new(Endpoints::new(delivery.max_in_flight_per_endpoint)),
-        };
         let retry = &config.retry;
         Ok(Live {
             client,
@@ -197,63 +191,8 @@ impl Live {
                 retry.max_elapsed,
             )?,
             in_flight,
-            endpoints,
             max_event_bytes: delivery.max_event_bytes,
         })
-    }
-}
-
-/// Requests in flight per webhook URL. Without a per-endpoint cap one hanging receiver ends up
-/// holding every delivery slot and, through its events' unacked messages, the whole prefetch
-/// window: every other receiver starves. Keyed by URL, not host, so webhooks that share a host
-/// but not a handler stay independent.
-struct Endpoints {
-    cap: usize,
-    busy: Mutex<HashMap<String, usize>>,
-}
-
-/// One request's place under its endpoint's cap, given back on drop.
-struct EndpointSlot {
-    endpoints: Arc<Endpoints>,
-    url: String,
-}
-
-impl Endpoints {
-    fn new(cap: usize) -> Endpoints {
-        Endpoints {
-            cap,
-            busy: Mutex::default(),
-        }
-    }
-
-    /// A slot for `url`, or `None` when it already has `cap` requests in flight.
-    fn try_acquire(self: &Arc<Self>, url: &str) -> Option<EndpointSlot> {
-        let mut busy = self.busy.lock().unwrap_or_else(PoisonError::into_inner);
-        let count = busy.entry(url.to_owned()).or_insert(0);
-        if *count >= self.cap {
-            return None;
-        }
-        *count += 1;
-        Some(EndpointSlot {
-            endpoints: self.clone(),
-            url: url.to_owned(),
-        })
-    }
-}
-
-impl Drop for EndpointSlot {
-    fn drop(&mut self) {
-        let mut busy = self
-            .endpoints
-            .busy
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(count) = busy.get_mut(&self.url) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                busy.remove(&self.url);
-            }
-        }
     }
 }
 
@@ -289,6 +228,10 @@ pub async fn run(
         store: store.clone(),
         metrics: metrics.clone(),
         live: RwLock::new(Arc::new(Live::build(&config, None)?)),
+        endpoints: Arc::new(Endpoints::new(
+            Policy::from(&config.delivery),
+            metrics.clone(),
+        )),
     });
 
     let admin_state = Arc::new(AdminState {
@@ -747,29 +690,39 @@ async fn deliver(
     let delivery_id = sign::delivery_id(event.event_id, &webhook.id);
     let attempt = job.map_or(0, |j| j.attempts).saturating_add(1);
     let first_attempt_at_ms = job.map_or_else(|| job::unix_ms(now), |j| j.first_attempt_at_ms);
-    let Some(slot) = live.endpoints.try_acquire(&webhook.url) else {
-        // Not an attempt: the job keeps its count and history, and comes back after the
-        // schedule's next delay (or is given up once max_elapsed has passed).
-        let state = Job {
-            webhook_id: webhook.id.clone(),
-            event_id: event.event_id.to_owned(),
-            attempts: attempt - 1,
-            first_attempt_at_ms,
-            last_status: job.and_then(|j| j.last_status),
-            last_error: job.and_then(|j| j.last_error.clone()),
-        };
-        let next = retry_or_give_up(live, &state, attempt, None);
-        debug!(%delivery_id, webhook_id = %webhook.id, outcome = %next, "endpoint at its in-flight cap: deferred without an attempt");
-        return follow_up(
-            shared,
-            publisher,
-            event,
-            webhook,
-            &delivery_id,
-            &state,
-            next,
-        )
-        .await;
+    let slot = match shared.endpoints.admit(&webhook.url) {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            // Not an attempt: the job keeps its count and history, and comes back after the
+            // schedule's next delay or, if the circuit is open, once its cool-down is over (or
+            // is given up once max_elapsed has passed).
+            let state = Job {
+                webhook_id: webhook.id.clone(),
+                event_id: event.event_id.to_owned(),
+                attempts: attempt - 1,
+                first_attempt_at_ms,
+                last_status: job.and_then(|j| j.last_status),
+                last_error: job.and_then(|j| j.last_error.clone()),
+            };
+            let not_before = match refusal {
+                Refusal::Busy => None,
+                Refusal::Open(left) => {
+                    Some(left.max(live.schedule.delay(attempt, rand::random::<f64>())))
+                }
+            };
+            let next = retry_or_give_up(live, &state, attempt, not_before);
+            debug!(%delivery_id, webhook_id = %webhook.id, outcome = %next, ?refusal, "endpoint busy or its circuit open: deferred without an attempt");
+            return follow_up(
+                shared,
+                publisher,
+                event,
+                webhook,
+                &delivery_id,
+                &state,
+                next,
+            )
+            .await;
+        }
     };
     let timestamp = i64::try_from(job::unix_ms(now) / 1000).unwrap_or(i64::MAX);
     let headers = sign::attempt_headers(&delivery_id, timestamp, event.body, webhook.signing(now));
@@ -783,8 +736,8 @@ async fn deliver(
             .await;
         (result, started.elapsed())
     };
-    drop(slot);
     let outcome = delivery::classify(&result, SystemTime::now());
+    slot.finish(!matches!(outcome, Outcome::Retry { .. }));
     let status = result.as_ref().ok().map(|r| r.status.as_u16());
     let error = result.as_ref().err().map(ToString::to_string);
 

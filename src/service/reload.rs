@@ -3,10 +3,11 @@
 //! The binary loads and validates the file (an invalid one is logged there and never reaches
 //! this module) and sends it here. What can change without dropping a message changes at once:
 //! `log.level` (applied by the binary, which owns the log subscriber), the delivery client's
-//! timeouts, allow-list and CA file, the in-flight cap, the event size limit, and the retry
-//! schedule. Everything else — the broker and its topology, the store, the admin listener and
-//! token, the log format, the drain time — is wired into connections, files and sockets that
-//! only a restart rebuilds, so a change there is reported, by key, and not applied.
+//! timeouts, allow-list and CA file, the in-flight caps, the circuit breaker, the event size
+//! limit, and the retry schedule. Everything else — the broker and its topology, the store, the
+//! admin listener and token, the log format, the drain time — is wired into connections, files
+//! and sockets that only a restart rebuilds, so a change there is reported, by key, and not
+//! applied.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -15,12 +16,13 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use super::endpoints::Policy;
 use super::{Live, Shared};
 use crate::config::Config;
 
 /// The keys applied live: what [`Live`] is built from, and the log level. Named one by one so
 /// that a key added to the config later counts as needing a restart until it is wired here.
-const LIVE_KEYS: [&str; 13] = [
+const LIVE_KEYS: [&str; 16] = [
     "log.level",
     "delivery.connect_timeout",
     "delivery.request_timeout",
@@ -28,6 +30,9 @@ const LIVE_KEYS: [&str; 13] = [
     "delivery.extra_ca_file",
     "delivery.max_in_flight",
     "delivery.max_in_flight_per_endpoint",
+    "delivery.circuit_failures",
+    "delivery.circuit_cooldown",
+    "delivery.circuit_stall",
     "delivery.max_event_bytes",
     "retry.initial_interval",
     "retry.multiplier",
@@ -64,7 +69,10 @@ pub(super) async fn follow(
             .collect();
         if !live.is_empty() {
             match Live::build(&new, Some((&applied, &shared.live()))) {
-                Ok(built) => shared.replace_live(built),
+                Ok(built) => {
+                    shared.replace_live(built);
+                    shared.endpoints.set_policy(Policy::from(&new.delivery));
+                }
                 Err(error) => {
                     error!(%error, "reload: the new delivery settings cannot be applied; keeping the running ones");
                     continue;

@@ -250,6 +250,8 @@ async fn jobs_waiting_in_delay_queues_survive_kill_9() {
         queue_kind: "quorum",
         initial_interval: "3s",
         max_interval: "3s",
+        // Every event attempted once before the kill, which an open circuit would prevent.
+        delivery_extra: "circuit_failures = 100".to_owned(),
         ..Settings::default()
     })
     .await;
@@ -399,4 +401,59 @@ async fn a_hanging_receiver_holds_at_most_its_endpoint_cap_and_the_others_keep_f
         2,
         "the hanging endpoint never has more than its cap in flight"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_endpoint_has_its_circuit_opened_and_one_probe_closes_it_after_the_cool_down() {
+    // Three 503s in a row open the circuit; the events that arrive while it is open wait in the
+    // retry queue without an attempt, and after the cool-down one probe (answered 200) closes it
+    // and everything is delivered, once each.
+    let daemon = Daemon::start(Settings {
+        max_interval: "5s",
+        delivery_extra: "circuit_failures = 3\ncircuit_cooldown = \"3s\"".to_owned(),
+        ..Settings::default()
+    })
+    .await;
+    let receiver = Receiver::scripted(|_, seen| match seen {
+        0..=2 => Reply::status(503),
+        _ => Reply::status(200),
+    })
+    .await;
+    daemon.add_webhook(1, &receiver.url("/flaky"), &[]).await;
+    for n in 0..3 {
+        publish(&daemon, 1, n).await;
+    }
+    eventually(WAIT, "the circuit open after three failures", || async {
+        (daemon.metric("webhookd_circuits_open").await == 1.0).then_some(())
+    })
+    .await;
+    const LATER: u32 = 7;
+    for n in 3..3 + LATER {
+        publish(&daemon, 1, n).await;
+    }
+    // Three retries of the failures and seven deferrals, all while the circuit is open.
+    eventually(WAIT, "the later events deferred", || async {
+        (daemon.metric("webhookd_retries_scheduled_total").await >= f64::from(3 + LATER))
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        receiver.requests("/flaky").len(),
+        3,
+        "nothing is sent to an open circuit"
+    );
+    eventually(WAIT, "every event delivered", || async {
+        let ok = receiver.count(|r| r.status == Some(200));
+        (ok == 3 + LATER as usize).then_some(())
+    })
+    .await;
+    let delivered: std::collections::BTreeSet<String> = receiver
+        .requests("/flaky")
+        .iter()
+        .filter(|r| r.status == Some(200))
+        .map(|r| r.header("webhook-id").to_owned())
+        .collect();
+    assert_eq!(delivered.len(), 3 + LATER as usize, "each event once");
+    assert_eq!(daemon.metric("webhookd_circuits_open").await, 0.0);
+    assert_eq!(daemon.metric("webhookd_circuits_opened_total").await, 1.0);
 }
