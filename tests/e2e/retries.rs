@@ -371,12 +371,14 @@ async fn a_receiver_that_hangs_past_the_timeout_is_retried() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hanging_receiver_holds_at_most_its_endpoint_cap_and_the_others_keep_flowing() {
+async fn a_hanging_receiver_holds_at_most_its_endpoint_cap_and_its_circuit_opens_on_the_stall() {
     // Four prefetch slots and a receiver that never answers: without a per-endpoint cap its four
-    // events would hold every slot and the healthy webhook would stall after four.
+    // events would hold every slot and the healthy webhook would stall after four. With both of
+    // its slots stuck for `circuit_stall` (1 s here), its circuit opens long before the 60 s
+    // request timeout.
     let mut daemon = Daemon::configure(Settings {
         request_timeout: "60s",
-        delivery_extra: "max_in_flight_per_endpoint = 2".to_owned(),
+        delivery_extra: "max_in_flight_per_endpoint = 2\ncircuit_stall = \"1s\"".to_owned(),
         ..Settings::default()
     });
     daemon.spawn_with_env(&[("WEBHOOKD_BROKER__PREFETCH", std::ffi::OsStr::new("4"))]);
@@ -400,6 +402,15 @@ async fn a_hanging_receiver_holds_at_most_its_endpoint_cap_and_the_others_keep_f
         receiver.requests("/hangs").len(),
         2,
         "the hanging endpoint never has more than its cap in flight"
+    );
+    eventually(WAIT, "the hanging endpoint's circuit open", || async {
+        (daemon.metric("webhookd_circuits_open").await == 1.0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        daemon.metric("webhookd_deliveries_total").await,
+        f64::from(EVENTS),
+        "no attempt of the hanging endpoint has ended: the stall, not a timeout, opened it"
     );
 }
 
