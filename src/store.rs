@@ -10,7 +10,7 @@
 //! | --- | --- | --- |
 //! | `by_account` | `account_id` (u64 big-endian) ++ webhook id bytes | the webhook, JSON |
 //! | `by_id` | webhook id bytes | `account_id` (u64 big-endian, 8 bytes) |
-//! | `attempts` | webhook id bytes | the newest attempts (at most 100), oldest first, each a u32 big-endian length ++ the attempt as JSON |
+//! | `attempt_chunks` | id length (u32 big-endian) ++ webhook id bytes ++ chunk number (u64 big-endian) | up to 20 attempts, oldest first, each a u32 big-endian length ++ the attempt in the compact binary form of `store::record` |
 //!
 //! - `by_account` holds the webhook itself, so a lookup the account cache misses is a single
 //!   B-tree descent plus a walk over that account's few entries. Big-endian makes the fixed
@@ -23,15 +23,34 @@
 //!   daemon, and by every flush) writes what was buffered. A sled write copies the B-tree node it
 //!   touches, so writing per delivery cost more CPU than the delivery itself; per webhook per
 //!   second it is noise.
-//! - A webhook's attempt log is one value of length-prefixed records, so a persist appends the
-//!   new records to the stored bytes and cuts the oldest off by walking the length prefixes,
-//!   without decoding or re-encoding any record. (It was one JSON array, decoded, appended and
-//!   re-encoded per active webhook per second: with a thousand active webhooks, CPU bursts that
-//!   showed in delivery latency. A ring of 100 keys per webhook, tried next, wrote less but
-//!   held a hundred thousand small keys for a thousand webhooks, and sled's memory for them
-//!   tripled the daemon's resident size.) Only reads decode, and only the records they return.
-//! - Logs written in the earlier JSON-array format are not read: webhookd had not been released
-//!   when it changed. A persist replaces such a value.
+//! - A webhook's attempt log is a run of numbered chunks of length-prefixed records. A persist
+//!   appends the new records to the newest chunk until it holds `CHUNK_RECORDS`, opens the next
+//!   chunk when it is full, and removes the oldest chunks while the rest still hold the newest
+//!   100, so a log stores 100 to 119 records in at most six chunks. No record is decoded or
+//!   re-encoded on the way; only reads decode, and only the records they return.
+//! - Chunks, because what a persist writes is what the daemon holds in memory while sled turns
+//!   it into its log. The log was one value of all 100 records (about 16 KB of JSON), rewritten
+//!   whole to add the second's few: with a thousand active webhooks, 16 MB a second of new
+//!   values, on top of the whole B-tree leaf (up to 16 entries in sled 0.34) that sled writes
+//!   out again every tenth change to it. In the benchmark with one webhook per event, heaptrack
+//!   put 30 MiB of the daemon's peak heap in those values and 15 MiB in sled's write buffers, of
+//!   a peak RSS near 95 MiB; with persisting switched off the peak was about 31 MiB. A persist
+//!   now rewrites at most 20 stored records per webhook instead of 100. A ring of 100 keys per
+//!   webhook, tried before, wrote even less but held a hundred thousand small keys for a
+//!   thousand webhooks, and sled's memory for them tripled the daemon's resident size: six keys
+//!   per webhook is the middle.
+//! - Records are stored in the compact binary form of `store::record` (40 bytes where JSON took
+//!   161). Chunking alone did not lower the peak: a thousand logs of JSON records (about 19 MB)
+//!   outgrew sled's 16 MiB page cache, and every persist read evicted leaves back from disk
+//!   (20 MiB of the peak heap, by heaptrack). A thousand logs of these records take about 5 MB.
+//! - Every chunk but the newest holds exactly `CHUNK_RECORDS` records (chunks are only appended
+//!   to at the end and removed from the front, in one atomic batch per persist), so a persist
+//!   knows which chunks the newest 100 need from the newest chunk's number and size alone,
+//!   without reading the older chunks.
+//! - Keys start with the id's length so that one id's prefix never covers another id's chunks,
+//!   whatever id a reader asks for.
+//! - Logs of the earlier layouts (one value per webhook in the tree `attempts`) are dropped when
+//!   the store opens: webhookd had not been released when it changed.
 
 //! # The account cache
 //!
@@ -85,13 +104,21 @@ use sled::transaction::{abort, TransactionError, Transactional};
 
 use crate::delivery::sign::Signing;
 
+mod record;
+
 const TREE_BY_ACCOUNT: &str = "by_account";
 const TREE_BY_ID: &str = "by_id";
-const TREE_ATTEMPTS: &str = "attempts";
+const TREE_ATTEMPTS: &str = "attempt_chunks";
+/// The tree the attempt log used before it was chunked; dropped on open (see the module docs).
+const TREE_ATTEMPTS_UNCHUNKED: &str = "attempts";
 
 /// How many attempts are kept per webhook: enough to see a pattern of failures in
 /// `webhookd webhooks attempts ID`, small enough that a million webhooks stay a bounded store.
 const ATTEMPTS_KEPT: usize = 100;
+
+/// The most records one chunk of an attempt log holds (see the module docs): a persist rewrites
+/// at most this many stored records per webhook, and a log takes at most six keys.
+const CHUNK_RECORDS: usize = 20;
 
 const ID_PREFIX: &str = "wh_";
 const ID_ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
@@ -525,6 +552,7 @@ impl Store {
     }
 
     fn with_db(db: sled::Db) -> Result<Store, StoreError> {
+        db.drop_tree(TREE_ATTEMPTS_UNCHUNKED)?;
         Ok(Store {
             by_account: db.open_tree(TREE_BY_ACCOUNT)?,
             by_id: db.open_tree(TREE_BY_ID)?,
@@ -725,7 +753,11 @@ impl Store {
         // A delivery racing the delete may still buffer an attempt: persisting skips webhooks
         // that no longer exist, so it never brings the log back.
         self.buffer().remove(id);
-        self.attempts.remove(id.as_bytes())?;
+        let mut batch = sled::Batch::default();
+        for key in self.attempts.scan_prefix(log_prefix(id)).keys() {
+            batch.remove(key?);
+        }
+        self.attempts.apply_batch(batch)?;
         self.flush().await?;
         Ok(true)
     }
@@ -762,31 +794,64 @@ impl Store {
         let buffered = std::mem::take(&mut *self.buffer());
         let mut batch = sled::Batch::default();
         for (webhook_id, new) in buffered {
-            if !self.by_id.contains_key(&webhook_id)? {
-                continue;
+            if self.by_id.contains_key(&webhook_id)? {
+                self.append_to_log(&webhook_id, &new, &mut batch)?;
             }
-            let stored = self.attempts.get(webhook_id.as_bytes())?;
-            let stored = stored.as_deref().unwrap_or_default();
-            // The buffer holds at most 100, so the ones kept from the stored log are its newest
-            // `100 - new.len()`, found by skipping the oldest.
-            let records = records(stored);
-            let keep_from = records.len().saturating_sub(ATTEMPTS_KEPT - new.len());
-            // Each record's length prefix sits just before it.
-            let kept = records
-                .get(keep_from)
-                .map_or(&[][..], |r| &stored[r.start - 4..]);
-            let mut log = Vec::with_capacity(kept.len() + new.len() * 256);
-            log.extend_from_slice(kept);
-            for attempt in &new {
-                let record = encode(attempt)?;
-                let length = u32::try_from(record.len())
-                    .map_err(|_| StoreError::Corrupt("an attempt record over 4 GiB".into()))?;
-                log.extend_from_slice(&length.to_be_bytes());
-                log.extend_from_slice(&record);
-            }
-            batch.insert(webhook_id.as_bytes(), log);
         }
         self.attempts.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Adds to `batch` the writes that append `new` (at most 100 records) to a webhook's log:
+    /// the newest chunk rewritten with them, further chunks if it fills, and the removal of the
+    /// oldest chunks the newest 100 no longer need.
+    fn append_to_log(
+        &self,
+        webhook_id: &str,
+        new: &[Attempt],
+        batch: &mut sled::Batch,
+    ) -> Result<(), StoreError> {
+        let prefix = log_prefix(webhook_id);
+        let (mut last, mut chunk) = match self.attempts.scan_prefix(&prefix).next_back() {
+            Some(entry) => {
+                let (key, chunk) = entry?;
+                (chunk_number(&key)?, chunk.to_vec())
+            }
+            None => (0, Vec::new()),
+        };
+        // A chunk that does not parse is started over rather than appended to.
+        let mut in_chunk = records(&chunk).len();
+        if in_chunk == 0 {
+            chunk.clear();
+        }
+        for attempt in new {
+            if in_chunk == CHUNK_RECORDS {
+                batch.insert(chunk_key(&prefix, last), std::mem::take(&mut chunk));
+                last += 1;
+                in_chunk = 0;
+            }
+            // The length prefix is written once the record's length is known.
+            let start = chunk.len();
+            chunk.extend_from_slice(&[0; 4]);
+            record::encode(attempt, &mut chunk);
+            let length = u32::try_from(chunk.len() - start - 4)
+                .map_err(|_| StoreError::Corrupt("an attempt record over 4 GiB".into()))?;
+            chunk[start..start + 4].copy_from_slice(&length.to_be_bytes());
+            in_chunk += 1;
+        }
+        // Unchanged when the stored chunk was full: sled skips a write of the same value.
+        batch.insert(chunk_key(&prefix, last), chunk);
+        // The chunks before the last are full, so the newest 100 need this many of them; older
+        // ones are removed (a removal in the batch overrides an insert of the same key above).
+        let full_chunks_kept = (ATTEMPTS_KEPT.saturating_sub(in_chunk)).div_ceil(CHUNK_RECORDS);
+        let keep_from = last.saturating_sub(u64::try_from(full_chunks_kept).unwrap_or(u64::MAX));
+        for key in self.attempts.scan_prefix(&prefix).keys() {
+            let key = key?;
+            if chunk_number(&key)? >= keep_from {
+                break;
+            }
+            batch.remove(key);
+        }
         Ok(())
     }
 
@@ -799,11 +864,20 @@ impl Store {
             .get(webhook_id)
             .map(|buffered| buffered.iter().rev().take(limit).cloned().collect())
             .unwrap_or_default();
-        let stored = self.attempts.get(webhook_id.as_bytes())?;
-        let stored = stored.as_deref().unwrap_or_default();
-        // Only the records shown are decoded.
-        for record in records(stored).into_iter().rev().take(limit - newest.len()) {
-            newest.push(decode(&stored[record])?);
+        // Newest chunk first; only the records shown are decoded.
+        for chunk in self
+            .attempts
+            .scan_prefix(log_prefix(webhook_id))
+            .values()
+            .rev()
+        {
+            if newest.len() == limit {
+                break;
+            }
+            let chunk = chunk?;
+            for record in records(&chunk).into_iter().rev().take(limit - newest.len()) {
+                newest.push(record::decode(&chunk[record])?);
+            }
         }
         Ok(newest)
     }
@@ -865,10 +939,35 @@ fn account_key(account_id: u64, webhook_id: &str) -> Vec<u8> {
     key
 }
 
-/// Where each record of a stored attempt log is (after its length prefix), oldest first. A log
-/// that does not parse (the earlier JSON-array format) has no records.
+/// The start of every key of a webhook's attempt log: the id's length, then the id.
+fn log_prefix(webhook_id: &str) -> Vec<u8> {
+    // An id longer than u32::MAX bytes cannot be a webhook's: it gets a prefix no log has.
+    let length = u32::try_from(webhook_id.len()).unwrap_or(u32::MAX);
+    let mut prefix = Vec::with_capacity(4 + webhook_id.len() + 8);
+    prefix.extend_from_slice(&length.to_be_bytes());
+    prefix.extend_from_slice(webhook_id.as_bytes());
+    prefix
+}
+
+fn chunk_key(prefix: &[u8], number: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(prefix.len() + 8);
+    key.extend_from_slice(prefix);
+    key.extend_from_slice(&number.to_be_bytes());
+    key
+}
+
+/// The chunk number at the end of an attempt-log key.
+fn chunk_number(key: &[u8]) -> Result<u64, StoreError> {
+    key.len()
+        .checked_sub(8)
+        .and_then(|start| decode_u64(&key[start..]))
+        .ok_or_else(|| StoreError::Corrupt(format!("attempt log key of {} bytes", key.len())))
+}
+
+/// Where each record of a stored chunk is (after its length prefix), oldest first. A chunk that
+/// does not parse has no records.
 fn records(log: &[u8]) -> Vec<std::ops::Range<usize>> {
-    let mut records = Vec::with_capacity(ATTEMPTS_KEPT);
+    let mut records = Vec::with_capacity(CHUNK_RECORDS);
     let mut at = 0;
     while let Some(&[a, b, c, d]) = log.get(at..at + 4) {
         let start = at + 4;
@@ -1509,8 +1608,8 @@ mod tests {
 
         store.persist_attempts().unwrap();
         assert_eq!(
-            stored_numbers(&store, &webhook.id).len(),
-            100,
+            stored_numbers(&store, &webhook.id),
+            (151..=250).collect::<Vec<u32>>(),
             "older entries are dropped, not just hidden"
         );
         assert_eq!(store.attempts(&webhook.id, usize::MAX).unwrap(), all);
@@ -1525,13 +1624,25 @@ mod tests {
         assert_eq!(store.attempts(&neighbour.id, 10).unwrap(), [attempt(9999)]);
     }
 
+    /// The attempt numbers in each stored chunk of the webhook's log, oldest first.
+    fn stored_chunks(store: &Store, webhook_id: &str) -> Vec<Vec<u32>> {
+        store
+            .attempts
+            .scan_prefix(log_prefix(webhook_id))
+            .values()
+            .map(|chunk| {
+                let chunk = chunk.unwrap();
+                records(&chunk)
+                    .into_iter()
+                    .map(|record| record::decode(&chunk[record]).unwrap().attempt)
+                    .collect()
+            })
+            .collect()
+    }
+
     /// The attempt numbers of the records stored for the webhook, oldest first.
     fn stored_numbers(store: &Store, webhook_id: &str) -> Vec<u32> {
-        let log = store.attempts.get(webhook_id.as_bytes()).unwrap().unwrap();
-        records(&log)
-            .into_iter()
-            .map(|record| decode::<Attempt>(&log[record]).unwrap().attempt)
-            .collect()
+        stored_chunks(store, webhook_id).concat()
     }
 
     fn numbers(attempts: &[Attempt]) -> Vec<u32> {
@@ -1558,7 +1669,7 @@ mod tests {
             assert_eq!(all[0], attempt(250));
             assert_eq!(
                 stored_numbers(&store, &webhook.id),
-                (151..=250).collect::<Vec<u32>>()
+                (141..=250).collect::<Vec<u32>>()
             );
             store.flush().await.unwrap();
             webhook.id
@@ -1579,18 +1690,117 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_log_in_the_earlier_json_array_format_is_replaced_not_misread() {
+    async fn a_persist_rewrites_only_the_newest_chunk_and_drops_whole_old_ones() {
         let store = Store::open_temporary().unwrap();
         let webhook = store.create(new_webhook(1)).await.unwrap();
-        let legacy = encode(&vec![attempt(1), attempt(2)]).unwrap();
+        let mut next = 1;
+        let mut persist = |count: u32| {
+            for n in next..next + count {
+                store.record_attempt(&webhook.id, attempt(n));
+            }
+            next += count;
+            store.persist_attempts().unwrap();
+        };
+        let chunk = |from: u32, to: u32| (from..=to).collect::<Vec<u32>>();
+
+        persist(7);
+        assert_eq!(stored_chunks(&store, &webhook.id), [chunk(1, 7)]);
+        // Filling the newest chunk exactly opens no empty one.
+        persist(13);
+        assert_eq!(stored_chunks(&store, &webhook.id), [chunk(1, 20)]);
+        // A full chunk is left as it is; one persist may fill several.
+        persist(45);
+        assert_eq!(
+            stored_chunks(&store, &webhook.id),
+            [chunk(1, 20), chunk(21, 40), chunk(41, 60), chunk(61, 65)]
+        );
+        // At 120 records the oldest chunk is no longer needed for the newest 100.
+        persist(55);
+        assert_eq!(
+            stored_chunks(&store, &webhook.id),
+            [
+                chunk(21, 40),
+                chunk(41, 60),
+                chunk(61, 80),
+                chunk(81, 100),
+                chunk(101, 120)
+            ]
+        );
+        persist(1);
+        assert_eq!(stored_chunks(&store, &webhook.id).len(), 6);
+        assert_eq!(stored_numbers(&store, &webhook.id), chunk(21, 121));
+        // A full buffer (100 new records) pushes out all but the newest chunk it fills.
+        persist(100);
+        assert_eq!(
+            stored_chunks(&store, &webhook.id),
+            [
+                chunk(121, 140),
+                chunk(141, 160),
+                chunk(161, 180),
+                chunk(181, 200),
+                chunk(201, 220),
+                chunk(221, 221)
+            ]
+        );
+        let all = store.attempts(&webhook.id, usize::MAX).unwrap();
+        assert_eq!(numbers(&all), (122..=221).rev().collect::<Vec<u32>>());
+        // A read that ends inside a chunk decodes across the chunk boundary.
+        let some = store.attempts(&webhook.id, 25).unwrap();
+        assert_eq!(numbers(&some), (197..=221).rev().collect::<Vec<u32>>());
+    }
+
+    #[test]
+    fn one_ids_log_never_shows_in_anothers_whose_id_it_starts_with() {
+        let store = Store::open_temporary().unwrap();
+        let mut batch = sled::Batch::default();
+        store
+            .append_to_log("wh_a", &[attempt(1)], &mut batch)
+            .unwrap();
+        store
+            .append_to_log("wh_ab", &[attempt(2)], &mut batch)
+            .unwrap();
+        store.attempts.apply_batch(batch).unwrap();
+        assert_eq!(numbers(&store.attempts("wh_a", 10).unwrap()), [1]);
+        assert_eq!(numbers(&store.attempts("wh_ab", 10).unwrap()), [2]);
+        assert!(store.attempts("wh_", 10).unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn logs_of_the_unchunked_layout_are_dropped_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        let id = {
+            let store = Store::open(&path).unwrap();
+            let webhook = store.create(new_webhook(1)).await.unwrap();
+            let legacy = store.db.open_tree(TREE_ATTEMPTS_UNCHUNKED).unwrap();
+            legacy.insert(webhook.id.as_bytes(), "[]").unwrap();
+            store.flush().await.unwrap();
+            webhook.id
+        };
+        let store = Store::open(&path).unwrap();
+        assert!(!store
+            .db
+            .tree_names()
+            .contains(&TREE_ATTEMPTS_UNCHUNKED.into()));
+        assert!(store.attempts(&id, 10).unwrap().is_empty());
+        store.record_attempt(&id, attempt(3));
+        store.persist_attempts().unwrap();
+        assert_eq!(numbers(&store.attempts(&id, 10).unwrap()), [3]);
+    }
+
+    #[tokio::test]
+    async fn a_chunk_that_does_not_parse_is_started_over() {
+        let store = Store::open_temporary().unwrap();
+        let webhook = store.create(new_webhook(1)).await.unwrap();
+        let prefix = log_prefix(&webhook.id);
         store
             .attempts
-            .insert(webhook.id.as_bytes(), legacy)
+            .insert(chunk_key(&prefix, 0), &b"not a record"[..])
             .unwrap();
         assert!(store.attempts(&webhook.id, 10).unwrap().is_empty());
         store.record_attempt(&webhook.id, attempt(3));
         store.persist_attempts().unwrap();
-        assert_eq!(numbers(&store.attempts(&webhook.id, 10).unwrap()), [3]);
+        assert_eq!(stored_chunks(&store, &webhook.id), [[3]]);
     }
 
     #[tokio::test]
@@ -1616,10 +1826,11 @@ mod tests {
         assert!(store.attempts("wh_unknown", 10).unwrap().is_empty());
 
         let webhook = store.create(new_webhook(1)).await.unwrap();
-        store.record_attempt(&webhook.id, attempt(1));
+        for n in 1..=45 {
+            store.record_attempt(&webhook.id, attempt(n));
+        }
         store.persist_attempts().unwrap();
-        // A log in the format before the ring of slots: delete removes it too.
-        store.attempts.insert(webhook.id.as_bytes(), "[]").unwrap();
+        assert_eq!(stored_chunks(&store, &webhook.id).len(), 3);
         assert!(store.delete(&webhook.id).await.unwrap());
         assert!(store.attempts(&webhook.id, 10).unwrap().is_empty());
         // A delivery racing the delete buffers one more: persisting must not revive the log.
