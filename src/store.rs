@@ -1,4 +1,5 @@
-//! The webhook registry and each webhook's attempt log, in an embedded sled database.
+//! The webhook registry, in an embedded sled database, and each webhook's attempt log, in ring
+//! files beside it.
 //!
 //! Every consumed event asks "which webhooks of account A want event E?", so the layout is built
 //! around that question: it must be one prefix scan, staying in microseconds with a million
@@ -10,7 +11,6 @@
 //! | --- | --- | --- |
 //! | `by_account` | `account_id` (u64 big-endian) ++ webhook id bytes | the webhook, JSON |
 //! | `by_id` | webhook id bytes | `account_id` (u64 big-endian, 8 bytes) |
-//! | `attempt_chunks` | id length (u32 big-endian) ++ webhook id bytes ++ chunk number (u64 big-endian) | up to 20 attempts, oldest first, each a u32 big-endian length ++ the attempt in the compact binary form of `store::record` |
 //!
 //! - `by_account` holds the webhook itself, so a lookup the account cache misses is a single
 //!   B-tree descent plus a walk over that account's few entries. Big-endian makes the fixed
@@ -18,39 +18,21 @@
 //!   of 256).
 //! - `by_id` is the secondary index for the admin API (get, update, delete by id); it stores only
 //!   the account so a webhook has one copy and cannot disagree with itself.
+//!
+//! # The attempt log
+//!
 //! - Attempts are recorded on every delivery, so they are not written one by one: a delivery only
-//!   appends to an in-memory buffer, and [`Store::persist_attempts`] (called every second by the
-//!   daemon, and by every flush) writes what was buffered. A sled write copies the B-tree node it
-//!   touches, so writing per delivery cost more CPU than the delivery itself; per webhook per
-//!   second it is noise.
-//! - A webhook's attempt log is a run of numbered chunks of length-prefixed records. A persist
-//!   appends the new records to the newest chunk until it holds `CHUNK_RECORDS`, opens the next
-//!   chunk when it is full, and removes the oldest chunks while the rest still hold the newest
-//!   100, so a log stores 100 to 119 records in at most six chunks. No record is decoded or
-//!   re-encoded on the way; only reads decode, and only the records they return.
-//! - Chunks, because what a persist writes is what the daemon holds in memory while sled turns
-//!   it into its log. The log was one value of all 100 records (about 16 KB of JSON), rewritten
-//!   whole to add the second's few: with a thousand active webhooks, 16 MB a second of new
-//!   values, on top of the whole B-tree leaf (up to 16 entries in sled 0.34) that sled writes
-//!   out again every tenth change to it. In the benchmark with one webhook per event, heaptrack
-//!   put 30 MiB of the daemon's peak heap in those values and 15 MiB in sled's write buffers, of
-//!   a peak RSS near 95 MiB; with persisting switched off the peak was about 31 MiB. A persist
-//!   now rewrites at most 20 stored records per webhook instead of 100. A ring of 100 keys per
-//!   webhook, tried before, wrote even less but held a hundred thousand small keys for a
-//!   thousand webhooks, and sled's memory for them tripled the daemon's resident size: six keys
-//!   per webhook is the middle.
-//! - Records are stored in the compact binary form of `store::record` (40 bytes where JSON took
-//!   161). Chunking alone did not lower the peak: a thousand logs of JSON records (about 19 MB)
-//!   outgrew sled's 16 MiB page cache, and every persist read evicted leaves back from disk
-//!   (20 MiB of the peak heap, by heaptrack). A thousand logs of these records take about 5 MB.
-//! - Every chunk but the newest holds exactly `CHUNK_RECORDS` records (chunks are only appended
-//!   to at the end and removed from the front, in one atomic batch per persist), so a persist
-//!   knows which chunks the newest 100 need from the newest chunk's number and size alone,
-//!   without reading the older chunks.
-//! - Keys start with the id's length so that one id's prefix never covers another id's chunks,
-//!   whatever id a reader asks for.
-//! - Logs of the earlier layouts (one value per webhook in the tree `attempts`) are dropped when
-//!   the store opens: webhookd had not been released when it changed.
+//!   appends the encoded record (`store::record`, about 45 bytes) to an in-memory buffer, and
+//!   [`Store::persist_attempts`] (called every second by the daemon, and by every flush) writes
+//!   what was buffered.
+//! - Each webhook's last 100 attempts live in `attempts/<id>` inside the store's directory, a
+//!   ring of fixed-size slots written in place (`store::attempt_log`), not in sled. Persisting
+//!   them through sled was most of the daemon's memory: with a thousand active webhooks in the
+//!   benchmark, a peak RSS near 95 MiB of which heaptrack put about 45 MiB in rewritten log values
+//!   and sled's write buffers (about 31 MiB with persisting switched off). Chunked values of
+//!   compact records brought it to about 52 MiB; the ring files to about 30 MiB, the rest being
+//!   what any run holds. Earlier layouts (the sled trees `attempts` and `attempt_chunks`) are
+//!   dropped when the store opens: webhookd had not been released when it changed.
 
 //! # The account cache
 //!
@@ -80,17 +62,18 @@
 //! Writes that touch both `by_id` and `by_account` (create, update, delete, set_enabled) run in
 //! one sled multi-tree transaction, so neither index ever points at a missing record; update reads
 //! the record inside its transaction, so it cannot bring back a webhook deleted meanwhile.
-//! Attempts are written outside transactions, and delete clears a webhook's attempt log after the
+//! Attempts are written outside sled, and delete removes a webhook's attempt log after the
 //! transaction that removes the webhook: they are diagnostics, and a delivery racing the delete or
-//! a crash between the two steps at worst leaves orphan entries under an id that is never reused.
+//! a crash between the two steps at worst leaves an orphan log file under an id never reused.
 //! Persists run one at a time (two appending to the same stored log would lose one's records),
 //! and a read of the log waits for a persist in progress, so it sees every attempt either
 //! buffered or stored.
 //!
 //! sled writes to disk every 500 ms by default. A change acknowledged to a user is flushed before
 //! the call returns, so a crash right after "created" cannot forget the webhook. Attempt records
-//! are diagnostics: a crash loses at most the last second and a half of them, and `attempts`
-//! reads merge the buffer with what is stored, so nothing recorded is ever hidden from a reader.
+//! are diagnostics: a crash of the daemon loses at most the last second of them (the buffer), one
+//! of the machine what the kernel had not written back, and `attempts` reads merge the buffer with
+//! what is stored, so nothing recorded is ever hidden from a reader.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -104,21 +87,22 @@ use sled::transaction::{abort, TransactionError, Transactional};
 
 use crate::delivery::sign::Signing;
 
+mod attempt_log;
 mod record;
+
+use self::attempt_log::{AttemptLog, Pending};
 
 const TREE_BY_ACCOUNT: &str = "by_account";
 const TREE_BY_ID: &str = "by_id";
-const TREE_ATTEMPTS: &str = "attempt_chunks";
-/// The tree the attempt log used before it was chunked; dropped on open (see the module docs).
-const TREE_ATTEMPTS_UNCHUNKED: &str = "attempts";
+/// Trees the attempt log used before it moved to ring files; dropped on open (see the module
+/// docs).
+const LEGACY_ATTEMPT_TREES: [&str; 2] = ["attempts", "attempt_chunks"];
+/// The directory of attempt-log ring files, inside the store's directory.
+const ATTEMPTS_DIR: &str = "attempts";
 
 /// How many attempts are kept per webhook: enough to see a pattern of failures in
 /// `webhookd webhooks attempts ID`, small enough that a million webhooks stay a bounded store.
 const ATTEMPTS_KEPT: usize = 100;
-
-/// The most records one chunk of an attempt log holds (see the module docs): a persist rewrites
-/// at most this many stored records per webhook, and a log takes at most six keys.
-const CHUNK_RECORDS: usize = 20;
 
 const ID_PREFIX: &str = "wh_";
 const ID_ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
@@ -395,6 +379,8 @@ pub enum StoreError {
     Sled(#[from] sled::Error),
     #[error("corrupt store record: {0}")]
     Corrupt(String),
+    #[error("attempt log {}: {source}", path.display())]
+    AttemptLog { path: PathBuf, source: io::Error },
 }
 
 fn invalid(field: &'static str, message: impl Into<String>) -> StoreError {
@@ -426,9 +412,9 @@ pub struct Store {
     db: sled::Db,
     by_account: sled::Tree,
     by_id: sled::Tree,
-    attempts: sled::Tree,
+    log: Arc<AttemptLog>,
     /// Attempts recorded since the last [`Store::persist_attempts`], by webhook, oldest first.
-    buffered: Arc<Mutex<HashMap<String, Vec<Attempt>>>>,
+    buffered: Arc<Mutex<HashMap<String, Pending>>>,
     /// Held by a persist, and by a read of the attempt log (see the module docs).
     persisting: Arc<Mutex<()>>,
     cache: Arc<Mutex<Cache>>,
@@ -538,7 +524,7 @@ impl Store {
             .cache_capacity(CACHE_BYTES)
             .open()
         {
-            Ok(db) => Store::with_db(db),
+            Ok(db) => Store::with_db(db, path),
             Err(error) if is_lock_error(&error) => Err(StoreError::Locked {
                 path: path.to_path_buf(),
             }),
@@ -548,15 +534,21 @@ impl Store {
 
     /// A store that lives in a temporary directory removed on drop, for tests.
     pub fn open_temporary() -> Result<Store, StoreError> {
-        Store::with_db(sled::Config::new().temporary(true).open()?)
+        let config = sled::Config::new().temporary(true);
+        // sled removes this directory, attempt logs and all, when the database is dropped.
+        let path = config.get_path();
+        Store::with_db(config.open()?, &path)
     }
 
-    fn with_db(db: sled::Db) -> Result<Store, StoreError> {
-        db.drop_tree(TREE_ATTEMPTS_UNCHUNKED)?;
+    /// The store over `db`, whose directory is `path` (the attempt logs live in it too).
+    fn with_db(db: sled::Db, path: &Path) -> Result<Store, StoreError> {
+        for tree in LEGACY_ATTEMPT_TREES {
+            db.drop_tree(tree)?;
+        }
         Ok(Store {
             by_account: db.open_tree(TREE_BY_ACCOUNT)?,
             by_id: db.open_tree(TREE_BY_ID)?,
-            attempts: db.open_tree(TREE_ATTEMPTS)?,
+            log: Arc::new(AttemptLog::open(path.join(ATTEMPTS_DIR))?),
             buffered: Arc::default(),
             persisting: Arc::default(),
             cache: Arc::default(),
@@ -753,11 +745,7 @@ impl Store {
         // A delivery racing the delete may still buffer an attempt: persisting skips webhooks
         // that no longer exist, so it never brings the log back.
         self.buffer().remove(id);
-        let mut batch = sled::Batch::default();
-        for key in self.attempts.scan_prefix(log_prefix(id)).keys() {
-            batch.remove(key?);
-        }
-        self.attempts.apply_batch(batch)?;
+        self.log.remove(id)?;
         self.flush().await?;
         Ok(true)
     }
@@ -780,10 +768,12 @@ impl Store {
     /// persisting falls behind.
     pub fn record_attempt(&self, webhook_id: &str, attempt: Attempt) {
         let mut buffer = self.buffer();
-        let attempts = buffer.entry(webhook_id.to_owned()).or_default();
-        attempts.push(attempt);
-        if attempts.len() > ATTEMPTS_KEPT {
-            attempts.remove(0);
+        match buffer.get_mut(webhook_id) {
+            Some(pending) => pending.push(&attempt),
+            None => buffer
+                .entry(webhook_id.to_owned())
+                .or_default()
+                .push(&attempt),
         }
     }
 
@@ -792,65 +782,10 @@ impl Store {
     pub fn persist_attempts(&self) -> Result<(), StoreError> {
         let _persisting = self.persisting();
         let buffered = std::mem::take(&mut *self.buffer());
-        let mut batch = sled::Batch::default();
-        for (webhook_id, new) in buffered {
+        for (webhook_id, pending) in buffered {
             if self.by_id.contains_key(&webhook_id)? {
-                self.append_to_log(&webhook_id, &new, &mut batch)?;
+                self.log.append(&webhook_id, &pending)?;
             }
-        }
-        self.attempts.apply_batch(batch)?;
-        Ok(())
-    }
-
-    /// Adds to `batch` the writes that append `new` (at most 100 records) to a webhook's log:
-    /// the newest chunk rewritten with them, further chunks if it fills, and the removal of the
-    /// oldest chunks the newest 100 no longer need.
-    fn append_to_log(
-        &self,
-        webhook_id: &str,
-        new: &[Attempt],
-        batch: &mut sled::Batch,
-    ) -> Result<(), StoreError> {
-        let prefix = log_prefix(webhook_id);
-        let (mut last, mut chunk) = match self.attempts.scan_prefix(&prefix).next_back() {
-            Some(entry) => {
-                let (key, chunk) = entry?;
-                (chunk_number(&key)?, chunk.to_vec())
-            }
-            None => (0, Vec::new()),
-        };
-        // A chunk that does not parse is started over rather than appended to.
-        let mut in_chunk = records(&chunk).len();
-        if in_chunk == 0 {
-            chunk.clear();
-        }
-        for attempt in new {
-            if in_chunk == CHUNK_RECORDS {
-                batch.insert(chunk_key(&prefix, last), std::mem::take(&mut chunk));
-                last += 1;
-                in_chunk = 0;
-            }
-            // The length prefix is written once the record's length is known.
-            let start = chunk.len();
-            chunk.extend_from_slice(&[0; 4]);
-            record::encode(attempt, &mut chunk);
-            let length = u32::try_from(chunk.len() - start - 4)
-                .map_err(|_| StoreError::Corrupt("an attempt record over 4 GiB".into()))?;
-            chunk[start..start + 4].copy_from_slice(&length.to_be_bytes());
-            in_chunk += 1;
-        }
-        // Unchanged when the stored chunk was full: sled skips a write of the same value.
-        batch.insert(chunk_key(&prefix, last), chunk);
-        // The chunks before the last are full, so the newest 100 need this many of them; older
-        // ones are removed (a removal in the batch overrides an insert of the same key above).
-        let full_chunks_kept = (ATTEMPTS_KEPT.saturating_sub(in_chunk)).div_ceil(CHUNK_RECORDS);
-        let keep_from = last.saturating_sub(u64::try_from(full_chunks_kept).unwrap_or(u64::MAX));
-        for key in self.attempts.scan_prefix(&prefix).keys() {
-            let key = key?;
-            if chunk_number(&key)? >= keep_from {
-                break;
-            }
-            batch.remove(key);
         }
         Ok(())
     }
@@ -862,23 +797,10 @@ impl Store {
         let mut newest: Vec<Attempt> = self
             .buffer()
             .get(webhook_id)
-            .map(|buffered| buffered.iter().rev().take(limit).cloned().collect())
+            .map(|pending| pending.newest(limit))
             .unwrap_or_default();
-        // Newest chunk first; only the records shown are decoded.
-        for chunk in self
-            .attempts
-            .scan_prefix(log_prefix(webhook_id))
-            .values()
-            .rev()
-        {
-            if newest.len() == limit {
-                break;
-            }
-            let chunk = chunk?;
-            for record in records(&chunk).into_iter().rev().take(limit - newest.len()) {
-                newest.push(record::decode(&chunk[record])?);
-            }
-        }
+        let stored = self.log.newest(webhook_id, limit - newest.len())?;
+        newest.extend(stored);
         Ok(newest)
     }
 
@@ -888,7 +810,7 @@ impl Store {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn buffer(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Attempt>>> {
+    fn buffer(&self) -> std::sync::MutexGuard<'_, HashMap<String, Pending>> {
         self.buffered.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -937,52 +859,6 @@ fn account_key(account_id: u64, webhook_id: &str) -> Vec<u8> {
     key.extend_from_slice(&account_id.to_be_bytes());
     key.extend_from_slice(webhook_id.as_bytes());
     key
-}
-
-/// The start of every key of a webhook's attempt log: the id's length, then the id.
-fn log_prefix(webhook_id: &str) -> Vec<u8> {
-    // An id longer than u32::MAX bytes cannot be a webhook's: it gets a prefix no log has.
-    let length = u32::try_from(webhook_id.len()).unwrap_or(u32::MAX);
-    let mut prefix = Vec::with_capacity(4 + webhook_id.len() + 8);
-    prefix.extend_from_slice(&length.to_be_bytes());
-    prefix.extend_from_slice(webhook_id.as_bytes());
-    prefix
-}
-
-fn chunk_key(prefix: &[u8], number: u64) -> Vec<u8> {
-    let mut key = Vec::with_capacity(prefix.len() + 8);
-    key.extend_from_slice(prefix);
-    key.extend_from_slice(&number.to_be_bytes());
-    key
-}
-
-/// The chunk number at the end of an attempt-log key.
-fn chunk_number(key: &[u8]) -> Result<u64, StoreError> {
-    key.len()
-        .checked_sub(8)
-        .and_then(|start| decode_u64(&key[start..]))
-        .ok_or_else(|| StoreError::Corrupt(format!("attempt log key of {} bytes", key.len())))
-}
-
-/// Where each record of a stored chunk is (after its length prefix), oldest first. A chunk that
-/// does not parse has no records.
-fn records(log: &[u8]) -> Vec<std::ops::Range<usize>> {
-    let mut records = Vec::with_capacity(CHUNK_RECORDS);
-    let mut at = 0;
-    while let Some(&[a, b, c, d]) = log.get(at..at + 4) {
-        let start = at + 4;
-        let end = start + u32::from_be_bytes([a, b, c, d]) as usize;
-        if end > log.len() {
-            return Vec::new();
-        }
-        records.push(start..end);
-        at = end;
-    }
-    if at == log.len() {
-        records
-    } else {
-        Vec::new()
-    }
 }
 
 fn decode_u64(bytes: &[u8]) -> Option<u64> {
@@ -1187,7 +1063,7 @@ mod tests {
             let store = Store::open(&path).unwrap();
             store.create(new_webhook(1)).await.unwrap()
         };
-        let store = Store::open(&path).unwrap();
+        let store = reopen(&path);
         assert_eq!(store.get(&created.id).unwrap(), Some(created));
     }
 
@@ -1624,25 +1500,25 @@ mod tests {
         assert_eq!(store.attempts(&neighbour.id, 10).unwrap(), [attempt(9999)]);
     }
 
-    /// The attempt numbers in each stored chunk of the webhook's log, oldest first.
-    fn stored_chunks(store: &Store, webhook_id: &str) -> Vec<Vec<u32>> {
-        store
-            .attempts
-            .scan_prefix(log_prefix(webhook_id))
-            .values()
-            .map(|chunk| {
-                let chunk = chunk.unwrap();
-                records(&chunk)
-                    .into_iter()
-                    .map(|record| record::decode(&chunk[record]).unwrap().attempt)
-                    .collect()
-            })
-            .collect()
+    /// Opens the store at `path` again once the dropped handle has let go of its lock: sled's
+    /// background threads release it shortly after the last handle is dropped, not at once.
+    fn reopen(path: &Path) -> Store {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match Store::open(path) {
+                Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                opened => return opened.unwrap(),
+            }
+        }
     }
 
     /// The attempt numbers of the records stored for the webhook, oldest first.
     fn stored_numbers(store: &Store, webhook_id: &str) -> Vec<u32> {
-        stored_chunks(store, webhook_id).concat()
+        let mut stored = numbers(&store.log.newest(webhook_id, usize::MAX).unwrap());
+        stored.reverse();
+        stored
     }
 
     fn numbers(attempts: &[Attempt]) -> Vec<u32> {
@@ -1669,14 +1545,14 @@ mod tests {
             assert_eq!(all[0], attempt(250));
             assert_eq!(
                 stored_numbers(&store, &webhook.id),
-                (141..=250).collect::<Vec<u32>>()
+                (151..=250).collect::<Vec<u32>>()
             );
             store.flush().await.unwrap();
             webhook.id
         };
 
         // After a reopen, new attempts push out the oldest.
-        let store = Store::open(&path).unwrap();
+        let store = reopen(&path);
         for n in 251..=260 {
             store.record_attempt(&id, attempt(n));
         }
@@ -1690,117 +1566,28 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_persist_rewrites_only_the_newest_chunk_and_drops_whole_old_ones() {
-        let store = Store::open_temporary().unwrap();
-        let webhook = store.create(new_webhook(1)).await.unwrap();
-        let mut next = 1;
-        let mut persist = |count: u32| {
-            for n in next..next + count {
-                store.record_attempt(&webhook.id, attempt(n));
-            }
-            next += count;
-            store.persist_attempts().unwrap();
-        };
-        let chunk = |from: u32, to: u32| (from..=to).collect::<Vec<u32>>();
-
-        persist(7);
-        assert_eq!(stored_chunks(&store, &webhook.id), [chunk(1, 7)]);
-        // Filling the newest chunk exactly opens no empty one.
-        persist(13);
-        assert_eq!(stored_chunks(&store, &webhook.id), [chunk(1, 20)]);
-        // A full chunk is left as it is; one persist may fill several.
-        persist(45);
-        assert_eq!(
-            stored_chunks(&store, &webhook.id),
-            [chunk(1, 20), chunk(21, 40), chunk(41, 60), chunk(61, 65)]
-        );
-        // At 120 records the oldest chunk is no longer needed for the newest 100.
-        persist(55);
-        assert_eq!(
-            stored_chunks(&store, &webhook.id),
-            [
-                chunk(21, 40),
-                chunk(41, 60),
-                chunk(61, 80),
-                chunk(81, 100),
-                chunk(101, 120)
-            ]
-        );
-        persist(1);
-        assert_eq!(stored_chunks(&store, &webhook.id).len(), 6);
-        assert_eq!(stored_numbers(&store, &webhook.id), chunk(21, 121));
-        // A full buffer (100 new records) pushes out all but the newest chunk it fills.
-        persist(100);
-        assert_eq!(
-            stored_chunks(&store, &webhook.id),
-            [
-                chunk(121, 140),
-                chunk(141, 160),
-                chunk(161, 180),
-                chunk(181, 200),
-                chunk(201, 220),
-                chunk(221, 221)
-            ]
-        );
-        let all = store.attempts(&webhook.id, usize::MAX).unwrap();
-        assert_eq!(numbers(&all), (122..=221).rev().collect::<Vec<u32>>());
-        // A read that ends inside a chunk decodes across the chunk boundary.
-        let some = store.attempts(&webhook.id, 25).unwrap();
-        assert_eq!(numbers(&some), (197..=221).rev().collect::<Vec<u32>>());
-    }
-
-    #[test]
-    fn one_ids_log_never_shows_in_anothers_whose_id_it_starts_with() {
-        let store = Store::open_temporary().unwrap();
-        let mut batch = sled::Batch::default();
-        store
-            .append_to_log("wh_a", &[attempt(1)], &mut batch)
-            .unwrap();
-        store
-            .append_to_log("wh_ab", &[attempt(2)], &mut batch)
-            .unwrap();
-        store.attempts.apply_batch(batch).unwrap();
-        assert_eq!(numbers(&store.attempts("wh_a", 10).unwrap()), [1]);
-        assert_eq!(numbers(&store.attempts("wh_ab", 10).unwrap()), [2]);
-        assert!(store.attempts("wh_", 10).unwrap().is_empty());
-    }
-
-    #[tokio::test]
-    async fn logs_of_the_unchunked_layout_are_dropped_on_open() {
+    async fn attempt_trees_of_earlier_layouts_are_dropped_on_open() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("store");
         let id = {
             let store = Store::open(&path).unwrap();
             let webhook = store.create(new_webhook(1)).await.unwrap();
-            let legacy = store.db.open_tree(TREE_ATTEMPTS_UNCHUNKED).unwrap();
-            legacy.insert(webhook.id.as_bytes(), "[]").unwrap();
+            for tree in LEGACY_ATTEMPT_TREES {
+                let legacy = store.db.open_tree(tree).unwrap();
+                legacy.insert(webhook.id.as_bytes(), "[]").unwrap();
+            }
             store.flush().await.unwrap();
             webhook.id
         };
-        let store = Store::open(&path).unwrap();
-        assert!(!store
-            .db
-            .tree_names()
-            .contains(&TREE_ATTEMPTS_UNCHUNKED.into()));
+        let store = reopen(&path);
+        let names = store.db.tree_names();
+        for tree in LEGACY_ATTEMPT_TREES {
+            assert!(!names.contains(&tree.into()), "{tree}");
+        }
         assert!(store.attempts(&id, 10).unwrap().is_empty());
         store.record_attempt(&id, attempt(3));
         store.persist_attempts().unwrap();
         assert_eq!(numbers(&store.attempts(&id, 10).unwrap()), [3]);
-    }
-
-    #[tokio::test]
-    async fn a_chunk_that_does_not_parse_is_started_over() {
-        let store = Store::open_temporary().unwrap();
-        let webhook = store.create(new_webhook(1)).await.unwrap();
-        let prefix = log_prefix(&webhook.id);
-        store
-            .attempts
-            .insert(chunk_key(&prefix, 0), &b"not a record"[..])
-            .unwrap();
-        assert!(store.attempts(&webhook.id, 10).unwrap().is_empty());
-        store.record_attempt(&webhook.id, attempt(3));
-        store.persist_attempts().unwrap();
-        assert_eq!(stored_chunks(&store, &webhook.id), [[3]]);
     }
 
     #[tokio::test]
@@ -1814,7 +1601,7 @@ mod tests {
             store.flush().await.unwrap();
             webhook.id
         };
-        let store = Store::open(&path).unwrap();
+        let store = reopen(&path);
         assert_eq!(store.attempts(&id, 10).unwrap(), [attempt(1)]);
     }
 
@@ -1830,13 +1617,13 @@ mod tests {
             store.record_attempt(&webhook.id, attempt(n));
         }
         store.persist_attempts().unwrap();
-        assert_eq!(stored_chunks(&store, &webhook.id).len(), 3);
+        assert_eq!(stored_numbers(&store, &webhook.id).len(), 45);
         assert!(store.delete(&webhook.id).await.unwrap());
         assert!(store.attempts(&webhook.id, 10).unwrap().is_empty());
         // A delivery racing the delete buffers one more: persisting must not revive the log.
         store.record_attempt(&webhook.id, attempt(2));
         store.persist_attempts().unwrap();
-        assert_eq!(store.attempts.len(), 0);
+        assert!(stored_numbers(&store, &webhook.id).is_empty());
     }
 
     /// Account 1's webhooks that match `message_created`, by id.
