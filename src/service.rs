@@ -690,9 +690,14 @@ async fn deliver(
     let delivery_id = sign::delivery_id(event.event_id, &webhook.id);
     let attempt = job.map_or(0, |j| j.attempts).saturating_add(1);
     let first_attempt_at_ms = job.map_or_else(|| job::unix_ms(now), |j| j.first_attempt_at_ms);
+    // The global permit first, then the endpoint's slot: a slot is only ever held by a request
+    // being sent, so an endpoint whose deliveries merely queue for the global cap (other
+    // receivers hold it) never looks stalled to its circuit.
+    let permit = live.in_flight.acquire().await;
     let slot = match shared.endpoints.admit(&webhook.url) {
         Ok(slot) => slot,
         Err(refusal) => {
+            drop(permit);
             // Not an attempt: the job keeps its count and history, and comes back after the
             // schedule's next delay or, if the circuit is open, once its cool-down is over (or
             // is given up once max_elapsed has passed).
@@ -727,7 +732,7 @@ async fn deliver(
     let timestamp = i64::try_from(job::unix_ms(now) / 1000).unwrap_or(i64::MAX);
     let headers = sign::attempt_headers(&delivery_id, timestamp, event.body, webhook.signing(now));
     let (result, latency) = {
-        let _permit = live.in_flight.acquire().await;
+        let _permit = permit;
         let _counted = shared.metrics.in_flight();
         let started = Instant::now();
         let result = live

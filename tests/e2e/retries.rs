@@ -468,3 +468,42 @@ async fn a_failing_endpoint_has_its_circuit_opened_and_one_probe_closes_it_after
     assert_eq!(daemon.metric("webhookd_circuits_open").await, 0.0);
     assert_eq!(daemon.metric("webhookd_circuits_opened_total").await, 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_queued_behind_the_global_cap_do_not_open_their_circuit() {
+    // One global slot, held by a receiver that hangs for the whole request timeout. The healthy
+    // webhook's deliveries wait for that slot longer than `circuit_stall`: they must wait, not be
+    // taken for a stalled endpoint of their own, and go through once the slot is free.
+    let daemon = Daemon::start(Settings {
+        request_timeout: "4s",
+        delivery_extra: "max_in_flight = 1\nmax_in_flight_per_endpoint = 1\ncircuit_stall = \"1s\""
+            .to_owned(),
+        ..Settings::default()
+    })
+    .await;
+    let receiver = Receiver::scripted(|path, _| match path {
+        "/hangs" => Reply::hang(),
+        _ => Reply::status(200),
+    })
+    .await;
+    daemon.add_webhook(1, &receiver.url("/hangs"), &[]).await;
+    daemon.add_webhook(2, &receiver.url("/healthy"), &[]).await;
+    publish(&daemon, 1, 0).await;
+    let hanging_since = eventually(WAIT, "the hanging request holding the slot", || async {
+        receiver.requests("/hangs").first().map(|r| r.at)
+    })
+    .await;
+    publish(&daemon, 2, 1).await;
+    // The stall rule is about time: the second delivery must arrive after `circuit_stall`.
+    tokio::time::sleep_until((hanging_since + Duration::from_millis(1500)).into()).await;
+    publish(&daemon, 2, 2).await;
+    eventually(WAIT, "both healthy deliveries", || async {
+        (receiver.requests("/healthy").len() == 2).then_some(())
+    })
+    .await;
+    assert_eq!(
+        daemon.metric("webhookd_circuits_opened_total").await,
+        0.0,
+        "waiting for the global cap is not a stall"
+    );
+}
