@@ -1,12 +1,10 @@
 //! The stored form of one attempt record: a compact binary encoding rather than JSON.
 //!
-//! Every active webhook's last 100 attempts sit in sled, and sled keeps the B-tree leaves it
-//! touches in memory: a leaf holding one attempt log is read and rewritten on every persist, so
-//! the size of a record is, a thousandfold, the daemon's resident size. As JSON a typical record
-//! took 161 bytes, mostly field names, punctuation and two long strings; here it takes 40, and a
-//! thousand webhooks' logs fit in sled's page cache instead of being evicted and read back from
-//! disk on every persist (which heaptrack showed as the largest share of the daemon's peak heap
-//! once the log was chunked).
+//! Why: every delivery's attempt is kept encoded in memory until the next persist and then in a
+//! fixed-size slot of its webhook's ring file (`store::attempt_log`), so a record's size is both
+//! resident memory at thousands of deliveries a second and the room left for an error text in a
+//! slot. As JSON a typical record took 161 bytes, mostly field names, punctuation and two long
+//! strings; here it takes about 40.
 //!
 //! The layout, after a format byte (`1`), field by field in declaration order:
 //!
