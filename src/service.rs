@@ -35,17 +35,17 @@ use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, Consumer};
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, Semaphore, SemaphorePermit};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
 use self::acks::{Acks, Verdict};
-use self::endpoints::{Endpoints, Policy, Refusal};
+use self::endpoints::{Endpoints, Policy, Refusal, Slot};
 use crate::admin::{self, Access, AdminState};
 use crate::broker::{self, BrokerError, Publisher, Topology};
 use crate::config::Config;
-use crate::delivery::{self, sign, Client, ClientSettings, DeadReason, Outcome};
+use crate::delivery::{self, sign, Client, ClientSettings, DeadReason, Outcome, SendError};
 use crate::dlq::Parked;
 use crate::event::{self, Envelope};
 use crate::job::{self, Job};
@@ -252,6 +252,10 @@ pub async fn run(
         stopped.clone(),
     ));
     let attempt_log = tokio::spawn(persist_attempts(store.clone(), stopped.clone()));
+    let stall_sweep = tokio::spawn(endpoints::sweep_stalls(
+        shared.endpoints.clone(),
+        stopped.clone(),
+    ));
 
     supervise(&config, &shared, &readiness, &shutdown).await;
 
@@ -259,7 +263,7 @@ pub async fn run(
         error!(%error, "flushing the store at shutdown failed");
     }
     stopped.cancel();
-    let _ = tokio::join!(admin_task, watchdog, reloader, attempt_log);
+    let _ = tokio::join!(admin_task, watchdog, reloader, attempt_log, stall_sweep);
     info!("stopped");
     Ok(())
 }
@@ -690,14 +694,9 @@ async fn deliver(
     let delivery_id = sign::delivery_id(event.event_id, &webhook.id);
     let attempt = job.map_or(0, |j| j.attempts).saturating_add(1);
     let first_attempt_at_ms = job.map_or_else(|| job::unix_ms(now), |j| j.first_attempt_at_ms);
-    // The global permit first, then the endpoint's slot: a slot is only ever held by a request
-    // being sent, so an endpoint whose deliveries merely queue for the global cap (other
-    // receivers hold it) never looks stalled to its circuit.
-    let permit = live.in_flight.acquire().await;
-    let slot = match shared.endpoints.admit(&webhook.url) {
-        Ok(slot) => slot,
+    let (permit, slot) = match admit(shared, live, &webhook.url).await {
+        Ok(admitted) => admitted,
         Err(refusal) => {
-            drop(permit);
             // Not an attempt: the job keeps its count and history, and comes back after the
             // schedule's next delay or, if the circuit is open, once its cool-down is over (or
             // is given up once max_elapsed has passed).
@@ -711,9 +710,7 @@ async fn deliver(
             };
             let not_before = match refusal {
                 Refusal::Busy => None,
-                Refusal::Open(left) => {
-                    Some(left.max(live.schedule.delay(attempt, rand::random::<f64>())))
-                }
+                Refusal::Open(left) => outlast(live, attempt, None, Some(left)),
             };
             let next = retry_or_give_up(live, &state, attempt, not_before);
             debug!(%delivery_id, webhook_id = %webhook.id, outcome = %next, ?refusal, "endpoint busy or its circuit open: deferred without an attempt");
@@ -735,10 +732,10 @@ async fn deliver(
         let _permit = permit;
         let _counted = shared.metrics.in_flight();
         let started = Instant::now();
-        let result = live
-            .client
-            .post(&webhook.url, headers, event.body.clone())
-            .await;
+        let result = tokio::select! {
+            result = live.client.post(&webhook.url, headers, event.body.clone()) => result,
+            () = slot.cut_off() => Err(SendError::Stalled),
+        };
         (result, started.elapsed())
     };
     let outcome = delivery::classify(&result, SystemTime::now());
@@ -756,7 +753,16 @@ async fn deliver(
     };
     let next = match outcome {
         Outcome::Delivered => Next::Done,
-        Outcome::Retry { after } => retry_or_give_up(live, &state, attempt, after),
+        Outcome::Retry { after } => {
+            // This attempt may have opened the circuit, or found it opened meanwhile.
+            let shut_for = shared.endpoints.shut_for(&webhook.url);
+            retry_or_give_up(
+                live,
+                &state,
+                attempt,
+                outlast(live, attempt, after, shut_for),
+            )
+        }
         Outcome::Dead { reason } => Next::Dead(reason),
     };
 
@@ -807,6 +813,48 @@ async fn deliver(
         next,
     )
     .await
+}
+
+/// A permit under the global in-flight cap, then a slot at the endpoint, or why not.
+///
+/// The permit comes first: a slot is then only ever held by a request being sent, so an endpoint
+/// whose deliveries merely queue for the global cap (other receivers hold it) never looks
+/// stalled to its circuit. But when the cap is full, an open circuit is asked about before
+/// queueing: a delivery it would turn away anyway must not wait for a permit first, behind the
+/// requests of every other receiver. `None` for the permit only if the semaphore was closed,
+/// which it never is.
+async fn admit<'a>(
+    shared: &Shared,
+    live: &'a Live,
+    url: &str,
+) -> Result<(Option<SemaphorePermit<'a>>, Slot), Refusal> {
+    let permit = match live.in_flight.try_acquire() {
+        Ok(permit) => Some(permit),
+        Err(_) => {
+            if let Some(left) = shared.endpoints.shut_for(url) {
+                return Err(Refusal::Open(left));
+            }
+            live.in_flight.acquire().await.ok()
+        }
+    };
+    let slot = shared.endpoints.admit(url)?;
+    Ok((permit, slot))
+}
+
+/// The wait before a retry: what the receiver asked for (`after`) or else the schedule's next
+/// delay, stretched to outlast the endpoint's open circuit (`shut_for`), so the retry does not
+/// come back only to be turned away again.
+fn outlast(
+    live: &Live,
+    attempt: u32,
+    after: Option<Duration>,
+    shut_for: Option<Duration>,
+) -> Option<Duration> {
+    let Some(left) = shut_for else {
+        return after;
+    };
+    let wait = after.unwrap_or_else(|| live.schedule.delay(attempt, rand::random::<f64>()));
+    Some(left.max(wait))
 }
 
 /// The retry bucket after retry number `retry`, or giving up once `max_elapsed` is spent.

@@ -54,6 +54,8 @@ pub enum ClientError {
 pub enum SendError {
     #[error("request timed out")]
     Timeout,
+    #[error("cut off unanswered: the endpoint stalled and its circuit opened")]
+    Stalled,
     #[error("connect failed: {0}")]
     Connect(String),
     #[error("TLS failed: {0}")]

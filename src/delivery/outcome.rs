@@ -97,7 +97,11 @@ pub fn classify(result: &Result<Response, SendError>, now: SystemTime) -> Outcom
     match result {
         Ok(response) => classify_status(response.status, response.retry_after.as_ref(), now),
         Err(
-            SendError::Timeout | SendError::Connect(_) | SendError::Tls(_) | SendError::Other(_),
+            SendError::Timeout
+            | SendError::Stalled
+            | SendError::Connect(_)
+            | SendError::Tls(_)
+            | SendError::Other(_),
         ) => Outcome::Retry { after: None },
         Err(SendError::Blocked { .. }) => Outcome::Dead {
             reason: DeadReason::BlockedDestination,
@@ -207,6 +211,7 @@ mod tests {
                 retry(Some(Duration::ZERO)),
             ),
             ("timeout", Err(SendError::Timeout), retry(None)),
+            ("cut off by a stall", Err(SendError::Stalled), retry(None)),
             (
                 "connect",
                 Err(SendError::Connect("refused".into())),

@@ -11,8 +11,11 @@
 //! finds it open waits in the retry queue until the cool-down is over instead of until the
 //! schedule's next rung. A circuit opens after `circuit_failures` failed attempts in a row
 //! (timeouts, connection errors, 408/425/429/5xx), or when every slot under the cap is taken and
-//! none has finished for `circuit_stall` — a hanging receiver is caught in seconds, not after a
-//! whole request timeout. When the cool-down is over one delivery goes through as a probe: its
+//! none has finished for `circuit_stall` (checked as deliveries arrive, and by a sweep for the
+//! endpoint no delivery comes to) — a hanging receiver is caught in seconds, not after a
+//! whole request timeout. A stall also cuts off the requests still hanging there: each is a failed
+//! attempt handed to the retry queue at once, so its event is acked instead of holding its place
+//! in the prefetch window (and a global in-flight permit) until the request timeout. When the cool-down is over one delivery goes through as a probe: its
 //! success closes the circuit, its failure opens it again for twice as long (up to 16 times the
 //! configured cool-down). Any success, probe or not, closes it: the receiver answered.
 //!
@@ -24,11 +27,17 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use tokio_util::sync::CancellationToken;
+
 use crate::config::DeliveryConfig;
 use crate::metrics::Metrics;
 
 /// How far a circuit's cool-down grows as probes keep failing, as a multiple of the configured one.
 const MAX_COOLDOWN_FACTOR: u32 = 16;
+
+/// How often endpoints are checked for a stall that no arriving delivery noticed: a stall is
+/// caught at most this long after `circuit_stall`.
+const STALL_SWEEP: Duration = Duration::from_millis(250);
 
 /// The settings admission follows; changed live by SIGHUP without forgetting any circuit.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -79,6 +88,9 @@ struct Endpoint {
     /// every slot taken, the time since then is how long the endpoint has been stuck.
     progress: Instant,
     circuit: Circuit,
+    /// Cancelled when a stall opens the circuit, cutting off the requests in flight; replaced
+    /// by a fresh one for the requests that come after.
+    cut: CancellationToken,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -100,6 +112,7 @@ impl Endpoint {
             failures: 0,
             progress: now,
             circuit: Circuit::Closed,
+            cut: CancellationToken::new(),
         }
     }
 
@@ -107,38 +120,61 @@ impl Endpoint {
         self.in_flight == 0 && self.failures == 0 && self.circuit == Circuit::Closed
     }
 
+    /// How long the circuit keeps new deliveries away, if it does: the rest of the cool-down,
+    /// or, once the probe is out (or old requests still hold every slot), another cool-down, by
+    /// when the probe's verdict is known.
+    fn shut_for(&self, policy: &Policy, now: Instant) -> Option<Duration> {
+        match self.circuit {
+            Circuit::Open { until, .. } if now < until => Some(until - now),
+            Circuit::Open { next, probing, .. } if probing || self.in_flight >= policy.cap => {
+                Some(next)
+            }
+            _ => None,
+        }
+    }
+
     /// Lets one request through (`Ok(true)` when it is the probe of an open circuit) or says why
     /// not.
     fn admit(&mut self, policy: &Policy, now: Instant) -> (Result<bool, Refusal>, Change) {
+        if let Some(left) = self.shut_for(policy, now) {
+            return (Err(Refusal::Open(left)), Change::None);
+        }
         match self.circuit {
-            Circuit::Open { until, .. } if now < until => {
-                (Err(Refusal::Open(until - now)), Change::None)
-            }
-            Circuit::Open { next, probing, .. } => {
-                if probing || self.in_flight >= policy.cap {
-                    // The probe is out (or old requests still hold every slot): ask the others
-                    // back after another cool-down, when the probe's verdict is known.
-                    (Err(Refusal::Open(next)), Change::None)
-                } else {
-                    self.circuit = Circuit::Open {
-                        until: now,
-                        next,
-                        probing: true,
-                    };
-                    self.start(now);
-                    (Ok(true), Change::None)
-                }
+            Circuit::Open { next, .. } => {
+                self.circuit = Circuit::Open {
+                    until: now,
+                    next,
+                    probing: true,
+                };
+                self.start(now);
+                (Ok(true), Change::None)
             }
             Circuit::Closed if self.in_flight < policy.cap => {
                 self.start(now);
                 (Ok(false), Change::None)
             }
-            Circuit::Closed if now.duration_since(self.progress) >= policy.stall => {
-                self.open(policy.cooldown, policy, now);
-                (Err(Refusal::Open(policy.cooldown)), Change::Opened)
+            Circuit::Closed => {
+                if self.trip_if_stalled(policy, now) {
+                    (Err(Refusal::Open(policy.cooldown)), Change::Opened)
+                } else {
+                    (Err(Refusal::Busy), Change::None)
+                }
             }
-            Circuit::Closed => (Err(Refusal::Busy), Change::None),
         }
+    }
+
+    /// Opens a closed circuit whose every slot is taken and has seen nothing finish for
+    /// `policy.stall`, and cuts off the requests hanging there; whether it did.
+    fn trip_if_stalled(&mut self, policy: &Policy, now: Instant) -> bool {
+        let stalled = self.circuit == Circuit::Closed
+            && self.in_flight >= policy.cap
+            && now.duration_since(self.progress) >= policy.stall;
+        if stalled {
+            self.open(policy.cooldown, policy, now);
+            self.cut.cancel();
+            self.cut = CancellationToken::new();
+        }
+        stalled
     }
 
     fn start(&mut self, now: Instant) {
@@ -231,6 +267,7 @@ pub struct Slot {
     url: String,
     probe: bool,
     finished: bool,
+    cut: CancellationToken,
 }
 
 impl Endpoints {
@@ -259,6 +296,7 @@ impl Endpoints {
             .entry(url.to_owned())
             .or_insert_with(|| Endpoint::new(now));
         let (admitted, change) = endpoint.admit(&policy, now);
+        let cut = endpoint.cut.clone();
         if endpoint.forgettable() {
             inner.endpoints.remove(url);
         }
@@ -269,7 +307,38 @@ impl Endpoints {
             url: url.to_owned(),
             probe,
             finished: false,
+            cut,
         })
+    }
+
+    /// How long `url`'s circuit keeps new deliveries away, if it is open: asked before waiting
+    /// for the global in-flight cap, so a delivery that would be turned away anyway does not
+    /// queue for a permit first, and after a failed attempt, so its retry does not come back
+    /// while the circuit is still open.
+    pub fn shut_for(&self, url: &str) -> Option<Duration> {
+        let inner = self.lock();
+        let endpoint = inner.endpoints.get(url)?;
+        endpoint.shut_for(&inner.policy, Instant::now())
+    }
+
+    /// Trips every stalled endpoint (see `Endpoint::trip_if_stalled`). Admission notices a
+    /// stall when a delivery arrives for the stuck endpoint; this catches the endpoint that no
+    /// delivery comes to, because its hanging requests' events hold the whole prefetch window.
+    fn trip_stalled(&self) {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let policy = inner.policy;
+        let tripped: Vec<String> = inner
+            .endpoints
+            .iter_mut()
+            .filter_map(|(url, endpoint)| {
+                endpoint.trip_if_stalled(&policy, now).then(|| url.clone())
+            })
+            .collect();
+        drop(inner);
+        for url in tripped {
+            self.note(&url, Change::Opened);
+        }
     }
 
     fn release(&self, url: &str, probe: bool, healthy: Option<bool>) {
@@ -306,7 +375,25 @@ impl Endpoints {
     }
 }
 
+/// Looks for stalled endpoints every `STALL_SWEEP` until `stopped`.
+pub async fn sweep_stalls(endpoints: Arc<Endpoints>, stopped: CancellationToken) {
+    let mut tick = tokio::time::interval(STALL_SWEEP);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stopped.cancelled() => return,
+            _ = tick.tick() => endpoints.trip_stalled(),
+        }
+    }
+}
+
 impl Slot {
+    /// Resolves when a stall opened the endpoint's circuit: the request is to be given up as a
+    /// failed attempt.
+    pub async fn cut_off(&self) {
+        self.cut.cancelled().await;
+    }
+
     /// The request ended: `healthy` is false for an attempt that will be retried.
     pub fn finish(mut self, healthy: bool) {
         self.finished = true;
@@ -384,6 +471,46 @@ mod tests {
             Err(Refusal::Open(secs(7))),
             "the rest of the cool-down"
         );
+    }
+
+    #[test]
+    fn a_stall_cuts_off_the_requests_hanging_at_the_endpoint_and_only_those() {
+        let t0 = Instant::now();
+        let mut endpoint = Endpoint::new(t0);
+        assert_eq!(endpoint.admit(&POLICY, t0).0, Ok(false));
+        let hanging = endpoint.cut.clone();
+        assert_eq!(endpoint.admit(&POLICY, t0).0, Ok(false));
+        assert!(
+            !endpoint.trip_if_stalled(&POLICY, t0 + Duration::from_millis(999)),
+            "not yet stalled"
+        );
+        assert!(!hanging.is_cancelled());
+        assert!(endpoint.trip_if_stalled(&POLICY, t0 + secs(1)));
+        assert!(hanging.is_cancelled(), "the hanging requests are cut off");
+        assert!(
+            !endpoint.cut.is_cancelled(),
+            "requests after the cool-down are not"
+        );
+        assert_eq!(endpoint.shut_for(&POLICY, t0 + secs(3)), Some(secs(8)));
+        assert!(
+            !endpoint.trip_if_stalled(&POLICY, t0 + secs(5)),
+            "an open circuit does not trip again"
+        );
+    }
+
+    #[test]
+    fn failures_open_the_circuit_without_cutting_off_requests_that_may_still_answer() {
+        let policy = Policy { cap: 3, ..POLICY };
+        let t0 = Instant::now();
+        let mut endpoint = Endpoint::new(t0);
+        assert_eq!(endpoint.admit(&policy, t0).0, Ok(false));
+        let outstanding = endpoint.cut.clone();
+        for _ in 0..policy.failures {
+            assert_eq!(endpoint.admit(&policy, t0).0, Ok(false));
+            endpoint.finish(&policy, t0, false, Some(false));
+        }
+        assert_eq!(endpoint.shut_for(&policy, t0), Some(policy.cooldown));
+        assert!(!outstanding.is_cancelled());
     }
 
     #[test]
@@ -502,6 +629,31 @@ mod tests {
             endpoint.finish(&policy, t1, false, Some(true)),
             Change::Closed,
             "an old request answering closes the circuit: the receiver is back"
+        );
+    }
+
+    #[test]
+    fn the_sweep_trips_an_endpoint_that_no_delivery_comes_to() {
+        let metrics = Arc::new(Metrics::default());
+        let endpoints = Arc::new(Endpoints::new(
+            Policy {
+                cap: 1,
+                stall: Duration::ZERO,
+                ..POLICY
+            },
+            metrics,
+        ));
+        let hanging = endpoints.admit("http://hangs/").expect("admitted");
+        let healthy = endpoints.admit("http://healthy/").expect("admitted");
+        healthy.finish(true);
+        assert_eq!(endpoints.shut_for("http://hangs/"), None);
+        endpoints.trip_stalled();
+        assert!(hanging.cut.is_cancelled(), "cut off by the sweep");
+        assert!(endpoints.shut_for("http://hangs/").is_some());
+        assert_eq!(
+            endpoints.shut_for("http://healthy/"),
+            None,
+            "an endpoint with nothing in flight is not stalled"
         );
     }
 

@@ -371,11 +371,11 @@ async fn a_receiver_that_hangs_past_the_timeout_is_retried() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hanging_receiver_holds_at_most_its_endpoint_cap_and_its_circuit_opens_on_the_stall() {
+async fn a_hanging_receiver_holds_at_most_its_endpoint_cap_and_the_stall_opens_its_circuit() {
     // Four prefetch slots and a receiver that never answers: without a per-endpoint cap its four
     // events would hold every slot and the healthy webhook would stall after four. With both of
     // its slots stuck for `circuit_stall` (1 s here), its circuit opens long before the 60 s
-    // request timeout.
+    // request timeout, and the two hanging attempts are cut off then, not at the timeout.
     let mut daemon = Daemon::configure(Settings {
         request_timeout: "60s",
         delivery_extra: "max_in_flight_per_endpoint = 2\ncircuit_stall = \"1s\"".to_owned(),
@@ -388,7 +388,7 @@ async fn a_hanging_receiver_holds_at_most_its_endpoint_cap_and_its_circuit_opens
         _ => Reply::status(200),
     })
     .await;
-    daemon.add_webhook(1, &receiver.url("/hangs"), &[]).await;
+    let hanging = daemon.add_webhook(1, &receiver.url("/hangs"), &[]).await;
     daemon.add_webhook(1, &receiver.url("/healthy"), &[]).await;
     const EVENTS: u32 = 12;
     for n in 0..EVENTS {
@@ -398,19 +398,82 @@ async fn a_hanging_receiver_holds_at_most_its_endpoint_cap_and_its_circuit_opens
         (receiver.requests("/healthy").len() >= EVENTS as usize).then_some(())
     })
     .await;
-    assert_eq!(
-        receiver.requests("/hangs").len(),
-        2,
-        "the hanging endpoint never has more than its cap in flight"
-    );
     eventually(WAIT, "the hanging endpoint's circuit open", || async {
         (daemon.metric("webhookd_circuits_open").await == 1.0).then_some(())
     })
     .await;
     assert_eq!(
-        daemon.metric("webhookd_deliveries_total").await,
-        f64::from(EVENTS),
-        "no attempt of the hanging endpoint has ended: the stall, not a timeout, opened it"
+        receiver.requests("/hangs").len(),
+        2,
+        "the hanging endpoint never has more than its cap in flight"
+    );
+    let errors = cut_off_attempts(&daemon, &hanging, 2).await;
+    assert!(
+        errors.iter().all(|error| error.contains("cut off")),
+        "the stall, not a timeout, ended them: {errors:?}"
+    );
+}
+
+/// The errors of `webhook`'s attempt log once it holds `count` attempts.
+async fn cut_off_attempts(daemon: &Daemon, webhook: &Value, count: usize) -> Vec<String> {
+    let id = webhook["id"].as_str().expect("id");
+    eventually(WAIT, "the hanging attempts ended", || async {
+        let log: Vec<Value> =
+            serde_json::from_str(&daemon.cli_ok(&["webhooks", "attempts", id, "--json"]).await)
+                .expect("json");
+        (log.len() == count).then(|| {
+            log.iter()
+                .map(|attempt| attempt["error"].as_str().unwrap_or_default().to_owned())
+                .collect()
+        })
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hanging_requests_holding_the_whole_prefetch_window_are_cut_off_and_handed_to_the_retry_queue(
+) {
+    // Two prefetch slots, both taken by events whose only webhook hangs, so no further delivery
+    // ever comes to that endpoint to notice its stall: the sweep must. Once it does, both
+    // requests are cut off, their events go to the retry queue and are acked, and the other
+    // account's events flow — long before the 60 s request timeout would have freed the window.
+    let mut daemon = Daemon::configure(Settings {
+        request_timeout: "60s",
+        delivery_extra: "max_in_flight_per_endpoint = 2\ncircuit_stall = \"1s\"".to_owned(),
+        ..Settings::default()
+    });
+    daemon.spawn_with_env(&[("WEBHOOKD_BROKER__PREFETCH", std::ffi::OsStr::new("2"))]);
+    daemon.wait_ready().await;
+    let receiver = Receiver::scripted(|path, _| match path {
+        "/hangs" => Reply::hang(),
+        _ => Reply::status(200),
+    })
+    .await;
+    let hanging = daemon.add_webhook(1, &receiver.url("/hangs"), &[]).await;
+    daemon.add_webhook(2, &receiver.url("/healthy"), &[]).await;
+    publish(&daemon, 1, 0).await;
+    publish(&daemon, 1, 1).await;
+    eventually(WAIT, "both hanging requests out", || async {
+        (receiver.requests("/hangs").len() == 2).then_some(())
+    })
+    .await;
+    const LATER: u32 = 3;
+    for n in 2..2 + LATER {
+        publish(&daemon, 2, n).await;
+    }
+    eventually(WAIT, "the other account's events delivered", || async {
+        (receiver.requests("/healthy").len() == LATER as usize).then_some(())
+    })
+    .await;
+    let errors = cut_off_attempts(&daemon, &hanging, 2).await;
+    assert!(
+        errors.iter().all(|error| error.contains("cut off")),
+        "{errors:?}"
+    );
+    assert_eq!(
+        daemon.metric("webhookd_retries_scheduled_total").await,
+        2.0,
+        "both hanging events were handed to the retry queue"
     );
 }
 
@@ -471,12 +534,13 @@ async fn a_failing_endpoint_has_its_circuit_opened_and_one_probe_closes_it_after
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deliveries_queued_behind_the_global_cap_do_not_open_their_circuit() {
-    // One global slot, held by a receiver that hangs for the whole request timeout. The healthy
-    // webhook's deliveries wait for that slot longer than `circuit_stall`: they must wait, not be
+    // One global slot, held for the whole request timeout by a receiver that hangs but stays
+    // under its own cap of two (so it is not stalled). The healthy webhook's deliveries wait for
+    // that slot longer than `circuit_stall`, as many of them as its cap: they must wait, not be
     // taken for a stalled endpoint of their own, and go through once the slot is free.
     let daemon = Daemon::start(Settings {
         request_timeout: "4s",
-        delivery_extra: "max_in_flight = 1\nmax_in_flight_per_endpoint = 1\ncircuit_stall = \"1s\""
+        delivery_extra: "max_in_flight = 1\nmax_in_flight_per_endpoint = 2\ncircuit_stall = \"1s\""
             .to_owned(),
         ..Settings::default()
     })
@@ -494,11 +558,12 @@ async fn deliveries_queued_behind_the_global_cap_do_not_open_their_circuit() {
     })
     .await;
     publish(&daemon, 2, 1).await;
-    // The stall rule is about time: the second delivery must arrive after `circuit_stall`.
-    tokio::time::sleep_until((hanging_since + Duration::from_millis(1500)).into()).await;
     publish(&daemon, 2, 2).await;
-    eventually(WAIT, "both healthy deliveries", || async {
-        (receiver.requests("/healthy").len() == 2).then_some(())
+    // The stall rule is about time: the last delivery must arrive after `circuit_stall`.
+    tokio::time::sleep_until((hanging_since + Duration::from_millis(1500)).into()).await;
+    publish(&daemon, 2, 3).await;
+    eventually(WAIT, "every healthy delivery", || async {
+        (receiver.requests("/healthy").len() == 3).then_some(())
     })
     .await;
     assert_eq!(
