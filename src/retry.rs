@@ -156,7 +156,7 @@ impl Schedule {
     /// back earlier than its schedule says, and about 25 % later at most.
     pub fn bucket(&self, delay: Duration) -> Duration {
         let mut last = Duration::ZERO;
-        for rung in self.rungs() {
+        for rung in self.buckets() {
             last = rung;
             if rung >= delay {
                 break;
@@ -173,12 +173,13 @@ impl Schedule {
         self.max_interval
     }
 
-    /// The bucket ladder, ascending and without repeats. Computed on the fly (about forty integer
+    /// The bucket ladder, ascending and without repeats: every delay queue this schedule can
+    /// send a job to. Computed on the fly (about forty integer
     /// steps for the default schedule) rather than stored, so the value stays five numbers and
     /// two schedules compare equal exactly when their parameters do. Each step rounds up to the
     /// nanosecond, which keeps the walk in exact integers; the drift is below a nanosecond per
     /// rung, far under the millisecond rounding of the rungs themselves.
-    fn rungs(&self) -> impl Iterator<Item = Duration> {
+    pub fn buckets(&self) -> impl Iterator<Item = Duration> {
         let cap = ceil_to_millis(self.max_interval.as_nanos());
         let mut exact = self.initial.as_nanos();
         let mut previous = 0u128;
@@ -448,7 +449,7 @@ mod tests {
     #[test]
     fn the_ladder_is_initial_times_five_quarters_rounded_up_to_millis() {
         let schedule = design(0.2);
-        let rungs: Vec<Duration> = schedule.rungs().collect();
+        let rungs: Vec<Duration> = schedule.buckets().collect();
         assert_eq!(rungs[0], 5 * SEC);
         assert_eq!(rungs[1], Duration::from_millis(6250));
         assert_eq!(rungs[2], Duration::from_millis(7813), "7812.5 rounds up");
@@ -470,7 +471,7 @@ mod tests {
         )
         .unwrap();
         let rungs: Vec<u64> = schedule
-            .rungs()
+            .buckets()
             .map(|r| u64::try_from(r.as_millis()).unwrap())
             .collect();
         // 1, 1.25, 1.56, 1.95, 2.44, 3.05, 3.81, 4.77, 5.96, 7.45, 9.31 ms, each rounded up,
@@ -542,7 +543,7 @@ mod tests {
             .unwrap(),
         ];
         for schedule in &schedules {
-            let rungs: BTreeSet<Duration> = schedule.rungs().collect();
+            let rungs: BTreeSet<Duration> = schedule.buckets().collect();
             let max_bucket =
                 schedule.max_interval().as_nanos().div_ceil(NANOS_PER_MILLI) * NANOS_PER_MILLI;
             for unit in units() {

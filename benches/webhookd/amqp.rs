@@ -41,18 +41,21 @@ pub async fn declare(connection: &Connection, topology: &Topology) -> anyhow::Re
     Ok(())
 }
 
-/// Deletes what [`declare`] made (delay queues, if any, empty themselves into the deleted work
-/// queue; `scripts/bench.sh` resets the node before a full run).
-pub async fn delete(connection: &Connection, topology: &Topology) -> anyhow::Result<()> {
-    let channel = connection.create_channel().await?;
-    for queue in [&topology.queue, &topology.dead_letter_queue] {
-        channel
-            .queue_delete(
-                ShortString::from(queue.as_str()),
-                QueueDeleteOptions::default(),
-            )
-            .await?;
+/// Deletes what [`declare`] made and every delay queue the daemon may have declared
+/// (`delay_queues`). Left behind, a delay queue's jobs would expire into the deleted work queue
+/// in the middle of a later run, and the broker's work on them would count against it.
+pub async fn delete(
+    connection: &Connection,
+    topology: &Topology,
+    delay_queues: &[String],
+) -> anyhow::Result<()> {
+    let queues = [&topology.queue, &topology.dead_letter_queue]
+        .into_iter()
+        .chain(delay_queues);
+    for queue in queues {
+        delete_queue(connection, queue).await?;
     }
+    let channel = connection.create_channel().await?;
     channel
         .exchange_delete(
             ShortString::from(topology.exchange.as_str()),
@@ -61,6 +64,34 @@ pub async fn delete(connection: &Connection, topology: &Topology) -> anyhow::Res
         .await?;
     close(channel).await;
     Ok(())
+}
+
+/// How often a queue delete is tried: RabbitMQ has answered one with `INTERNAL_ERROR` while a
+/// quorum queue was still settling after its consumer left, and a later try went through.
+const DELETE_TRIES: u32 = 3;
+
+/// Deletes `queue` (a missing queue is not an error), on a fresh channel per try: a failed
+/// delete closes its channel.
+async fn delete_queue(connection: &Connection, queue: &str) -> anyhow::Result<()> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let channel = connection.create_channel().await?;
+        let deleted = channel
+            .queue_delete(ShortString::from(queue), QueueDeleteOptions::default())
+            .await;
+        match deleted {
+            Ok(_) => {
+                close(channel).await;
+                return Ok(());
+            }
+            Err(error) if tries < DELETE_TRIES => {
+                eprintln!("bench: deleting queue {queue} failed ({error}); trying again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(error) => return Err(error).with_context(|| format!("deleting queue {queue}")),
+        }
+    }
 }
 
 /// How many consumers `queue` has: webhookd is consuming once this is non-zero.

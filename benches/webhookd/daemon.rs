@@ -12,6 +12,7 @@ use futures_util::StreamExt;
 use tokio::process::{Child, Command};
 use webhookd::broker::Topology;
 use webhookd::config::Config;
+use webhookd::retry::Schedule;
 use webhookd::store::{NewWebhook, Store};
 
 use crate::procfs;
@@ -41,6 +42,8 @@ pub struct Run {
     dir: tempfile::TempDir,
     config_path: PathBuf,
     pub topology: Topology,
+    /// Every delay queue the daemon's retry schedule may declare.
+    pub delay_queues: Vec<String>,
 }
 
 impl Run {
@@ -84,8 +87,21 @@ drain_timeout = "1s"
         );
         std::fs::write(&config_path, text)?;
         let config = Config::load(&config_path)?;
+        let topology = Topology::from_config(&config.broker);
+        let retry = &config.retry;
+        let schedule = Schedule::new(
+            retry.initial_interval,
+            retry.multiplier,
+            retry.jitter,
+            retry.max_interval,
+            retry.max_elapsed,
+        )?;
         Ok(Run {
-            topology: Topology::from_config(&config.broker),
+            delay_queues: schedule
+                .buckets()
+                .map(|bucket| topology.delay_queue(bucket))
+                .collect(),
+            topology,
             dir,
             config_path,
         })

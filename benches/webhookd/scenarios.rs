@@ -132,7 +132,7 @@ impl Bench {
         amqp::declare(&self.amqp, &run.topology).await?;
         amqp::publish_backlog(&self.amqp, &run.topology, bodies, events).await?;
         let rate = amqp::drain(&self.amqp, &run.topology.queue, events, DRAIN).await;
-        amqp::delete(&self.amqp, &run.topology).await?;
+        amqp::delete(&self.amqp, &run.topology, &run.delay_queues).await?;
         rate
     }
 
@@ -194,7 +194,7 @@ impl Bench {
         let cpu = daemon.cpu_seconds()?;
         let peak_rss_mib = kib_to_mib(daemon.peak_rss_kib()?);
         daemon.stop().await?;
-        amqp::delete(&self.amqp, &run.topology).await?;
+        amqp::delete(&self.amqp, &run.topology, &run.delay_queues).await?;
         Ok(Delivered {
             rate: rate_until(&tally, end_ns)?,
             cpu_seconds_per_1000: cpu / (tally.count as f64 / 1000.0),
@@ -240,7 +240,7 @@ impl Bench {
             tokio::time::sleep(POLL).await;
         }
         daemon.stop().await?;
-        amqp::delete(&self.amqp, &run.topology).await?;
+        amqp::delete(&self.amqp, &run.topology, &run.delay_queues).await?;
         let stamped = receiver.stamped();
         ensure!(
             stamped.len() as u64 >= count,
