@@ -151,11 +151,7 @@ async fn run(config: Config, path: PathBuf, log: LogLevel) -> anyhow::Result<()>
             stop.cancel();
         }
     });
-    // On a worker thread, not on the main thread that `block_on` polls: the consumer loop
-    // spawns a task per message, and a task spawned on a worker goes to that worker's own queue
-    // and usually runs next on the same thread, where one spawned from outside the runtime goes
-    // through the shared queue and wakes a worker, a thread switch per message.
-    tokio::spawn(webhookd::service::run(config, shutdown, reloaded)).await??;
+    webhookd::service::run(config, shutdown, reloaded).await?;
     Ok(())
 }
 
