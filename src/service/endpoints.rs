@@ -12,12 +12,14 @@
 //! schedule's next rung. A circuit opens after `circuit_failures` failed attempts in a row
 //! (timeouts, connection errors, 408/425/429/5xx), or when every slot under the cap is taken and
 //! none has finished for `circuit_stall` (checked as deliveries arrive, and by a sweep for the
-//! endpoint no delivery comes to) — a hanging receiver is caught in seconds, not after a
-//! whole request timeout. A stall also cuts off the requests still hanging there: each is a failed
+//! endpoint no delivery comes to) — a hanging receiver is caught in seconds, not after a whole
+//! request timeout. A stall also cuts off the requests still hanging there: each is a failed
 //! attempt handed to the retry queue at once, so its event is acked instead of holding its place
-//! in the prefetch window (and a global in-flight permit) until the request timeout. When the cool-down is over one delivery goes through as a probe: its
-//! success closes the circuit, its failure opens it again for twice as long (up to 16 times the
-//! configured cool-down). Any success, probe or not, closes it: the receiver answered.
+//! in the prefetch window (and a global in-flight permit) until the request timeout.
+//!
+//! When the cool-down is over one delivery goes through as a probe: its success closes the
+//! circuit, its failure opens it again for twice as long (up to 16 times the configured
+//! cool-down). Any success, probe or not, closes it: the receiver answered.
 //!
 //! The bookkeeping is a pure state machine ([`Endpoint`]) that takes the time as an argument, so
 //! its tests run on synthetic instants; [`Endpoints`] is the shared map around it, keyed by URL,
