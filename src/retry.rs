@@ -174,11 +174,11 @@ impl Schedule {
     }
 
     /// The bucket ladder, ascending and without repeats: every delay queue this schedule can
-    /// send a job to. Computed on the fly (about forty integer
-    /// steps for the default schedule) rather than stored, so the value stays five numbers and
-    /// two schedules compare equal exactly when their parameters do. Each step rounds up to the
-    /// nanosecond, which keeps the walk in exact integers; the drift is below a nanosecond per
-    /// rung, far under the millisecond rounding of the rungs themselves.
+    /// send a job to. Computed on the fly (about forty integer steps for the default schedule)
+    /// rather than stored, so the value stays five numbers and two schedules compare equal
+    /// exactly when their parameters do. Each step rounds up to the nanosecond, which keeps the
+    /// walk in exact integers; the drift is below a nanosecond per rung, far under the
+    /// millisecond rounding of the rungs themselves.
     pub fn buckets(&self) -> impl Iterator<Item = Duration> {
         let cap = ceil_to_millis(self.max_interval.as_nanos());
         let mut exact = self.initial.as_nanos();

@@ -376,18 +376,7 @@ async fn a_hanging_receiver_holds_at_most_its_endpoint_cap_and_the_stall_opens_i
     // events would hold every slot and the healthy webhook would stall after four. With both of
     // its slots stuck for `circuit_stall` (1 s here), its circuit opens long before the 60 s
     // request timeout, and the two hanging attempts are cut off then, not at the timeout.
-    let mut daemon = Daemon::configure(Settings {
-        request_timeout: "60s",
-        delivery_extra: "max_in_flight_per_endpoint = 2\ncircuit_stall = \"1s\"".to_owned(),
-        ..Settings::default()
-    });
-    daemon.spawn_with_env(&[("WEBHOOKD_BROKER__PREFETCH", std::ffi::OsStr::new("4"))]);
-    daemon.wait_ready().await;
-    let receiver = Receiver::scripted(|path, _| match path {
-        "/hangs" => Reply::hang(),
-        _ => Reply::status(200),
-    })
-    .await;
+    let (daemon, receiver) = stalling(4).await;
     let hanging = daemon.add_webhook(1, &receiver.url("/hangs"), &[]).await;
     daemon.add_webhook(1, &receiver.url("/healthy"), &[]).await;
     const EVENTS: u32 = 12;
@@ -414,6 +403,25 @@ async fn a_hanging_receiver_holds_at_most_its_endpoint_cap_and_the_stall_opens_i
     );
 }
 
+/// A daemon with `prefetch` prefetch slots, two slots per endpoint, a 1 s stall and a 60 s request
+/// timeout, and a receiver whose `/hangs` never answers while every other path answers 200.
+async fn stalling(prefetch: u16) -> (Daemon, Receiver) {
+    let mut daemon = Daemon::configure(Settings {
+        request_timeout: "60s",
+        delivery_extra: "max_in_flight_per_endpoint = 2\ncircuit_stall = \"1s\"".to_owned(),
+        ..Settings::default()
+    });
+    let prefetch = prefetch.to_string();
+    daemon.spawn_with_env(&[("WEBHOOKD_BROKER__PREFETCH", std::ffi::OsStr::new(&prefetch))]);
+    daemon.wait_ready().await;
+    let receiver = Receiver::scripted(|path, _| match path {
+        "/hangs" => Reply::hang(),
+        _ => Reply::status(200),
+    })
+    .await;
+    (daemon, receiver)
+}
+
 /// The errors of `webhook`'s attempt log once it holds `count` attempts.
 async fn cut_off_attempts(daemon: &Daemon, webhook: &Value, count: usize) -> Vec<String> {
     let id = webhook["id"].as_str().expect("id");
@@ -437,18 +445,7 @@ async fn hanging_requests_holding_the_whole_prefetch_window_are_cut_off_and_hand
     // ever comes to that endpoint to notice its stall: the sweep must. Once it does, both
     // requests are cut off, their events go to the retry queue and are acked, and the other
     // account's events flow — long before the 60 s request timeout would have freed the window.
-    let mut daemon = Daemon::configure(Settings {
-        request_timeout: "60s",
-        delivery_extra: "max_in_flight_per_endpoint = 2\ncircuit_stall = \"1s\"".to_owned(),
-        ..Settings::default()
-    });
-    daemon.spawn_with_env(&[("WEBHOOKD_BROKER__PREFETCH", std::ffi::OsStr::new("2"))]);
-    daemon.wait_ready().await;
-    let receiver = Receiver::scripted(|path, _| match path {
-        "/hangs" => Reply::hang(),
-        _ => Reply::status(200),
-    })
-    .await;
+    let (daemon, receiver) = stalling(2).await;
     let hanging = daemon.add_webhook(1, &receiver.url("/hangs"), &[]).await;
     daemon.add_webhook(2, &receiver.url("/healthy"), &[]).await;
     publish(&daemon, 1, 0).await;
