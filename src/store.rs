@@ -52,6 +52,10 @@
 //! batches of 64 deferred frees (its epoch-based reclamation), and in glibc's `malloc`. A compact
 //! binary value (133 bytes for the benchmark's webhook instead of 314) halved a bare sled tree of
 //! that shape on disk but left the benchmark's p50 and p99 within noise, so it was not kept.
+//! Nor is a larger sled cache the answer: with `CACHE_BYTES` at 1 GiB the same benchmark's p99
+//! fell from 919 to 124 µs (p50 56 to 19 µs; single runs, 2026-11-30, load 3.5), still over
+//! 50 µs, while the benchmark's process, which also built the million webhooks, peaked at about
+//! 935 MiB resident (`/usr/bin/time -v`): the registry's memory would grow with its size.
 //!
 //! - It is bounded by `CACHE_ENTRIES`, an account counting as its number of webhooks (at
 //!   least one), so neither many small accounts nor a few large ones grow it without limit; when
