@@ -403,9 +403,10 @@ fn invalid(field: &'static str, message: impl Into<String>) -> StoreError {
     }
 }
 
-/// sled's page cache. Its default (1 GiB) lets a daemon that writes an attempt record per
-/// delivery grow without bound; the registry's working set (webhooks by account, recent
-/// attempts) fits in far less, and misses are served from the OS page cache.
+/// sled's page cache. sled now holds only the registry (attempts live in ring files), so its
+/// default (1 GiB) would let the daemon's memory grow with the registry's size, for a lookup tail
+/// that still misses its target (see the module docs); the hot accounts are in the account cache,
+/// and sled's misses are served from the OS page cache.
 const CACHE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// The most the account cache holds, an account counting as its number of webhooks (at least
