@@ -215,7 +215,15 @@ pub async fn run(
     shutdown: CancellationToken,
     reloads: watch::Receiver<Config>,
 ) -> Result<(), ServiceError> {
+    let opening = Instant::now();
     let store = Store::open(&config.store.path)?;
+    let index = store.index_size();
+    info!(
+        accounts = index.accounts,
+        index_bytes = index.bytes,
+        took = ?opening.elapsed(),
+        "registry loaded"
+    );
     let listener = TcpListener::bind(config.admin.listen)
         .await
         .map_err(|source| ServiceError::Listen {
