@@ -28,6 +28,9 @@ const STOP_PATIENCE: Duration = Duration::from_secs(60);
 /// its I/O threads, and the log writes they wait for queue behind them).
 const CREATE_CONCURRENCY: usize = 4;
 
+/// The store's directory, inside the run's.
+const STORE: &str = "store";
+
 /// What a run may change in webhookd's config; everything else is webhookd's default.
 #[derive(Debug, Clone)]
 pub struct Settings<'a> {
@@ -82,7 +85,7 @@ level = "{level}"
 drain_timeout = "1s"
 "#,
             kind = settings.queue_kind,
-            store = dir.path().join("store").display(),
+            store = dir.path().join(STORE).display(),
             level = settings.log_level,
         );
         std::fs::write(&config_path, text)?;
@@ -107,9 +110,14 @@ drain_timeout = "1s"
         })
     }
 
+    /// The daemon's store, which the config names.
+    pub fn store_path(&self) -> PathBuf {
+        self.dir.path().join(STORE)
+    }
+
     /// Stores the webhooks before the daemon owns the store (sled allows one process at a time).
     pub async fn register(&self, webhooks: Vec<NewWebhook>) -> anyhow::Result<()> {
-        let store = Store::open(&self.dir.path().join("store"))?;
+        let store = Store::open(&self.store_path())?;
         create_all(&store, webhooks).await?;
         store.flush().await?;
         Ok(())
@@ -144,7 +152,7 @@ drain_timeout = "1s"
 }
 
 /// Creates every webhook, [`CREATE_CONCURRENCY`] at a time.
-pub async fn create_all(store: &Store, webhooks: Vec<NewWebhook>) -> anyhow::Result<()> {
+async fn create_all(store: &Store, webhooks: Vec<NewWebhook>) -> anyhow::Result<()> {
     let mut created = futures_util::stream::iter(webhooks)
         .map(|webhook| store.create(webhook))
         .buffer_unordered(CREATE_CONCURRENCY);

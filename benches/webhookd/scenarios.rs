@@ -9,7 +9,7 @@ use lapin::Connection;
 use webhookd::store::NewWebhook;
 
 use crate::amqp::{self, AckStrategy};
-use crate::daemon::{Run, Settings};
+use crate::daemon::{Daemon, Run, Settings};
 use crate::events::{now_ns, Bodies};
 use crate::http;
 use crate::receiver::{Receiver, Tally, HANG_PATH};
@@ -59,6 +59,18 @@ pub struct Delivered {
     pub rss_mib: Vec<(f64, f64)>,
     /// Requests the hanging path received.
     pub hung: u64,
+}
+
+/// What scenario 9's daemon run measured.
+pub struct Loaded {
+    /// Storing the webhooks, before webhookd starts.
+    pub build_seconds: f64,
+    /// From starting webhookd to the first receipt: opening the store (loading its index),
+    /// connecting to the broker, the first delivery.
+    pub first_delivery_seconds: f64,
+    /// Once it delivered them all, and the most it held on the way there.
+    pub rss_mib: f64,
+    pub peak_rss_mib: f64,
 }
 
 /// Publish-to-receipt latencies of one steady run, in nanoseconds.
@@ -229,16 +241,7 @@ impl Bench {
         }
         let count = per_second * seconds;
         amqp::publish_steadily(&self.amqp, &run.topology, bodies, count, per_second).await?;
-        let deadline = now_ns() + secs_ns(60);
-        while receiver.tally().count < count {
-            daemon.ensure_running()?;
-            ensure!(
-                now_ns() < deadline,
-                "webhookd delivered {} of {count} steady events within 60 s of the last publish",
-                receiver.tally().count
-            );
-            tokio::time::sleep(POLL).await;
-        }
+        receipts(&receiver, &mut daemon, count, "of the last publish").await?;
         daemon.stop().await?;
         amqp::delete(&self.amqp, &run.topology, &run.delay_queues).await?;
         let stamped = receiver.stamped();
@@ -249,6 +252,61 @@ impl Bench {
         );
         Ok(Latencies::new(&stamped))
     }
+
+    /// Scenario 9's daemon run: webhookd started on a store of `webhooks` (which must include
+    /// `per_account` for each account of `bodies`, pointing at `receiver`), until it has
+    /// delivered one event to each account of `bodies`. Returns the run, whose store the lookups
+    /// then open.
+    pub async fn registry(
+        &mut self,
+        receiver: &Receiver,
+        webhooks: Vec<NewWebhook>,
+        bodies: &Bodies,
+        per_account: u64,
+    ) -> anyhow::Result<(Loaded, Run)> {
+        let run = self.run("registry", "classic", None)?;
+        let building = std::time::Instant::now();
+        run.register(webhooks).await?;
+        let build_seconds = building.elapsed().as_secs_f64();
+        amqp::declare(&self.amqp, &run.topology).await?;
+        let events = bodies.accounts().count() as u64;
+        amqp::publish_backlog(&self.amqp, &run.topology, bodies, events).await?;
+        let mut daemon = run.start()?;
+        let started = now_ns();
+        receipts(receiver, &mut daemon, events * per_account, "of its start").await?;
+        let rss_mib = kib_to_mib(daemon.rss_kib()?);
+        let peak_rss_mib = kib_to_mib(daemon.peak_rss_kib()?);
+        daemon.stop().await?;
+        amqp::delete(&self.amqp, &run.topology, &run.delay_queues).await?;
+        let loaded = Loaded {
+            build_seconds,
+            first_delivery_seconds: receiver.tally().first_ns.saturating_sub(started) as f64 / 1e9,
+            rss_mib,
+            peak_rss_mib,
+        };
+        Ok((loaded, run))
+    }
+}
+
+/// Waits until `receiver` has answered `count` deliveries, for at most 60 s from now.
+async fn receipts(
+    receiver: &Receiver,
+    daemon: &mut Daemon,
+    count: u64,
+    since: &str,
+) -> anyhow::Result<()> {
+    let deadline = now_ns() + secs_ns(60);
+    while receiver.tally().count < count {
+        daemon.ensure_running()?;
+        ensure!(
+            now_ns() < deadline,
+            "webhookd delivered {} of {count} within 60 s {since}; its log ends:\n{}",
+            receiver.tally().count,
+            daemon.log_tail()
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    Ok(())
 }
 
 /// `per_account` signed webhooks for every account of `bodies`. Each answering webhook has a URL
