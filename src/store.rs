@@ -107,7 +107,9 @@ use std::{fmt, io};
 
 use rand::Rng;
 use serde::{Deserialize, Deserializer, Serialize};
-use sled::transaction::{abort, TransactionError, Transactional};
+use sled::transaction::{
+    abort, ConflictableTransactionResult, TransactionError, Transactional, TransactionalTree,
+};
 
 use crate::delivery::sign::Signing;
 
@@ -675,24 +677,21 @@ impl Store {
         let value = encode(&webhook)?;
         let account = webhook.account_id.to_be_bytes();
         let key = account_key(webhook.account_id, &webhook.id);
-        {
-            let mut index = self.index_mut();
-            (&self.by_id, &self.by_account)
-                .transaction(|(by_id, by_account)| {
-                    if by_id.insert(webhook.id.as_bytes(), &account[..])?.is_some() {
-                        // 103 random bits make this unreachable in practice; refuse rather than let
-                        // two webhooks share an id.
-                        return abort(StoreError::Corrupt(format!(
-                            "generated webhook id {} already exists",
-                            webhook.id
-                        )));
-                    }
-                    by_account.insert(key.as_slice(), value.as_slice())?;
-                    Ok(())
-                })
-                .map_err(from_transaction)?;
-            self.committed(&mut index, webhook.account_id)?;
-        }
+        self.write(
+            |(by_id, by_account)| {
+                if by_id.insert(webhook.id.as_bytes(), &account[..])?.is_some() {
+                    // 103 random bits make this unreachable in practice; refuse rather than let
+                    // two webhooks share an id.
+                    return abort(StoreError::Corrupt(format!(
+                        "generated webhook id {} already exists",
+                        webhook.id
+                    )));
+                }
+                by_account.insert(key.as_slice(), value.as_slice())?;
+                Ok(())
+            },
+            |()| Some(webhook.account_id),
+        )?;
         self.flush().await?;
         Ok(webhook)
     }
@@ -759,12 +758,26 @@ impl Store {
         Ok(webhooks)
     }
 
-    /// Called by every write of a webhook once it has committed to sled, with the index's write
-    /// lock it took before its transaction: reads the account's webhooks back into the index and
-    /// drops the account from the cache. An error here leaves the index behind sled for that
-    /// account, so it is returned to the writer; it can only come from sled failing to read what
-    /// it has just written.
-    fn committed(&self, index: &mut Index, account_id: u64) -> Result<(), StoreError> {
+    /// Every write of a webhook goes through here: `transaction` runs over both trees under the
+    /// index's write lock, and once it has committed, the account `account_of` names in its
+    /// result (`None` when nothing changed) is read back into the index and dropped from the
+    /// cache, before the lock is released. An error reading it back leaves the index behind sled
+    /// for that account, so it is returned to the writer; it can only come from sled failing to
+    /// read what it has just written.
+    fn write<A>(
+        &self,
+        transaction: impl Fn(
+            &(TransactionalTree, TransactionalTree),
+        ) -> ConflictableTransactionResult<A, StoreError>,
+        account_of: impl FnOnce(&A) -> Option<u64>,
+    ) -> Result<A, StoreError> {
+        let mut index = self.index_mut();
+        let written = (&self.by_id, &self.by_account)
+            .transaction(transaction)
+            .map_err(from_transaction)?;
+        let Some(account_id) = account_of(&written) else {
+            return Ok(written);
+        };
         let mut array = JsonArray::default();
         for entry in self.by_account.scan_prefix(account_id.to_be_bytes()) {
             array.push(&entry?.1);
@@ -776,7 +789,7 @@ impl Store {
         let mut cache = self.cache();
         cache.generation += 1;
         cache.remove(account_id);
-        Ok(())
+        Ok(written)
     }
 
     /// How much of the registry the index holds.
@@ -832,33 +845,27 @@ impl Store {
         change: impl Fn(&mut Webhook),
     ) -> Result<Option<Webhook>, StoreError> {
         let now = now_rfc3339();
-        let updated = {
-            let mut index = self.index_mut();
-            let updated = (&self.by_id, &self.by_account)
-                .transaction(|(by_id, by_account)| {
-                    let Some(account) = by_id.get(id)? else {
-                        return Ok(None);
-                    };
-                    let account = decode_account(&account).or_else(abort)?;
-                    let key = account_key(account, id);
-                    let Some(value) = by_account.get(key.as_slice())? else {
-                        return abort(StoreError::Corrupt(format!(
-                            "webhook {id} is indexed by id but missing from its account"
-                        )));
-                    };
-                    let mut webhook = decode::<Webhook>(&value).or_else(abort)?;
-                    change(&mut webhook);
-                    webhook.updated_at.clone_from(&now);
-                    validate(&webhook).or_else(abort)?;
-                    by_account.insert(key.as_slice(), encode(&webhook).or_else(abort)?)?;
-                    Ok(Some(webhook))
-                })
-                .map_err(from_transaction)?;
-            if let Some(webhook) = &updated {
-                self.committed(&mut index, webhook.account_id)?;
-            }
-            updated
-        };
+        let updated = self.write(
+            |(by_id, by_account)| {
+                let Some(account) = by_id.get(id)? else {
+                    return Ok(None);
+                };
+                let account = decode_account(&account).or_else(abort)?;
+                let key = account_key(account, id);
+                let Some(value) = by_account.get(key.as_slice())? else {
+                    return abort(StoreError::Corrupt(format!(
+                        "webhook {id} is indexed by id but missing from its account"
+                    )));
+                };
+                let mut webhook = decode::<Webhook>(&value).or_else(abort)?;
+                change(&mut webhook);
+                webhook.updated_at.clone_from(&now);
+                validate(&webhook).or_else(abort)?;
+                by_account.insert(key.as_slice(), encode(&webhook).or_else(abort)?)?;
+                Ok(Some(webhook))
+            },
+            |updated| updated.as_ref().map(|webhook| webhook.account_id),
+        )?;
         if updated.is_some() {
             self.flush().await?;
         }
@@ -867,22 +874,19 @@ impl Store {
 
     /// Removes the webhook and its attempt log, then flushes; `false` when there was none.
     pub async fn delete(&self, id: &str) -> Result<bool, StoreError> {
-        {
-            let mut index = self.index_mut();
-            let account = (&self.by_id, &self.by_account)
-                .transaction(|(by_id, by_account)| {
-                    let Some(account) = by_id.remove(id)? else {
-                        return Ok(None);
-                    };
-                    let account = decode_account(&account).or_else(abort)?;
-                    by_account.remove(account_key(account, id))?;
-                    Ok(Some(account))
-                })
-                .map_err(from_transaction)?;
-            let Some(account) = account else {
-                return Ok(false);
-            };
-            self.committed(&mut index, account)?;
+        let deleted = self.write(
+            |(by_id, by_account)| {
+                let Some(account) = by_id.remove(id)? else {
+                    return Ok(None);
+                };
+                let account = decode_account(&account).or_else(abort)?;
+                by_account.remove(account_key(account, id))?;
+                Ok(Some(account))
+            },
+            |account| *account,
+        )?;
+        if deleted.is_none() {
+            return Ok(false);
         }
         // A delivery racing the delete may still buffer an attempt: persisting skips webhooks
         // that no longer exist, so it never brings the log back.
