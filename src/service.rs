@@ -29,6 +29,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
+use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
@@ -645,12 +646,14 @@ async fn process(
     if let [webhook] = targets.as_slice() {
         return deliver(shared, live, publisher, &event, webhook, job.as_ref()).await;
     }
-    let results = futures_util::future::join_all(
-        targets
-            .iter()
-            .map(|webhook| deliver(shared, live, publisher, &event, webhook, job.as_ref())),
-    )
-    .await;
+    // Unordered, so a finished request wakes only its own delivery: `join_all` polls every
+    // delivery of the event each time any one of them is woken.
+    let results: Vec<Result<(), Unsettled>> = targets
+        .iter()
+        .map(|webhook| deliver(shared, live, publisher, &event, webhook, job.as_ref()))
+        .collect::<FuturesUnordered<_>>()
+        .collect()
+        .await;
     results.into_iter().collect()
 }
 
