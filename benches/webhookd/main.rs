@@ -482,6 +482,7 @@ impl Measure<'_> {
         .await?;
         let rates: Vec<f64> = runs.iter().map(|d| d.rate).collect();
         let median_rate = median(&rates);
+        let cpu = runs.iter().map(|d| d.cpu_seconds_per_1000).collect();
         let mut figure = Figure::new(what, "deliveries/s", rates)?;
         if let Some(limits) = limits {
             figure = figure.target(
@@ -491,7 +492,10 @@ impl Measure<'_> {
                 "0.8 × 1/(1/(10·D) + 1/P)",
             );
         }
-        self.figures.push(figure);
+        self.figures.extend([
+            figure,
+            Figure::new("CPU per 1,000 deliveries, fan-out", "s", cpu)?,
+        ]);
         Ok(median_rate)
     }
 
