@@ -618,8 +618,11 @@ async fn process(
     };
 
     let targets = match &job {
-        Some(job) => match shared.store.get(&job.webhook_id)? {
-            Some(webhook) if webhook.enabled => vec![Arc::new(webhook)],
+        Some(job) => match shared
+            .store
+            .account_webhook(envelope.account_id, &job.webhook_id)?
+        {
+            Some(webhook) if webhook.enabled => vec![webhook],
             _ => {
                 shared.metrics.job_dropped();
                 info!(webhook_id = %job.webhook_id, %event_id, "webhook deleted or disabled while its retry waited: job dropped");

@@ -4,7 +4,8 @@
 //! Every consumed event asks "which webhooks of account A want event E?", and the answer must
 //! stay in microseconds with a million webhooks stored (DESIGN.md section 5). sled is the durable
 //! copy of the registry; the question is answered from memory, by the index and, in front of it,
-//! the account cache.
+//! the account cache. So is a retry job's "which webhook is W?": the job carries its event, and
+//! the event names the account, which a webhook never changes.
 //!
 //! # Key scheme
 //!
@@ -17,8 +18,9 @@
 //!   index is built from it by one scan at open, and kept current by one prefix scan per write.
 //!   Big-endian makes the fixed 8-byte prefix sort numerically and never shared by two accounts
 //!   (account 1 is not a prefix of 256).
-//! - `by_id` is the secondary index for the admin API (get, update, delete by id); it stores only
-//!   the account so a webhook has one copy and cannot disagree with itself.
+//! - `by_id` is the secondary index for the admin API and the CLI (get, update, delete by id),
+//!   not the delivery path; it stores only the account so a webhook has one copy and cannot
+//!   disagree with itself.
 //!
 //! # The attempt log
 //!
@@ -734,6 +736,21 @@ impl Store {
             .collect())
     }
 
+    /// Hot path for a retry job: the webhook `id` of `account_id` (the account of the event the
+    /// job carries), from the account cache or else the index; never from sled. `None` once it
+    /// was deleted. A webhook never changes account, so the event's account finds it.
+    pub fn account_webhook(
+        &self,
+        account_id: u64,
+        id: &str,
+    ) -> Result<Option<Arc<Webhook>>, StoreError> {
+        Ok(self
+            .account_webhooks(account_id)?
+            .iter()
+            .find(|webhook| webhook.id == id)
+            .cloned())
+    }
+
     /// All of the account's webhooks, cached, or decoded from the index and then cached (see the
     /// module docs).
     fn account_webhooks(&self, account_id: u64) -> Result<Arc<[Arc<Webhook>]>, StoreError> {
@@ -1247,6 +1264,31 @@ mod tests {
             .matching(3, "message_created", None)
             .unwrap()
             .is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_retry_jobs_webhook_is_found_in_its_events_account_without_reading_sled() {
+        let store = Store::open_temporary().unwrap();
+        let kept = store.create(new_webhook(1)).await.unwrap();
+        let neighbour = store.create(new_webhook(1)).await.unwrap();
+        let elsewhere = store.create(new_webhook(2)).await.unwrap();
+        assert!(store.delete(&neighbour.id).await.unwrap());
+        let patch: WebhookPatch = serde_json::from_str(r#"{"enabled": false}"#).unwrap();
+        store.update(&kept.id, patch).await.unwrap();
+        // Behind the store's back: a lookup that read sled would now find nothing.
+        store.by_id.clear().unwrap();
+        store.by_account.clear().unwrap();
+
+        let found = store.account_webhook(1, &kept.id).unwrap().unwrap();
+        assert_eq!(found.id, kept.id);
+        assert!(!found.enabled, "the update reached the index");
+        assert!(store.account_webhook(1, &neighbour.id).unwrap().is_none());
+        assert!(store.account_webhook(1, &elsewhere.id).unwrap().is_none());
+        assert_eq!(
+            store.account_webhook(2, &elsewhere.id).unwrap().unwrap().id,
+            elsewhere.id
+        );
+        assert!(store.get(&kept.id).unwrap().is_none(), "sled was emptied");
     }
 
     #[tokio::test]
