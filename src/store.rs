@@ -89,11 +89,12 @@
 //! one sled multi-tree transaction, so neither tree ever points at a missing record; update reads
 //! the record inside its transaction, so it cannot bring back a webhook deleted meanwhile.
 //! Attempts are written outside sled, and delete removes a webhook's attempt log after the
-//! transaction that removes the webhook: they are diagnostics, and a delivery racing the delete or
-//! a crash between the two steps at worst leaves an orphan log file under an id never reused.
-//! Persists run one at a time (two appending to the same stored log would lose one's records),
-//! and a read of the log waits for a persist in progress, so it sees every attempt either
-//! buffered or stored.
+//! transaction that removes the webhook: they are diagnostics, and a crash between the two steps
+//! at worst leaves an orphan log file under an id never reused. Persists run one at a time (two
+//! appending to the same stored log would lose one's records); a read of the log waits for a
+//! persist in progress, so it sees every attempt either buffered or stored; and delete removes
+//! the log under the same lock, so a persist that found the webhook just before it was deleted
+//! has appended by then, and cannot bring the log back after it.
 //!
 //! sled writes to disk every 500 ms by default. A change acknowledged to a user is flushed before
 //! the call returns, so a crash right after "created" cannot forget the webhook. Attempt records
@@ -905,10 +906,14 @@ impl Store {
         if deleted.is_none() {
             return Ok(false);
         }
-        // A delivery racing the delete may still buffer an attempt: persisting skips webhooks
-        // that no longer exist, so it never brings the log back.
-        self.buffer().remove(id);
-        self.log.remove(id)?;
+        // A delivery racing the delete may still buffer an attempt, and a persist may have
+        // found the webhook just before the transaction: the log goes under the persist lock,
+        // after any such persist has appended, and later persists skip the webhook.
+        {
+            let _persisting = self.persisting();
+            self.buffer().remove(id);
+            self.log.remove(id)?;
+        }
         self.flush().await?;
         Ok(true)
     }
@@ -1848,6 +1853,48 @@ mod tests {
         store.record_attempt(&webhook.id, attempt(2));
         store.persist_attempts().unwrap();
         assert!(stored_numbers(&store, &webhook.id).is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_persist_that_found_the_webhook_before_its_delete_cannot_bring_the_log_back() {
+        let store = Store::open_temporary().unwrap();
+        let webhook = store.create(new_webhook(1)).await.unwrap();
+        store.record_attempt(&webhook.id, attempt(1));
+        store.persist_attempts().unwrap();
+        // This thread plays a persist that has found the webhook and not yet appended: it holds
+        // the persist lock while the delete's transaction commits.
+        let persisting = store.persisting();
+        let deleting = tokio::spawn({
+            let (store, id) = (store.clone(), webhook.id.clone());
+            async move { store.delete(&id).await }
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while store.by_id.contains_key(&webhook.id).unwrap() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the delete never committed"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Give the delete time to remove the log early (the bug): then the append below would
+        // come after the removal and bring the log back. Fixed, the log stays until the lock is
+        // released, and this wait runs out.
+        let deadline = std::time::Instant::now() + Duration::from_millis(200);
+        while !stored_numbers(&store, &webhook.id).is_empty()
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let mut pending = Pending::default();
+        pending.push(&attempt(2));
+        store.log.append(&webhook.id, &pending).unwrap();
+        drop(persisting);
+
+        assert!(deleting.await.unwrap().unwrap());
+        assert!(
+            stored_numbers(&store, &webhook.id).is_empty(),
+            "the persist brought the deleted webhook's log back"
+        );
     }
 
     /// Account 1's webhooks that match `message_created`, by id.
