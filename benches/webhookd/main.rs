@@ -42,7 +42,7 @@ use crate::events::Bodies;
 use crate::receiver::Receiver;
 use crate::registry::Registry;
 use crate::report::{median, quantile, Figure, Goal, Report};
-use crate::scenarios::{Bench, Delivered, Delivery, DRAIN};
+use crate::scenarios::{Bench, Delivered, Delivery, Raw, DRAIN};
 
 /// The bench node `scripts/bench.sh` starts; under `cargo test`, the test node.
 const BENCH_URL: &str = "amqp://guest:guest@127.0.0.1:5680/%2f";
@@ -403,15 +403,28 @@ impl Measure<'_> {
         };
         let d_classic = drain("classic").await?;
         let d_quorum = drain("quorum").await?;
+        let rates = |runs: &[Raw]| runs.iter().map(|r| r.rate).collect::<Vec<_>>();
+        let cpu = |runs: &[Raw]| {
+            runs.iter()
+                .map(|r| r.cpu_seconds_per_1000)
+                .collect::<Vec<_>>()
+        };
         let limits = Limits {
-            p: median(&p),
-            d_classic: median(&d_classic),
-            d_quorum: median(&d_quorum),
+            p: median(&rates(&p)),
+            d_classic: median(&rates(&d_classic)),
+            d_quorum: median(&rates(&d_quorum)),
         };
         self.figures.extend([
-            Figure::new("D — bare consumer drain, classic", "msg/s", d_classic)?,
-            Figure::new("D — bare consumer drain, quorum", "msg/s", d_quorum)?,
-            Figure::new("P — bare HTTP POST, 64 in flight", "req/s", p)?,
+            Figure::new(
+                "D — bare consumer drain, classic",
+                "msg/s",
+                rates(&d_classic),
+            )?,
+            Figure::new("D — bare consumer drain, quorum", "msg/s", rates(&d_quorum))?,
+            Figure::new("P — bare HTTP POST, 64 in flight", "req/s", rates(&p))?,
+            Figure::new("CPU per 1,000, D's consumer, classic", "s", cpu(&d_classic))?,
+            Figure::new("CPU per 1,000, D's consumer, quorum", "s", cpu(&d_quorum))?,
+            Figure::new("CPU per 1,000, P's client and receiver", "s", cpu(&p))?,
             Figure::new(
                 "L = 1/(1/D + 1/P), classic",
                 "events/s",
@@ -459,6 +472,11 @@ impl Measure<'_> {
                     format!("CPU per 1,000 deliveries, {kind}"),
                     "s",
                     field(|d| d.cpu_seconds_per_1000),
+                )?,
+                Figure::new(
+                    format!("CPU per 1,000 deliveries, the receiver's, {kind}"),
+                    "s",
+                    field(|d| d.receiver_cpu_seconds_per_1000),
                 )?,
                 Figure::new(
                     format!("peak RSS, {kind}"),

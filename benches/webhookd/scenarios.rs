@@ -12,6 +12,7 @@ use crate::amqp::{self, AckStrategy};
 use crate::daemon::{Daemon, Run, Settings};
 use crate::events::{now_ns, Bodies};
 use crate::http;
+use crate::procfs;
 use crate::receiver::{Receiver, Tally, HANG_PATH};
 
 /// How often a waiting run looks at the receiver's counters (the figures come from the
@@ -48,12 +49,23 @@ pub struct Delivery<'a> {
     pub sample_rss: bool,
 }
 
+/// What a bare run (D or P) measured.
+pub struct Raw {
+    pub rate: f64,
+    /// The benchmark process's own CPU over the run, per 1,000 messages: the bare consumer's in
+    /// D, the bare client's and the receiver's in P.
+    pub cpu_seconds_per_1000: f64,
+}
+
 /// What a delivery run measured.
 pub struct Delivered {
     /// Answered deliveries per second, from the first receipt to the last (or to the end of the
     /// window).
     pub rate: f64,
     pub cpu_seconds_per_1000: f64,
+    /// The benchmark process's CPU over the run, per 1,000 deliveries: the receiver's, and the
+    /// little the waiting loop takes. What P's figure includes besides the bare client.
+    pub receiver_cpu_seconds_per_1000: f64,
     pub peak_rss_mib: f64,
     /// (seconds since webhookd started, RSS MiB), every [`RSS_SAMPLE_EVERY`] when sampled.
     pub rss_mib: Vec<(f64, f64)>,
@@ -139,19 +151,29 @@ impl Bench {
         queue_kind: &str,
         bodies: &Bodies,
         events: u64,
-    ) -> anyhow::Result<f64> {
+    ) -> anyhow::Result<Raw> {
         let run = self.run("drain", queue_kind, None)?;
         amqp::declare(&self.amqp, &run.topology).await?;
         amqp::publish_backlog(&self.amqp, &run.topology, bodies, events).await?;
+        let cpu = OwnCpu::start()?;
         let rate = amqp::drain(&self.amqp, &run.topology.queue, events, DRAIN).await;
+        let cpu_seconds_per_1000 = cpu.per_1000(events)?;
         amqp::delete(&self.amqp, &run.topology, &run.delay_queues).await?;
-        rate
+        Ok(Raw {
+            rate: rate?,
+            cpu_seconds_per_1000,
+        })
     }
 
     /// P: the bare client POSTs `events` bodies to a fresh receiver.
-    pub async fn raw_http(&mut self, bodies: &Bodies, events: u64) -> anyhow::Result<f64> {
+    pub async fn raw_http(&mut self, bodies: &Bodies, events: u64) -> anyhow::Result<Raw> {
         let receiver = Receiver::start().await?;
-        http::post_rate(&receiver.url("/wh/0"), bodies, events, HTTP_IN_FLIGHT).await
+        let cpu = OwnCpu::start()?;
+        let rate = http::post_rate(&receiver.url("/wh/0"), bodies, events, HTTP_IN_FLIGHT).await?;
+        Ok(Raw {
+            rate,
+            cpu_seconds_per_1000: cpu.per_1000(events)?,
+        })
     }
 
     /// webhookd drains a pre-published backlog to a fresh receiver.
@@ -171,6 +193,7 @@ impl Bench {
         let answering = spec.webhooks_per_account - u64::from(spec.one_hangs);
         let expected = spec.events * answering;
         let mut daemon = run.start()?;
+        let own_cpu = OwnCpu::start()?;
         let started = now_ns();
         // Generous: a debug build under load still moves far more than 200 deliveries a second.
         let deadline = started + secs_ns(60) + expected * 5_000_000;
@@ -204,12 +227,14 @@ impl Bench {
             tokio::time::sleep(POLL).await;
         };
         let cpu = daemon.cpu_seconds()?;
+        let receiver_cpu_seconds_per_1000 = own_cpu.per_1000(tally.count)?;
         let peak_rss_mib = kib_to_mib(daemon.peak_rss_kib()?);
         daemon.stop().await?;
         amqp::delete(&self.amqp, &run.topology, &run.delay_queues).await?;
         Ok(Delivered {
             rate: rate_until(&tally, end_ns)?,
             cpu_seconds_per_1000: cpu / (tally.count as f64 / 1000.0),
+            receiver_cpu_seconds_per_1000,
             peak_rss_mib,
             rss_mib,
             hung: receiver.hung(),
@@ -361,4 +386,19 @@ fn secs_ns(seconds: u64) -> u64 {
 
 fn duration_ns(duration: Duration) -> u64 {
     u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// The benchmark process's own CPU time from `start` on.
+struct OwnCpu(f64);
+
+impl OwnCpu {
+    fn start() -> anyhow::Result<OwnCpu> {
+        Ok(OwnCpu(procfs::cpu_seconds(std::process::id())?))
+    }
+
+    /// CPU seconds since `start`, per 1,000 of `count`.
+    fn per_1000(&self, count: u64) -> anyhow::Result<f64> {
+        let spent = procfs::cpu_seconds(std::process::id())? - self.0;
+        Ok(spent / (count as f64 / 1000.0))
+    }
 }
