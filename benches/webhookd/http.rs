@@ -9,6 +9,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use crate::events::{now_ns, Bodies};
+use crate::procfs;
+use crate::scenarios::Raw;
+
+/// The first argument that makes this executable the bare client of [`run_apart`].
+pub const APART: &str = "--bare-client-apart";
 
 /// POSTs events `0..count` to `url`, `in_flight` at a time, on a pooled hyper-util client (the
 /// client webhookd itself is built on); requests per second from the first send to the last
@@ -43,4 +48,53 @@ pub async fn post_rate(
     let elapsed_ns = now_ns().saturating_sub(started);
     ensure!(elapsed_ns > 0, "the bare client took no time");
     Ok(count as f64 / (elapsed_ns as f64 / 1e9))
+}
+
+/// Runs [`post_rate`] in a child process (this executable, with [`APART`]) and returns its rate
+/// and its own CPU per 1,000 requests. The child builds the same bodies from the same count.
+pub async fn run_apart(
+    url: &str,
+    bodies: &Bodies,
+    count: u64,
+    in_flight: usize,
+) -> anyhow::Result<Raw> {
+    let output = tokio::process::Command::new(std::env::current_exe()?)
+        .args([APART, url])
+        .args([bodies.len(), count, in_flight as u64].map(|n| n.to_string()))
+        .output()
+        .await?;
+    ensure!(
+        output.status.success(),
+        "the bare client failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8(output.stdout)?;
+    let figures: Vec<f64> = text
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    let [rate, cpu_seconds_per_1000] = figures[..] else {
+        anyhow::bail!("the bare client printed {text:?}, not a rate and a CPU figure");
+    };
+    Ok(Raw {
+        rate,
+        cpu_seconds_per_1000,
+    })
+}
+
+/// The child's side of [`run_apart`]: `APART URL BODIES COUNT IN_FLIGHT` on the command line;
+/// prints the rate and its own CPU seconds per 1,000 requests.
+pub async fn client_apart() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(2).collect();
+    let [url, bodies, count, in_flight] = &args[..] else {
+        anyhow::bail!("usage: {APART} URL BODIES COUNT IN_FLIGHT, got {args:?}");
+    };
+    let count: u64 = count.parse()?;
+    let bodies = Bodies::new(bodies.parse()?);
+    let pid = std::process::id();
+    let before = procfs::cpu_seconds(pid)?;
+    let rate = post_rate(url, &bodies, count, in_flight.parse()?).await?;
+    let cpu = procfs::cpu_seconds(pid)? - before;
+    println!("{rate} {}", cpu / (count as f64 / 1000.0));
+    Ok(())
 }

@@ -162,6 +162,9 @@ fn options() -> anyhow::Result<Options> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    if std::env::args().nth(1).as_deref() == Some(http::APART) {
+        return http::client_apart().await;
+    }
     let options = options()?;
     if !options.bench
         && !options.filters.is_empty()
@@ -395,6 +398,10 @@ impl Measure<'_> {
             bench.raw_http(single, n).await
         })
         .await?;
+        let apart = repeat(runs, "P, the client in a process of its own", async || {
+            bench.raw_http_apart(single, n).await
+        })
+        .await?;
         let mut drain = async |kind: &str| {
             repeat(runs, &format!("D: bare consumer, {kind}"), async || {
                 bench.raw_drain(kind, single, n).await
@@ -425,6 +432,27 @@ impl Measure<'_> {
             Figure::new("CPU per 1,000, D's consumer, classic", "s", cpu(&d_classic))?,
             Figure::new("CPU per 1,000, D's consumer, quorum", "s", cpu(&d_quorum))?,
             Figure::new("CPU per 1,000, P's client and receiver", "s", cpu(&p))?,
+            Figure::new(
+                "P, the client in a process of its own (not a limit)",
+                "req/s",
+                apart.iter().map(|a| a.rate).collect(),
+            )?,
+            Figure::new(
+                "CPU per 1,000, that client",
+                "s",
+                apart
+                    .iter()
+                    .map(|a| a.client_cpu_seconds_per_1000)
+                    .collect(),
+            )?,
+            Figure::new(
+                "CPU per 1,000, its receiver",
+                "s",
+                apart
+                    .iter()
+                    .map(|a| a.receiver_cpu_seconds_per_1000)
+                    .collect(),
+            )?,
             Figure::new(
                 "L = 1/(1/D + 1/P), classic",
                 "events/s",

@@ -57,6 +57,13 @@ pub struct Raw {
     pub cpu_seconds_per_1000: f64,
 }
 
+/// What P with its client in a process of its own measured.
+pub struct Apart {
+    pub rate: f64,
+    pub client_cpu_seconds_per_1000: f64,
+    pub receiver_cpu_seconds_per_1000: f64,
+}
+
 /// What a delivery run measured.
 pub struct Delivered {
     /// Answered deliveries per second, from the first receipt to the last (or to the end of the
@@ -173,6 +180,21 @@ impl Bench {
         Ok(Raw {
             rate,
             cpu_seconds_per_1000: cpu.per_1000(events)?,
+        })
+    }
+
+    /// P again, with the bare client in a process of its own (this executable, started with
+    /// [`http::APART`]), as webhookd is: not a limit the targets use, but what the same client
+    /// moves when its requests cross a process boundary, and what each side spends on them.
+    pub async fn raw_http_apart(&mut self, bodies: &Bodies, events: u64) -> anyhow::Result<Apart> {
+        let receiver = Receiver::start().await?;
+        let cpu = OwnCpu::start()?;
+        let client =
+            http::run_apart(&receiver.url("/wh/0"), bodies, events, HTTP_IN_FLIGHT).await?;
+        Ok(Apart {
+            rate: client.rate,
+            client_cpu_seconds_per_1000: client.cpu_seconds_per_1000,
+            receiver_cpu_seconds_per_1000: cpu.per_1000(events)?,
         })
     }
 
