@@ -37,11 +37,6 @@ impl Bodies {
         Bodies { bodies }
     }
 
-    /// How many bodies (accounts) there are.
-    pub fn len(&self) -> u64 {
-        self.bodies.len() as u64
-    }
-
     pub fn accounts(&self) -> std::ops::RangeInclusive<u64> {
         1..=self.bodies.len() as u64
     }

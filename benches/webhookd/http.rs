@@ -60,7 +60,7 @@ pub async fn run_apart(
 ) -> anyhow::Result<Raw> {
     let output = tokio::process::Command::new(std::env::current_exe()?)
         .args([APART, url])
-        .args([bodies.len(), count, in_flight as u64].map(|n| n.to_string()))
+        .args([*bodies.accounts().end(), count, in_flight as u64].map(|n| n.to_string()))
         .output()
         .await?;
     ensure!(
