@@ -15,7 +15,7 @@ use webhookd::config::Config;
 use webhookd::retry::Schedule;
 use webhookd::store::{NewWebhook, Store};
 
-use crate::procfs;
+use crate::{bridge, procfs};
 
 const BIN: &str = env!("CARGO_BIN_EXE_webhookd");
 
@@ -129,25 +129,46 @@ drain_timeout = "1s"
     /// signals by that pid (heaptrack's launcher script, for one, would be stopped while the
     /// daemon it started runs on).
     pub fn start(&self) -> anyhow::Result<Daemon> {
-        let log = self.dir.path().join("webhookd.log");
-        let file = std::fs::File::create(&log)?;
         let wrap = std::env::var("WEBHOOKD_BENCH_WRAP").unwrap_or_default();
         let mut command = wrap.split_whitespace().chain([BIN]);
-        let program = command.next().unwrap_or(BIN);
-        let child = Command::new(program)
+        let mut child = Command::new(command.next().unwrap_or(BIN));
+        child
             .args(command)
             .arg("--config")
             .arg(&self.config_path)
             .arg("run")
-            .env_remove("RUST_LOG")
+            .env_remove("RUST_LOG");
+        self.spawn("webhookd", child)
+    }
+
+    /// Starts the minimal bridge (see `bridge`) in webhookd's place: it consumes this run's
+    /// queue from the broker at `amqp_url` and POSTs every event to `url`.
+    pub fn start_bridge(&self, amqp_url: &str, url: &str) -> anyhow::Result<Daemon> {
+        let mut child = Command::new(std::env::current_exe()?);
+        child.args([bridge::BRIDGE, amqp_url, &self.topology.queue, url]);
+        self.spawn("the minimal bridge", child)
+    }
+
+    /// Spawns `command` with its output in the run's log, killed if the [`Daemon`] is dropped.
+    fn spawn(&self, name: &'static str, mut command: Command) -> anyhow::Result<Daemon> {
+        let log = self.dir.path().join("webhookd.log");
+        let file = std::fs::File::create(&log)?;
+        let child = command
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file)
             .kill_on_drop(true)
             .spawn()
-            .with_context(|| format!("starting {BIN}"))?;
-        let pid = child.id().context("webhookd exited at once")?;
-        Ok(Daemon { child, pid, log })
+            .with_context(|| format!("starting {name}"))?;
+        let pid = child
+            .id()
+            .with_context(|| format!("{name} exited at once"))?;
+        Ok(Daemon {
+            name,
+            child,
+            pid,
+            log,
+        })
     }
 }
 
@@ -162,8 +183,10 @@ async fn create_all(store: &Store, webhooks: Vec<NewWebhook>) -> anyhow::Result<
     Ok(())
 }
 
-/// A running webhookd; killed when dropped, so a failed run never leaves one behind.
+/// A running webhookd (or the minimal bridge in its place); killed when dropped, so a failed run
+/// never leaves one behind.
 pub struct Daemon {
+    name: &'static str,
     child: Child,
     pid: u32,
     log: PathBuf,
@@ -174,7 +197,8 @@ impl Daemon {
     pub fn ensure_running(&mut self) -> anyhow::Result<()> {
         if let Some(status) = self.child.try_wait()? {
             bail!(
-                "webhookd exited ({status}); its log ends:\n{}",
+                "{} exited ({status}); its log ends:\n{}",
+                self.name,
                 tail(&self.log)
             );
         }
@@ -191,6 +215,11 @@ impl Daemon {
 
     pub fn peak_rss_kib(&self) -> anyhow::Result<u64> {
         procfs::status_kib(self.pid, "VmHWM")
+    }
+
+    /// What runs: "webhookd" or "the minimal bridge".
+    pub fn name(&self) -> &'static str {
+        self.name
     }
 
     /// The end of the daemon's log, for an error message.
@@ -212,7 +241,10 @@ impl Daemon {
         {
             return Ok(());
         }
-        eprintln!("bench: webhookd ignored SIGTERM for {STOP_PATIENCE:?}; killing it");
+        eprintln!(
+            "bench: {} ignored SIGTERM for {STOP_PATIENCE:?}; killing it",
+            self.name
+        );
         self.child.kill().await?;
         Ok(())
     }

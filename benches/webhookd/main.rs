@@ -23,6 +23,7 @@
 //! latency run publishes at a steady rate while webhookd runs.
 
 mod amqp;
+mod bridge;
 mod daemon;
 mod events;
 mod http;
@@ -42,7 +43,7 @@ use crate::events::Bodies;
 use crate::receiver::Receiver;
 use crate::registry::Registry;
 use crate::report::{median, quantile, Figure, Goal, Report};
-use crate::scenarios::{Bench, Delivered, Delivery, Raw, DRAIN};
+use crate::scenarios::{Bench, By, Delivered, Delivery, Raw, DRAIN};
 
 /// The bench node `scripts/bench.sh` starts; under `cargo test`, the test node.
 const BENCH_URL: &str = "amqp://guest:guest@127.0.0.1:5680/%2f";
@@ -162,8 +163,10 @@ fn options() -> anyhow::Result<Options> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    if std::env::args().nth(1).as_deref() == Some(http::APART) {
-        return http::client_apart().await;
+    match std::env::args().nth(1).as_deref() {
+        Some(http::APART) => return http::client_apart().await,
+        Some(bridge::BRIDGE) => return bridge::run().await,
+        _ => {}
     }
     let options = options()?;
     if !options.bench
@@ -243,14 +246,24 @@ async fn repeat<T>(
     Ok(all)
 }
 
+/// What a figure's label says after "CPU per 1,000 deliveries, " and the like: nothing for
+/// webhookd, whose figures the targets are about, "minimal bridge, " for the bridge's.
+fn by_whom(by: By) -> &'static str {
+    match by {
+        By::Webhookd => "",
+        By::Bridge => "minimal bridge, ",
+    }
+}
+
 /// 1 / (1/a + 1/b): the rate of doing two jobs one after the other on the same cores.
 fn combined(a: f64, b: f64) -> f64 {
     1.0 / (1.0 / a + 1.0 / b)
 }
 
 /// The scenarios, by the names `scripts/bench.sh NAME…` selects them with.
-const SCENARIOS: [&str; 7] = [
+const SCENARIOS: [&str; 8] = [
     "raw",
+    "bridge",
     "webhookd",
     "fan-out",
     "isolation",
@@ -266,6 +279,17 @@ struct Limits {
     d_classic: f64,
     d_quorum: f64,
 }
+
+/// The minimal bridge's medians, which webhookd's are compared with.
+#[derive(Clone, Copy)]
+struct Bridge {
+    /// Events per second, classic and quorum.
+    rates: [f64; 2],
+    p99_classic_ms: f64,
+}
+
+/// The queue kinds every throughput and latency scenario runs on, in this order.
+const QUEUE_KINDS: [&str; 2] = ["classic", "quorum"];
 
 /// What every scenario publishes, and how much of it.
 struct Inputs<'a> {
@@ -317,8 +341,17 @@ async fn measure(
     } else {
         None
     };
+    let bridge = if wanted("bridge") {
+        Some(Bridge {
+            rates: m.one_webhook(By::Bridge, None, None).await?,
+            p99_classic_ms: m.latency(By::Bridge, None).await?,
+        })
+    } else {
+        None
+    };
     if wanted("webhookd") {
-        m.one_webhook(limits).await?;
+        m.one_webhook(By::Webhookd, limits, bridge.map(|b| b.rates))
+            .await?;
     }
     let fan_out = if wanted("fan-out") {
         Some(m.fan_out(limits).await?)
@@ -329,7 +362,8 @@ async fn measure(
         m.isolation(fan_out).await?;
     }
     if wanted("latency") {
-        m.latency().await?;
+        m.latency(By::Webhookd, bridge.map(|b| b.p99_classic_ms))
+            .await?;
     }
     if wanted("backlog") {
         m.backlog().await?;
@@ -369,6 +403,7 @@ async fn measure(
 impl Inputs<'_> {
     fn delivery(&self, kind: &'static str, fan_out: bool) -> Delivery<'_> {
         Delivery {
+            by: By::Webhookd,
             queue_kind: kind,
             bodies: if fan_out { &self.fan_out } else { &self.single },
             events: if fan_out {
@@ -467,23 +502,36 @@ impl Measure<'_> {
         Ok(limits)
     }
 
-    /// webhookd with one webhook per event, on both queue kinds.
-    async fn one_webhook(&mut self, limits: Option<Limits>) -> anyhow::Result<()> {
-        for kind in ["classic", "quorum"] {
-            let spec = self.inputs.delivery(kind, false);
+    /// webhookd (or the bridge) with one webhook per event, on both queue kinds; returns the
+    /// median rates. webhookd's rate is held to 0.8 × L and, when the bridge ran, compared with
+    /// the bridge's (`bridge`, classic and quorum).
+    async fn one_webhook(
+        &mut self,
+        by: By,
+        limits: Option<Limits>,
+        bridge: Option<[f64; 2]>,
+    ) -> anyhow::Result<[f64; 2]> {
+        let mut medians = [0.0; 2];
+        for (k, kind) in QUEUE_KINDS.into_iter().enumerate() {
+            let spec = Delivery {
+                by,
+                ..self.inputs.delivery(kind, false)
+            };
             let bench = &mut *self.bench;
-            let what = format!("webhookd 1 webhook/event, {kind}");
+            let (name, of) = (by.name(), by_whom(by));
+            let what = format!("{name} 1 webhook/event, {kind}");
             let delivered = repeat(self.inputs.sizes.runs, &what, async || {
                 bench.deliver(&spec).await
             })
             .await?;
             let field = |f: fn(&Delivered) -> f64| delivered.iter().map(f).collect::<Vec<_>>();
             let mut rate = Figure::new(
-                format!("webhookd, 1 webhook/event, {kind}"),
+                format!("{name}, 1 webhook/event, {kind}"),
                 "events/s",
                 field(|d| d.rate),
             )?;
-            if let Some(limits) = limits {
+            medians[k] = rate.value;
+            if let (By::Webhookd, Some(limits)) = (by, limits) {
                 let d = if kind == "classic" {
                     limits.d_classic
                 } else {
@@ -494,27 +542,40 @@ impl Measure<'_> {
                     format!("0.8 × L {kind}"),
                 );
             }
+            let mut rss = Figure::new(
+                format!("peak RSS, {of}{kind}"),
+                "MiB",
+                field(|d| d.peak_rss_mib),
+            )?;
+            if by == By::Webhookd {
+                rss = rss.target(Goal::AtMost(RSS_CEILING_MIB), "");
+            }
+            self.figures.push(rate);
+            if let (By::Webhookd, Some(bridge)) = (by, bridge) {
+                self.figures.push(
+                    Figure::new(
+                        format!("webhookd ÷ minimal bridge, events/s, {kind}"),
+                        "",
+                        vec![medians[k] / bridge[k]],
+                    )?
+                    .target(Goal::AtLeast(1.0), "beat the bridge"),
+                );
+            }
             self.figures.extend([
-                rate,
                 Figure::new(
-                    format!("CPU per 1,000 deliveries, {kind}"),
+                    format!("CPU per 1,000 deliveries, {of}{kind}"),
                     "s",
                     field(|d| d.cpu_seconds_per_1000),
                 )?,
                 Figure::new(
-                    format!("CPU per 1,000 deliveries, the receiver's, {kind}"),
+                    format!("CPU per 1,000 deliveries, the receiver's, {of}{kind}"),
                     "s",
                     field(|d| d.receiver_cpu_seconds_per_1000),
                 )?,
-                Figure::new(
-                    format!("peak RSS, {kind}"),
-                    "MiB",
-                    field(|d| d.peak_rss_mib),
-                )?
-                .target(Goal::AtMost(RSS_CEILING_MIB), ""),
+                rss,
             ]);
         }
-        Ok(())
+        Ok(medians)
     }
 
     /// Ten webhooks per event; returns the median deliveries/s, which isolation compares with.
@@ -579,17 +640,21 @@ impl Measure<'_> {
         Ok(())
     }
 
-    /// Publish-to-receipt latency at a steady rate, on both queue kinds.
-    async fn latency(&mut self) -> anyhow::Result<()> {
+    /// Publish-to-receipt latency at a steady rate, on both queue kinds; returns the median p99
+    /// on the classic queue. webhookd's p99 is held to the ceiling and, when the bridge ran,
+    /// compared with the bridge's (`bridge_p99`, classic).
+    async fn latency(&mut self, by: By, bridge_p99: Option<f64>) -> anyhow::Result<f64> {
+        let mut p99_classic = 0.0;
         let (rate, seconds) = (
             self.inputs.sizes.latency_per_second,
             self.inputs.sizes.latency_seconds,
         );
-        for kind in ["classic", "quorum"] {
+        for kind in QUEUE_KINDS {
             let (bench, single) = (&mut *self.bench, &self.inputs.single);
-            let what = format!("latency, {rate}/s for {seconds} s, {kind}");
+            let of = by_whom(by);
+            let what = format!("latency, {of}{rate}/s for {seconds} s, {kind}");
             let runs = repeat(self.inputs.sizes.runs, &what, async || {
-                bench.latency(kind, single, rate, seconds).await
+                bench.latency(by, kind, single, rate, seconds).await
             })
             .await?;
             let millis = |q: f64| -> anyhow::Result<Vec<f64>> {
@@ -598,7 +663,10 @@ impl Measure<'_> {
                     .collect()
             };
             self.details.insert(
-                format!("latency_{kind}_worst_ms_per_second"),
+                format!(
+                    "latency_{}{kind}_worst_ms_per_second",
+                    if by == By::Bridge { "bridge_" } else { "" }
+                ),
                 json!(runs
                     .iter()
                     .map(|run| run
@@ -608,19 +676,38 @@ impl Measure<'_> {
                         .collect::<Vec<_>>())
                     .collect::<Vec<_>>()),
             );
-            let label = |what: &str| format!("publish→receipt {what}, {kind}, {rate}/s");
-            let p99 = Figure::new(label("p99"), "ms", millis(0.99)?)?;
-            self.figures.extend([
-                Figure::new(label("p50"), "ms", millis(0.5)?)?,
-                if kind == "classic" {
-                    p99.target(Goal::AtMost(P99_CEILING_MS), "")
-                } else {
-                    p99
-                },
-                Figure::new(label("max"), "ms", millis(1.0)?)?,
-            ]);
+            let label = |what: &str| format!("publish→receipt {what}, {of}{kind}, {rate}/s");
+            let mut p99 = Figure::new(label("p99"), "ms", millis(0.99)?)?;
+            let classic = kind == "classic";
+            if classic {
+                p99_classic = p99.value;
+            }
+            let mut beside_the_bridge = None;
+            if classic && by == By::Webhookd {
+                if let Some(bridge) = bridge_p99 {
+                    beside_the_bridge = Some(
+                        Figure::new(
+                            format!("webhookd ÷ minimal bridge, p99, {kind}"),
+                            "",
+                            vec![p99.value / bridge],
+                        )?
+                        .target(Goal::AtMost(1.0), "beat the bridge"),
+                    );
+                }
+                p99 = p99.target(Goal::AtMost(P99_CEILING_MS), "");
+            }
+            self.figures.extend(
+                [
+                    Some(Figure::new(label("p50"), "ms", millis(0.5)?)?),
+                    Some(p99),
+                    beside_the_bridge,
+                    Some(Figure::new(label("max"), "ms", millis(1.0)?)?),
+                ]
+                .into_iter()
+                .flatten(),
+            );
         }
-        Ok(())
+        Ok(p99_classic)
     }
 
     /// A backlog queued before webhookd starts, RSS sampled over the drain.

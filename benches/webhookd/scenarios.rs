@@ -35,8 +35,29 @@ pub const DRAIN: AckStrategy = AckStrategy {
     ack_every: 100,
 };
 
-/// What one webhookd delivery run looks like.
+/// What consumes the queue and delivers: webhookd, or the minimal bridge (see `bridge`) that
+/// the issue measures it against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum By {
+    Webhookd,
+    Bridge,
+}
+
+impl By {
+    pub fn name(self) -> &'static str {
+        match self {
+            By::Webhookd => "webhookd",
+            By::Bridge => "minimal bridge",
+        }
+    }
+}
+
+/// The one URL path the minimal bridge posts every event to.
+const BRIDGE_PATH: &str = "/wh/bridge";
+
+/// What one delivery run looks like.
 pub struct Delivery<'a> {
+    pub by: By,
     pub queue_kind: &'a str,
     pub bodies: &'a Bodies,
     pub events: u64,
@@ -198,23 +219,26 @@ impl Bench {
         })
     }
 
-    /// webhookd drains a pre-published backlog to a fresh receiver.
+    /// webhookd (or the bridge) drains a pre-published backlog to a fresh receiver.
     pub async fn deliver(&mut self, spec: &Delivery<'_>) -> anyhow::Result<Delivered> {
+        ensure!(
+            spec.by == By::Webhookd || (spec.webhooks_per_account == 1 && !spec.one_hangs),
+            "the minimal bridge delivers each event once, to one URL"
+        );
         let receiver = Receiver::start().await?;
         let run = self.run("deliver", spec.queue_kind, spec.request_timeout)?;
-        run.register(webhooks(
+        let webhooks = webhooks(
             &receiver,
             spec.bodies,
             spec.webhooks_per_account,
             spec.one_hangs,
-        ))
-        .await?;
+        );
         amqp::declare(&self.amqp, &run.topology).await?;
         amqp::publish_backlog(&self.amqp, &run.topology, spec.bodies, spec.events).await?;
 
         let answering = spec.webhooks_per_account - u64::from(spec.one_hangs);
         let expected = spec.events * answering;
-        let mut daemon = run.start()?;
+        let mut daemon = self.start(&run, spec.by, &receiver, webhooks).await?;
         let own_cpu = OwnCpu::start()?;
         let started = now_ns();
         // Generous: a debug build under load still moves far more than 200 deliveries a second.
@@ -235,7 +259,8 @@ impl Bench {
             daemon.ensure_running()?;
             if now > deadline {
                 bail!(
-                    "webhookd delivered {} of {expected} within {} s; its log ends:\n{}",
+                    "{} delivered {} of {expected} within {} s; its log ends:\n{}",
+                    daemon.name(),
                     tally.count,
                     (now - started) / 1_000_000_000,
                     daemon.log_tail()
@@ -263,10 +288,11 @@ impl Bench {
         })
     }
 
-    /// Scenario 6: webhookd running on an empty queue, `per_second` stamped events published
-    /// steadily for `seconds`, one webhook each.
+    /// Scenario 6: webhookd (or the bridge) running on an empty queue, `per_second` stamped
+    /// events published steadily for `seconds`, one webhook each.
     pub async fn latency(
         &mut self,
+        by: By,
         queue_kind: &str,
         bodies: &Bodies,
         per_second: u64,
@@ -274,15 +300,16 @@ impl Bench {
     ) -> anyhow::Result<Latencies> {
         let receiver = Receiver::start().await?;
         let run = self.run("latency", queue_kind, None)?;
-        run.register(webhooks(&receiver, bodies, 1, false)).await?;
         amqp::declare(&self.amqp, &run.topology).await?;
-        let mut daemon = run.start()?;
+        let webhooks = webhooks(&receiver, bodies, 1, false);
+        let mut daemon = self.start(&run, by, &receiver, webhooks).await?;
         let deadline = now_ns() + secs_ns(60);
         while amqp::consumers(&self.amqp, &run.topology.queue).await? == 0 {
             daemon.ensure_running()?;
             ensure!(
                 now_ns() < deadline,
-                "webhookd did not start consuming within 60 s"
+                "{} did not start consuming within 60 s",
+                daemon.name()
             );
             tokio::time::sleep(POLL).await;
         }
@@ -298,6 +325,24 @@ impl Bench {
             stamped.len()
         );
         Ok(Latencies::new(&stamped))
+    }
+
+    /// Starts what delivers `run`'s queue to `receiver`: webhookd, on a store holding `webhooks`,
+    /// or the bridge, which needs none.
+    async fn start(
+        &self,
+        run: &Run,
+        by: By,
+        receiver: &Receiver,
+        webhooks: Vec<NewWebhook>,
+    ) -> anyhow::Result<Daemon> {
+        match by {
+            By::Webhookd => {
+                run.register(webhooks).await?;
+                run.start()
+            }
+            By::Bridge => run.start_bridge(&self.url, &receiver.url(BRIDGE_PATH)),
+        }
     }
 
     /// Scenario 9's daemon run: webhookd started on a store of `webhooks` (which must include
@@ -347,7 +392,8 @@ async fn receipts(
         daemon.ensure_running()?;
         ensure!(
             now_ns() < deadline,
-            "webhookd delivered {} of {count} within 60 s {since}; its log ends:\n{}",
+            "{} delivered {} of {count} within 60 s {since}; its log ends:\n{}",
+            daemon.name(),
             receiver.tally().count,
             daemon.log_tail()
         );
