@@ -66,32 +66,15 @@ pub async fn delete(
     Ok(())
 }
 
-/// How often a queue delete is tried: RabbitMQ has answered one with `INTERNAL_ERROR` while a
-/// quorum queue was still settling after its consumer left, and a later try went through.
-const DELETE_TRIES: u32 = 3;
-
-/// Deletes `queue` (a missing queue is not an error), on a fresh channel per try: a failed
-/// delete closes its channel.
+/// Deletes `queue`; a missing queue is not an error.
 async fn delete_queue(connection: &Connection, queue: &str) -> anyhow::Result<()> {
-    let mut tries = 0;
-    loop {
-        tries += 1;
-        let channel = connection.create_channel().await?;
-        let deleted = channel
-            .queue_delete(ShortString::from(queue), QueueDeleteOptions::default())
-            .await;
-        match deleted {
-            Ok(_) => {
-                close(channel).await;
-                return Ok(());
-            }
-            Err(error) if tries < DELETE_TRIES => {
-                eprintln!("bench: deleting queue {queue} failed ({error}); trying again");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            Err(error) => return Err(error).with_context(|| format!("deleting queue {queue}")),
-        }
-    }
+    let channel = connection.create_channel().await?;
+    channel
+        .queue_delete(ShortString::from(queue), QueueDeleteOptions::default())
+        .await
+        .with_context(|| format!("deleting queue {queue}"))?;
+    close(channel).await;
+    Ok(())
 }
 
 /// How many consumers `queue` has: webhookd is consuming once this is non-zero.

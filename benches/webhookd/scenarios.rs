@@ -22,6 +22,9 @@ const POLL: Duration = Duration::from_millis(5);
 /// How often the backlog scenario samples webhookd's RSS.
 const RSS_SAMPLE_EVERY: Duration = Duration::from_millis(250);
 
+/// How often deleting a run's queues is tried (see [`Bench::delete`]).
+const DELETE_TRIES: u32 = 3;
+
 /// The bare HTTP client's concurrency, as the issue specifies.
 const HTTP_IN_FLIGHT: usize = 64;
 
@@ -186,7 +189,7 @@ impl Bench {
         let cpu = OwnCpu::start()?;
         let rate = amqp::drain(&self.amqp, &run.topology.queue, events, DRAIN).await;
         let cpu_seconds_per_1000 = cpu.per_1000(events)?;
-        amqp::delete(&self.amqp, &run.topology, &run.delay_queues).await?;
+        self.delete(&run).await?;
         Ok(Raw {
             rate: rate?,
             cpu_seconds_per_1000,
@@ -277,7 +280,7 @@ impl Bench {
         let receiver_cpu_seconds_per_1000 = own_cpu.per_1000(tally.count)?;
         let peak_rss_mib = kib_to_mib(daemon.peak_rss_kib()?);
         daemon.stop().await?;
-        amqp::delete(&self.amqp, &run.topology, &run.delay_queues).await?;
+        self.delete(&run).await?;
         Ok(Delivered {
             rate: rate_until(&tally, end_ns)?,
             cpu_seconds_per_1000: cpu / (tally.count as f64 / 1000.0),
@@ -317,7 +320,7 @@ impl Bench {
         amqp::publish_steadily(&self.amqp, &run.topology, bodies, count, per_second).await?;
         receipts(&receiver, &mut daemon, count, "of the last publish").await?;
         daemon.stop().await?;
-        amqp::delete(&self.amqp, &run.topology, &run.delay_queues).await?;
+        self.delete(&run).await?;
         let stamped = receiver.stamped();
         ensure!(
             stamped.len() as u64 >= count,
@@ -325,6 +328,26 @@ impl Bench {
             stamped.len()
         );
         Ok(Latencies::new(&stamped))
+    }
+
+    /// Deletes `run`'s exchange and queues (see [`amqp::delete`]). RabbitMQ has answered a queue
+    /// delete with `INTERNAL_ERROR` while a quorum queue was still settling after its consumer
+    /// left, a hard error that closes the connection, and a later try went through; so a failed
+    /// try reconnects before the next. Deleting again what is already gone is not an error.
+    async fn delete(&mut self, run: &Run) -> anyhow::Result<()> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match amqp::delete(&self.amqp, &run.topology, &run.delay_queues).await {
+                Ok(()) => return Ok(()),
+                Err(error) if tries < DELETE_TRIES => {
+                    eprintln!("bench: deleting a run's queues failed ({error:#}); trying again");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    self.amqp = amqp::connect(&self.url).await?;
+                }
+                Err(error) => return Err(error),
+            }
+        }
     }
 
     /// Starts what delivers `run`'s queue to `receiver`: webhookd, on a store holding `webhooks`,
@@ -369,7 +392,7 @@ impl Bench {
         let rss_mib = kib_to_mib(daemon.rss_kib()?);
         let peak_rss_mib = kib_to_mib(daemon.peak_rss_kib()?);
         daemon.stop().await?;
-        amqp::delete(&self.amqp, &run.topology, &run.delay_queues).await?;
+        self.delete(&run).await?;
         let loaded = Loaded {
             build_seconds,
             first_delivery_seconds: receiver.tally().first_ns.saturating_sub(started) as f64 / 1e9,
