@@ -247,15 +247,6 @@ async fn repeat<T>(
     Ok(all)
 }
 
-/// What a figure's label says after "CPU per 1,000 deliveries, " and the like: nothing for
-/// webhookd, whose figures the targets are about, "minimal bridge, " for the bridge's.
-fn by_whom(by: By) -> &'static str {
-    match by {
-        By::Webhookd => "",
-        By::Bridge => "minimal bridge, ",
-    }
-}
-
 /// 1 / (1/a + 1/b): the rate of doing two jobs one after the other on the same cores.
 fn combined(a: f64, b: f64) -> f64 {
     1.0 / (1.0 / a + 1.0 / b)
@@ -519,7 +510,7 @@ impl Measure<'_> {
                 ..self.inputs.delivery(kind, false)
             };
             let bench = &mut *self.bench;
-            let (name, of) = (by.name(), by_whom(by));
+            let (name, of) = (by.name(), by.of());
             let what = format!("{name} 1 webhook/event, {kind}");
             let delivered = repeat(self.inputs.sizes.runs, &what, async || {
                 bench.deliver(&spec).await
@@ -652,7 +643,7 @@ impl Measure<'_> {
         );
         for kind in QUEUE_KINDS {
             let (bench, single) = (&mut *self.bench, &self.inputs.single);
-            let of = by_whom(by);
+            let of = by.of();
             let what = format!("latency, {of}{rate}/s for {seconds} s, {kind}");
             let runs = repeat(self.inputs.sizes.runs, &what, async || {
                 bench.latency(by, kind, single, rate, seconds).await
@@ -664,10 +655,7 @@ impl Measure<'_> {
                     .collect()
             };
             self.details.insert(
-                format!(
-                    "latency_{}{kind}_worst_ms_per_second",
-                    if by == By::Bridge { "bridge_" } else { "" }
-                ),
+                format!("latency_{}{kind}_worst_ms_per_second", by.key()),
                 json!(runs
                     .iter()
                     .map(|run| run
@@ -678,13 +666,16 @@ impl Measure<'_> {
                     .collect::<Vec<_>>()),
             );
             let label = |what: &str| format!("publish→receipt {what}, {of}{kind}, {rate}/s");
+            self.figures
+                .push(Figure::new(label("p50"), "ms", millis(0.5)?)?);
             let mut p99 = Figure::new(label("p99"), "ms", millis(0.99)?)?;
             let classic = kind == "classic";
             if classic {
                 p99_classic = p99.value;
             }
             let mut beside_the_bridge = None;
-            if classic && by == By::Webhookd {
+            if let (true, By::Webhookd) = (classic, by) {
+                p99 = p99.target(Goal::AtMost(P99_CEILING_MS), "");
                 if let Some(bridge) = bridge_p99 {
                     beside_the_bridge = Some(
                         Figure::new(
@@ -695,18 +686,11 @@ impl Measure<'_> {
                         .target(Goal::AtMost(1.0), "beat the bridge"),
                     );
                 }
-                p99 = p99.target(Goal::AtMost(P99_CEILING_MS), "");
             }
-            self.figures.extend(
-                [
-                    Some(Figure::new(label("p50"), "ms", millis(0.5)?)?),
-                    Some(p99),
-                    beside_the_bridge,
-                    Some(Figure::new(label("max"), "ms", millis(1.0)?)?),
-                ]
-                .into_iter()
-                .flatten(),
-            );
+            self.figures.push(p99);
+            self.figures.extend(beside_the_bridge);
+            self.figures
+                .push(Figure::new(label("max"), "ms", millis(1.0)?)?);
         }
         Ok(p99_classic)
     }
