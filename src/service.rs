@@ -52,7 +52,7 @@ use crate::event::{self, Envelope};
 use crate::job::{self, Job};
 use crate::metrics::Metrics;
 use crate::retry::Schedule;
-use crate::store::{Attempt, Store, Webhook};
+use crate::store::{Attempt, Store, Webhook, ATTEMPT_SHARES};
 
 /// How long connecting and declaring may take before the attempt counts as failed: a broker
 /// that accepts TCP but never answers must not hold the supervisor forever.
@@ -63,7 +63,7 @@ const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 const CLOSE_AFTER_LOSS: Duration = Duration::from_millis(500);
 
-/// How often buffered attempt records are written to the store.
+/// How often each buffered attempt record is written to the store (at the latest).
 const ATTEMPT_LOG_PERIOD: Duration = Duration::from_secs(1);
 
 /// How often a consuming session checks that both connections and channels are still open.
@@ -277,18 +277,19 @@ pub async fn run(
     Ok(())
 }
 
-/// Writes the buffered attempt log to the store once a second, off the delivery path; the final
-/// flush at shutdown writes the rest.
+/// Writes the buffered attempt log to the store off the delivery path, each share of it once
+/// every `ATTEMPT_LOG_PERIOD`, one share at a time; the final flush at shutdown writes the rest.
 async fn persist_attempts(store: Store, stopped: CancellationToken) {
-    let mut tick = tokio::time::interval(ATTEMPT_LOG_PERIOD);
+    let shares = u32::try_from(ATTEMPT_SHARES).expect("a handful of shares");
+    let mut tick = tokio::time::interval(ATTEMPT_LOG_PERIOD / shares);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
+    for share in (0..ATTEMPT_SHARES).cycle() {
         tokio::select! {
             () = stopped.cancelled() => return,
             _ = tick.tick() => {}
         }
         let store = store.clone();
-        match tokio::task::spawn_blocking(move || store.persist_attempts()).await {
+        match tokio::task::spawn_blocking(move || store.persist_attempt_share(share)).await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => warn!(%error, "writing the attempt log failed"),
             Err(error) => warn!(%error, "the attempt-log writer stopped"),

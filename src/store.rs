@@ -25,9 +25,16 @@
 //! # The attempt log
 //!
 //! - Attempts are recorded on every delivery, so they are not written one by one: a delivery only
-//!   appends the encoded record (`store::record`, about 45 bytes) to an in-memory buffer, and
-//!   [`Store::persist_attempts`] (called every second by the daemon, and by every flush) writes
-//!   what was buffered.
+//!   appends the encoded record (`store::record`, about 45 bytes) to an in-memory buffer, and a
+//!   persist writes what was buffered.
+//! - The buffer is split by webhook id into [`ATTEMPT_SHARES`] shares. The daemon persists one
+//!   share every tenth of a second ([`Store::persist_attempt_share`]), so each webhook's attempts
+//!   still reach disk within a second, and a flush persists them all. Persisting everything at
+//!   once cost 16–24 ms each second with a thousand active webhooks (about 7 µs each on an idle
+//!   machine: the file's open, read, two writes and close), and in the benchmark 28–45 % of the
+//!   events published in the 30 ms after it began took over 3 ms to arrive, against 4–8 %
+//!   later in the second. A share takes about 1.5 ms, and the slow share no longer rises after
+//!   a persist begins.
 //! - Each webhook's last 100 attempts live in `attempts/<id>` inside the store's directory, a
 //!   ring of fixed-size slots written in place (`store::attempt_log`), not in sled. Persisting
 //!   them through sled was most of the daemon's memory: with a thousand active webhooks in the
@@ -103,6 +110,7 @@
 //! what is stored, so nothing recorded is ever hidden from a reader.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, SystemTime};
@@ -132,6 +140,10 @@ const ATTEMPTS_DIR: &str = "attempts";
 /// How many attempts are kept per webhook: enough to see a pattern of failures in
 /// `webhookd webhooks attempts ID`, small enough that a million webhooks stay a bounded store.
 const ATTEMPTS_KEPT: usize = 100;
+
+/// The attempt buffer is split by webhook id into this many shares, each persisted on its own
+/// (see the module docs).
+pub const ATTEMPT_SHARES: usize = 10;
 
 const ID_PREFIX: &str = "wh_";
 const ID_ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
@@ -442,8 +454,9 @@ pub struct Store {
     by_account: sled::Tree,
     by_id: sled::Tree,
     log: Arc<AttemptLog>,
-    /// Attempts recorded since the last [`Store::persist_attempts`], by webhook, oldest first.
-    buffered: Arc<Mutex<HashMap<String, Pending>>>,
+    /// Attempts recorded since their share was last persisted, by webhook, oldest first: share
+    /// [`attempt_share`] of a webhook's id holds its attempts.
+    buffered: Arc<[Mutex<HashMap<String, Pending>>; ATTEMPT_SHARES]>,
     /// Held by a persist, and by a read of the attempt log (see the module docs).
     persisting: Arc<Mutex<()>>,
     /// Every account's webhooks, as stored (see the module docs). Its write lock is held by every
@@ -911,7 +924,7 @@ impl Store {
         // after any such persist has appended, and later persists skip the webhook.
         {
             let _persisting = self.persisting();
-            self.buffer().remove(id);
+            self.buffer(attempt_share(id)).remove(id);
             self.log.remove(id)?;
         }
         self.flush().await?;
@@ -931,11 +944,11 @@ impl Store {
         self.update(id, patch).await
     }
 
-    /// Records an attempt. It is buffered in memory until the next [`Store::persist_attempts`];
-    /// the buffer keeps at most the newest 100 per webhook, so it stays bounded however far
+    /// Records an attempt. It is buffered in memory until its share is next persisted; the
+    /// buffer keeps at most the newest 100 per webhook, so it stays bounded however far
     /// persisting falls behind.
     pub fn record_attempt(&self, webhook_id: &str, attempt: Attempt) {
-        let mut buffer = self.buffer();
+        let mut buffer = self.buffer(attempt_share(webhook_id));
         match buffer.get_mut(webhook_id) {
             Some(pending) => pending.push(&attempt),
             None => buffer
@@ -945,11 +958,18 @@ impl Store {
         }
     }
 
-    /// Appends the buffered attempts to their webhooks' stored logs, keeping the newest 100.
-    /// Attempts of a webhook deleted meanwhile are dropped.
+    /// Appends all buffered attempts to their webhooks' stored logs (see
+    /// [`Store::persist_attempt_share`]).
     pub fn persist_attempts(&self) -> Result<(), StoreError> {
+        (0..ATTEMPT_SHARES).try_for_each(|share| self.persist_attempt_share(share))
+    }
+
+    /// Appends the attempts buffered in `share` (less than [`ATTEMPT_SHARES`]) to their
+    /// webhooks' stored logs, keeping the newest 100. Attempts of a webhook deleted meanwhile are
+    /// dropped.
+    pub fn persist_attempt_share(&self, share: usize) -> Result<(), StoreError> {
         let _persisting = self.persisting();
-        let buffered = std::mem::take(&mut *self.buffer());
+        let buffered = std::mem::take(&mut *self.buffer(share));
         for (webhook_id, pending) in buffered {
             if self.by_id.contains_key(&webhook_id)? {
                 self.log.append(&webhook_id, &pending)?;
@@ -963,7 +983,7 @@ impl Store {
         let limit = limit.min(ATTEMPTS_KEPT);
         let _persisting = self.persisting();
         let mut newest: Vec<Attempt> = self
-            .buffer()
+            .buffer(attempt_share(webhook_id))
             .get(webhook_id)
             .map(|pending| pending.newest(limit))
             .unwrap_or_default();
@@ -978,8 +998,10 @@ impl Store {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn buffer(&self) -> std::sync::MutexGuard<'_, HashMap<String, Pending>> {
-        self.buffered.lock().unwrap_or_else(PoisonError::into_inner)
+    fn buffer(&self, share: usize) -> std::sync::MutexGuard<'_, HashMap<String, Pending>> {
+        self.buffered[share]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Waits until everything written so far, buffered attempts included, is on disk.
@@ -988,6 +1010,13 @@ impl Store {
         self.db.flush_async().await?;
         Ok(())
     }
+}
+
+/// The share of the attempt buffer that holds `webhook_id`'s attempts: any spread will do, as long
+/// as it is the same for an id throughout a process.
+fn attempt_share(webhook_id: &str) -> usize {
+    let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(webhook_id);
+    (hash % ATTEMPT_SHARES as u64) as usize
 }
 
 /// sled 0.34 reports a failed `flock` as `Error::Io` with `ErrorKind::Other` and a formatted
@@ -1755,6 +1784,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_share_persist_writes_only_its_shares_webhooks_and_a_full_persist_writes_all() {
+        let store = Store::open_temporary().unwrap();
+        // Enough webhooks that every share holds some (20 per share on average).
+        // Created first: a write flushes, and a flush persists every share.
+        let mut ids = Vec::new();
+        for account in 1..=200 {
+            ids.push(store.create(new_webhook(account)).await.unwrap().id);
+        }
+        for id in &ids {
+            store.record_attempt(id, attempt(1));
+        }
+        let (first, rest): (Vec<&String>, Vec<&String>) =
+            ids.iter().partition(|id| attempt_share(id) == 0);
+        assert!(!first.is_empty() && !rest.is_empty());
+
+        store.persist_attempt_share(0).unwrap();
+        for id in &first {
+            assert_eq!(stored_numbers(&store, id), [1], "{id} is in share 0");
+        }
+        for id in &rest {
+            assert!(stored_numbers(&store, id).is_empty(), "{id} is not");
+            // Still buffered, so still shown.
+            assert_eq!(numbers(&store.attempts(id, 10).unwrap()), [1]);
+        }
+
+        store.persist_attempts().unwrap();
+        for id in &ids {
+            assert_eq!(stored_numbers(&store, id), [1]);
+        }
+        assert!((0..ATTEMPT_SHARES).all(|share| store.buffer(share).is_empty()));
+    }
+
+    #[tokio::test]
     async fn the_stored_log_keeps_the_newest_100_in_order_across_persists_and_reopens() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("store");
@@ -1768,7 +1830,7 @@ mod tests {
                 }
                 store.persist_attempts().unwrap();
             }
-            assert!(store.buffer().is_empty());
+            assert!((0..ATTEMPT_SHARES).all(|share| store.buffer(share).is_empty()));
             let all = store.attempts(&webhook.id, usize::MAX).unwrap();
             assert_eq!(numbers(&all), (151..=250).rev().collect::<Vec<u32>>());
             assert_eq!(all[0], attempt(250));
