@@ -319,8 +319,18 @@ async fn the_fault_suite_loses_nothing() {
             .filter(|r| r.path == *path && event_of(&r.body) == *event)
             .map(|r| format!("{:?} at {:.1?}", r.status, r.at - started))
             .collect();
-        let id = webhookd::delivery::sign::delivery_id(&format!("fault-{event}"), webhook);
-        let logged: Vec<&str> = logs.lines().filter(|line| line.contains(&id)).collect();
+        // Attempts carry the delivery id; other lines (a dropped job) the event and webhook ids.
+        let event_id = format!("fault-{event}");
+        let id = webhookd::delivery::sign::delivery_id(&event_id, webhook);
+        let event_field = format!("event_id={event_id}");
+        let logged: Vec<&str> = logs
+            .lines()
+            .filter(|line| {
+                line.contains(&id)
+                    || (line.contains(webhook.as_str())
+                        && line.split_whitespace().any(|field| field == event_field))
+            })
+            .collect();
         format!("event {event} to {webhook}: requests {requests:?}; logged {logged:#?}")
     };
     let lost: Vec<String> = lost.iter().map(trace).collect();
