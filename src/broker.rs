@@ -35,6 +35,8 @@ pub enum BrokerError {
     ConsumerEnded,
     #[error("broker did not confirm a publish to {0} (publisher confirms are off)")]
     Unconfirmed(String),
+    #[error("no queue took a publish to {0}: a queue webhookd declared is gone")]
+    Unroutable(String),
     #[error("connecting and declaring took longer than {0:?}")]
     SetupTimeout(Duration),
     #[error("a broker connection or channel closed")]
@@ -229,7 +231,9 @@ impl Publisher {
         self.channel.status().connected()
     }
 
-    /// Publishes and waits for the broker's confirm.
+    /// Publishes and waits for the broker's confirm. Mandatory: a message no queue takes (its
+    /// queue was deleted while webhookd ran) comes back as [`BrokerError::Unroutable`] instead of
+    /// being confirmed and dropped.
     pub async fn publish(
         &self,
         exchange: &str,
@@ -242,14 +246,18 @@ impl Publisher {
             .basic_publish(
                 ShortString::from(exchange),
                 ShortString::from(routing_key),
-                BasicPublishOptions::default(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
                 body,
                 properties.with_delivery_mode(2),
             )
             .await?
             .await?;
         match confirm {
-            Confirmation::Ack(_) => Ok(()),
+            Confirmation::Ack(None) => Ok(()),
+            Confirmation::Ack(Some(_)) => Err(BrokerError::Unroutable(routing_key.to_owned())),
             Confirmation::Nack(_) => Err(BrokerError::Nacked(routing_key.to_owned())),
             Confirmation::NotRequested => Err(BrokerError::Unconfirmed(routing_key.to_owned())),
         }

@@ -4,9 +4,12 @@
 //! The consumer loop only receives and spawns; [`process`] decides what happens to one message
 //! and returns whether it may be acked; [`settle`] acks or hands it back. A message is acked only
 //! when each of its deliveries reached a 2xx, or its replacement (a retry job in a delay queue, a
-//! dead letter) has been confirmed by the broker. Anything else — a broker nack, a lost channel, a
-//! shutdown that ran out of drain time — leaves the message to the broker, which delivers it
-//! again: a duplicate with the same delivery id, never a loss.
+//! dead letter) has been confirmed by the broker, and taken by a queue (publishes are mandatory:
+//! without that, a publish to a queue deleted under webhookd would be confirmed and dropped).
+//! Anything else — a broker nack, a lost channel, a returned publish, a shutdown that ran out of
+//! drain time — leaves the message to the broker, which delivers it again: a duplicate with the
+//! same delivery id, never a loss. A returned publish also ends the session, so the next one
+//! declares the queues again.
 //!
 //! A session is one pair of broker connections (consume, publish) and the message tasks started
 //! on them. When either connection or channel dies, the session abandons its tasks (the broker
@@ -547,13 +550,21 @@ async fn handle(
     };
     let verdict = match settled {
         Ok(()) => Verdict::Ack,
+        Err(Unsettled::Broker(BrokerError::Amqp(_))) => {
+            // A publish failed on a dead channel or connection: the whole session is gone, and
+            // the broker requeues everything unacked.
+            stops.lost.cancel();
+            return;
+        }
+        Err(reason @ Unsettled::Broker(BrokerError::Unroutable(_))) => {
+            // A queue webhookd declared was deleted under it. Requeued alone, the message would
+            // come straight back to the same missing queue; a new session declares the queues
+            // again (delay queues on first use), and the broker requeues what this one held.
+            warn!(%reason, "reconnecting to declare webhookd's queues again");
+            stops.lost.cancel();
+            return;
+        }
         Err(reason) => {
-            if let Unsettled::Broker(BrokerError::Amqp(_)) = reason {
-                // A publish failed on a dead channel or connection: the whole session is gone,
-                // and the broker requeues everything unacked.
-                stops.lost.cancel();
-                return;
-            }
             warn!(%reason, "handing a message back to the broker");
             Verdict::Requeue
         }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeleteOptions};
 use lapin::types::ShortString;
 use lapin::BasicProperties;
 use serde_json::Value;
@@ -91,6 +91,76 @@ async fn losing_a_connection_or_the_broker_flips_readyz_and_deliveries_resume() 
     .await;
     assert_eq!(receiver.requests("/hook").len(), 4);
     assert!(daemon.dead_letters().await.is_empty());
+}
+
+/// An operator deletes webhookd's dead-letter queue and its delay queues while it runs. The next
+/// retry job and dead letter must not be confirmed into nowhere: their publishes come back
+/// unroutable, the event goes back to the broker, and a new session declares the queues again,
+/// so the retry and the dead letter still land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queues_deleted_under_webhookd_are_declared_again_and_nothing_is_dropped() {
+    let node = PrivateNode::start("gone").await;
+    let daemon = Daemon::start(Settings {
+        broker_url: Some(node.url()),
+        ..Settings::default()
+    })
+    .await;
+    // Each event's first two attempts at /flaky fail and the third succeeds, so after the
+    // deletion a retry job needs a delay queue declared again; /missing is a 404.
+    let receiver = Receiver::scripted(|path, seen| match path {
+        "/flaky" if seen % 3 != 2 => Reply::status(503),
+        "/missing" => Reply::status(404),
+        _ => Reply::status(200),
+    })
+    .await;
+    daemon.add_webhook(1, &receiver.url("/flaky"), &[]).await;
+    daemon.add_webhook(2, &receiver.url("/missing"), &[]).await;
+    let amqp = broker::connect_to(&node.url()).await;
+    let exchange = daemon.names.exchange.clone();
+    let retried_and_parked = |round: u64| {
+        let (amqp, exchange, receiver, daemon) = (&amqp, &exchange, &receiver, &daemon);
+        async move {
+            broker::publish_event(amqp, exchange, "message_created", 1, round).await;
+            broker::publish_event(amqp, exchange, "message_created", 2, round).await;
+            eventually(
+                WAIT,
+                &format!("round {round}'s retry delivered"),
+                || async {
+                    (receiver.count(|r| r.path == "/flaky" && r.status == Some(200)) as u64
+                        == round)
+                        .then_some(())
+                },
+            )
+            .await;
+            eventually(WAIT, &format!("round {round}'s dead letter"), || async {
+                (daemon.dead_letters().await.len() == 1).then_some(())
+            })
+            .await;
+        }
+    };
+    retried_and_parked(1).await;
+
+    let listing = node
+        .ctl(&["list_queues", "-q", "--no-table-headers", "name"])
+        .await;
+    let doomed: Vec<&str> = listing
+        .lines()
+        .map(str::trim)
+        .filter(|name| {
+            name.starts_with(&daemon.names.retry_prefix) || *name == daemon.names.dead_letters
+        })
+        .collect();
+    assert!(doomed.len() >= 2, "a delay queue and the DLQ: {doomed:?}");
+    let channel = amqp.create_channel().await.expect("channel");
+    for queue in &doomed {
+        channel
+            .queue_delete(ShortString::from(*queue), QueueDeleteOptions::default())
+            .await
+            .expect("queue.delete");
+    }
+    // The DLQ went with its letter: the next round's is again the only one.
+    retried_and_parked(2).await;
+    assert!(daemon.metric("webhookd_broker_reconnects_total").await >= 1.0);
 }
 
 /// The proof: 2,000 events to accounts of three webhooks each, through receivers that
