@@ -637,7 +637,8 @@ async fn process(
             Some(webhook) if webhook.enabled => vec![webhook],
             _ => {
                 shared.metrics.job_dropped();
-                info!(webhook_id = %job.webhook_id, %event_id, "webhook deleted or disabled while its retry waited: job dropped");
+                let delivery_id = sign::delivery_id(&event_id, &job.webhook_id);
+                info!(%delivery_id, webhook_id = %job.webhook_id, %event_id, "webhook deleted or disabled while its retry waited: job dropped");
                 return Ok(());
             }
         },

@@ -333,6 +333,21 @@ async fn a_job_whose_webhook_was_deleted_while_waiting_is_dropped() {
         daemon.dead_letters().await.is_empty(),
         "dropped, not dead-lettered"
     );
+    // The drop is logged with the delivery id the attempt carried, so one grep finds both.
+    // (The metric is counted just before the line is written: wait for it.)
+    let delivery_id = receiver.requests("/d")[0].header("webhook-id").to_owned();
+    eventually(
+        WAIT,
+        &format!("a drop logged with {delivery_id}"),
+        || async {
+            daemon
+                .logs()
+                .lines()
+                .any(|line| line.contains("job dropped") && line.contains(&delivery_id))
+                .then_some(())
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
