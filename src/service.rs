@@ -433,8 +433,21 @@ async fn close_connection(connection: &Connection, patience: Duration) {
 struct Stops {
     /// Drain time is up: nack and requeue what is unfinished.
     hand_back: CancellationToken,
-    /// The session lost its broker link: settle nothing (the broker requeues it all).
+    /// The session lost its broker link, or a queue it publishes to: settle nothing (the broker
+    /// requeues it all).
     lost: CancellationToken,
+    /// The queue whose publish came back, when that is why `lost` was cancelled.
+    gone_queue: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl Stops {
+    /// Why the session ended when `lost` was cancelled.
+    fn loss(&self) -> BrokerError {
+        match self.gone_queue.lock().ok().and_then(|mut gone| gone.take()) {
+            Some(queue) => BrokerError::Unroutable(queue),
+            None => BrokerError::PublisherLost,
+        }
+    }
 }
 
 /// One broker session: connect, declare, consume until shutdown (Ok) or broker loss (Err).
@@ -465,7 +478,7 @@ async fn session(
     let ended = loop {
         tokio::select! {
             () = shutdown.cancelled() => break Ok(()),
-            () = stops.lost.cancelled() => break Err(BrokerError::PublisherLost),
+            () = stops.lost.cancelled() => break Err(stops.loss()),
             _ = check.tick() => if !link.is_open() {
                 break Err(BrokerError::ConnectionLost);
             },
@@ -556,11 +569,14 @@ async fn handle(
             stops.lost.cancel();
             return;
         }
-        Err(reason @ Unsettled::Broker(BrokerError::Unroutable(_))) => {
+        Err(Unsettled::Broker(BrokerError::Unroutable(queue))) => {
             // A queue webhookd declared was deleted under it. Requeued alone, the message would
             // come straight back to the same missing queue; a new session declares the queues
-            // again (delay queues on first use), and the broker requeues what this one held.
-            warn!(%reason, "reconnecting to declare webhookd's queues again");
+            // again (delay queues on first use), and the broker requeues what this one held. The
+            // supervisor logs the reconnect with the queue's name.
+            if let Ok(mut gone) = stops.gone_queue.lock() {
+                gone.get_or_insert(queue);
+            }
             stops.lost.cancel();
             return;
         }

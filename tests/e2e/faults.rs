@@ -161,6 +161,13 @@ async fn queues_deleted_under_webhookd_are_declared_again_and_nothing_is_dropped
     // The DLQ went with its letter: the next round's is again the only one.
     retried_and_parked(2).await;
     assert!(daemon.metric("webhookd_broker_reconnects_total").await >= 1.0);
+    let logs = daemon.logs();
+    assert!(
+        logs.lines().any(
+            |line| line.contains("reconnecting") && line.contains("no queue took a publish to")
+        ),
+        "the reconnect names the missing queue"
+    );
 }
 
 /// The proof: 2,000 events to accounts of three webhooks each, through receivers that
