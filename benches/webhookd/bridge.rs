@@ -12,12 +12,11 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use http::{header, Method, Request};
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::{FieldTable, ShortString};
 
 use crate::amqp;
+use crate::http::bare_client;
 
 /// The first argument that makes this executable the bridge: `BRIDGE AMQP_URL QUEUE URL`.
 pub const BRIDGE: &str = "--minimal-bridge";
@@ -44,7 +43,7 @@ pub async fn run() -> anyhow::Result<()> {
             FieldTable::default(),
         )
         .await?;
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let client = bare_client();
     while let Some(delivery) = consumer.next().await {
         let delivery = delivery?;
         let request = Request::builder()

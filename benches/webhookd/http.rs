@@ -5,6 +5,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use http::{header, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
@@ -15,16 +16,24 @@ use crate::scenarios::Raw;
 /// The first argument that makes this executable the bare client of [`run_apart`].
 pub const APART: &str = "--bare-client-apart";
 
-/// POSTs events `0..count` to `url`, `in_flight` at a time, on a pooled hyper-util client (the
-/// client webhookd itself is built on); requests per second from the first send to the last
-/// answer.
+/// The pooled hyper-util client (the client webhookd itself is built on) that P and the minimal
+/// bridge POST with. It sets `TCP_NODELAY`, as webhookd's connector does, so neither baseline
+/// waits on Nagle's algorithm where webhookd would not.
+pub fn bare_client() -> Client<HttpConnector, Full<Bytes>> {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new()).build(connector)
+}
+
+/// POSTs events `0..count` to `url`, `in_flight` at a time, on the [`bare_client`]; requests per
+/// second from the first send to the last answer.
 pub async fn post_rate(
     url: &str,
     bodies: &Bodies,
     count: u64,
     in_flight: usize,
 ) -> anyhow::Result<f64> {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let client = bare_client();
     let started = now_ns();
     let mut answers = futures_util::stream::iter(0..count)
         .map(|i| {
