@@ -28,6 +28,7 @@ mod endpoints;
 mod reload;
 mod systemd;
 
+use std::borrow::Cow;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -55,7 +56,7 @@ use crate::event::{self, Envelope};
 use crate::job::{self, Job};
 use crate::metrics::Metrics;
 use crate::retry::Schedule;
-use crate::store::{Attempt, Store, Webhook, ATTEMPT_SHARES};
+use crate::store::{NewAttempt, Store, Webhook, ATTEMPT_SHARES};
 
 /// How long connecting and declaring may take before the attempt counts as failed: a broker
 /// that accepts TCP but never answers must not hold the supervisor forever.
@@ -786,7 +787,8 @@ async fn deliver(
     let status = result.as_ref().ok().map(|r| r.status.as_u16());
     let error = result.as_ref().err().map(ToString::to_string);
 
-    let state = Job {
+    // What a retry job or a dead letter carries; a delivered event needs none, so builds none.
+    let job_state = || Job {
         webhook_id: webhook.id.clone(),
         event_id: event.event_id.to_owned(),
         attempts: attempt,
@@ -794,19 +796,16 @@ async fn deliver(
         last_status: status,
         last_error: error.clone(),
     };
-    let next = match outcome {
-        Outcome::Delivered => Next::Done,
+    let (next, state) = match outcome {
+        Outcome::Delivered => (Next::Done, None),
         Outcome::Retry { after } => {
+            let state = job_state();
             // This attempt may have opened the circuit, or found it opened meanwhile.
             let shut_for = shared.endpoints.shut_for(&webhook.url);
-            retry_or_give_up(
-                live,
-                &state,
-                attempt,
-                outlast(live, attempt, after, shut_for),
-            )
+            let after = outlast(live, attempt, after, shut_for);
+            (retry_or_give_up(live, &state, attempt, after), Some(state))
         }
-        Outcome::Dead { reason } => Next::Dead(reason),
+        Outcome::Dead { reason } => (Next::Dead(reason), Some(job_state())),
     };
 
     let label = next.label();
@@ -836,26 +835,31 @@ async fn deliver(
         Next::Retry(_) => log_attempt!(tracing::Level::INFO),
         Next::Dead(_) => log_attempt!(tracing::Level::WARN),
     }
-    let record = Attempt {
-        at: humantime::format_rfc3339_millis(now).to_string(),
-        delivery_id: delivery_id.clone(),
+    let record = NewAttempt {
+        at: now,
+        delivery_id: &delivery_id,
         attempt,
         status,
-        error,
+        error: error.as_deref(),
         latency_ms: u64::try_from(latency.as_millis()).unwrap_or(u64::MAX),
-        outcome: next.to_string(),
+        outcome: &next.text(),
     };
-    shared.store.record_attempt(&webhook.id, record);
-    follow_up(
-        shared,
-        publisher,
-        event,
-        webhook,
-        &delivery_id,
-        &state,
-        next,
-    )
-    .await
+    shared.store.record_attempt(&webhook.id, &record);
+    match state {
+        None => Ok(()),
+        Some(state) => {
+            follow_up(
+                shared,
+                publisher,
+                event,
+                webhook,
+                &delivery_id,
+                &state,
+                next,
+            )
+            .await
+        }
+    }
 }
 
 /// A permit under the global in-flight cap, then a slot at the endpoint, or why not.
@@ -867,10 +871,10 @@ async fn deliver(
 /// requests of every other receiver. `None` for the permit only if the semaphore was closed,
 /// which it never is.
 async fn admit<'a>(
-    shared: &Shared,
+    shared: &'a Shared,
     live: &'a Live,
-    url: &str,
-) -> Result<(Option<SemaphorePermit<'a>>, Slot), Refusal> {
+    url: &'a str,
+) -> Result<(Option<SemaphorePermit<'a>>, Slot<'a>), Refusal> {
     let permit = match live.in_flight.try_acquire() {
         Ok(permit) => Some(permit),
         Err(_) => {
@@ -976,12 +980,20 @@ impl Next {
             Next::Dead(_) => "dead",
         }
     }
+
+    /// As shown, without an allocation for the common case.
+    fn text(&self) -> Cow<'static, str> {
+        match self {
+            Next::Done => Cow::Borrowed(self.label()),
+            Next::Retry(_) | Next::Dead(_) => Cow::Owned(self.to_string()),
+        }
+    }
 }
 
 impl std::fmt::Display for Next {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Next::Done => f.write_str("delivered"),
+            Next::Done => f.write_str(self.label()),
             Next::Retry(bucket) => write!(f, "retry in {}", humantime::format_duration(*bucket)),
             Next::Dead(reason) => write!(f, "dead:{}", reason.as_str()),
         }

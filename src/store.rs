@@ -391,6 +391,21 @@ impl WebhookPatch {
     }
 }
 
+/// One attempt as the daemon records it: the fields of an [`Attempt`] before they are text. The
+/// record is encoded straight from these (`store::record`), so recording one on the delivery path
+/// neither formats the time nor copies a string.
+#[derive(Debug, Clone, Copy)]
+pub struct NewAttempt<'a> {
+    pub at: SystemTime,
+    pub delivery_id: &'a str,
+    pub attempt: u32,
+    pub status: Option<u16>,
+    pub error: Option<&'a str>,
+    pub latency_ms: u64,
+    /// As [`Attempt::outcome`].
+    pub outcome: &'a str,
+}
+
 /// One delivery attempt, kept for `webhookd webhooks attempts ID`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Attempt {
@@ -403,6 +418,23 @@ pub struct Attempt {
     pub latency_ms: u64,
     /// `delivered`, `retry` or `dead:<reason>`.
     pub outcome: String,
+}
+
+#[cfg(test)]
+impl Attempt {
+    /// What the daemon would have handed over to record `self`; `at` must be RFC 3339.
+    #[allow(clippy::unwrap_used)]
+    pub(crate) fn as_new(&self) -> NewAttempt<'_> {
+        NewAttempt {
+            at: humantime::parse_rfc3339(&self.at).unwrap(),
+            delivery_id: &self.delivery_id,
+            attempt: self.attempt,
+            status: self.status,
+            error: self.error.as_deref(),
+            latency_ms: self.latency_ms,
+            outcome: &self.outcome,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -947,14 +979,14 @@ impl Store {
     /// Records an attempt. It is buffered in memory until its share is next persisted; the
     /// buffer keeps at most the newest 100 per webhook, so it stays bounded however far
     /// persisting falls behind.
-    pub fn record_attempt(&self, webhook_id: &str, attempt: Attempt) {
+    pub fn record_attempt(&self, webhook_id: &str, attempt: &NewAttempt<'_>) {
         let mut buffer = self.buffer(attempt_share(webhook_id));
         match buffer.get_mut(webhook_id) {
-            Some(pending) => pending.push(&attempt),
+            Some(pending) => pending.push(attempt),
             None => buffer
                 .entry(webhook_id.to_owned())
                 .or_default()
-                .push(&attempt),
+                .push(attempt),
         }
     }
 
@@ -1722,13 +1754,13 @@ mod tests {
         let store = Store::open_temporary().unwrap();
         let webhook = store.create(new_webhook(1)).await.unwrap();
         let neighbour = store.create(new_webhook(1)).await.unwrap();
-        store.record_attempt(&neighbour.id, attempt(9999));
+        store.record_attempt(&neighbour.id, &attempt(9999).as_new());
         for n in 1..=130 {
-            store.record_attempt(&webhook.id, attempt(n));
+            store.record_attempt(&webhook.id, &attempt(n).as_new());
         }
         store.persist_attempts().unwrap();
         for n in 131..=250 {
-            store.record_attempt(&webhook.id, attempt(n));
+            store.record_attempt(&webhook.id, &attempt(n).as_new());
             if n == 200 {
                 store.persist_attempts().unwrap();
             }
@@ -1793,7 +1825,7 @@ mod tests {
             ids.push(store.create(new_webhook(account)).await.unwrap().id);
         }
         for id in &ids {
-            store.record_attempt(id, attempt(1));
+            store.record_attempt(id, &attempt(1).as_new());
         }
         let (first, rest): (Vec<&String>, Vec<&String>) =
             ids.iter().partition(|id| attempt_share(id) == 0);
@@ -1826,7 +1858,7 @@ mod tests {
             // 37 does not divide 100, so the log overflows in the middle of a persist.
             for batch in (1..=250).collect::<Vec<u32>>().chunks(37) {
                 for &n in batch {
-                    store.record_attempt(&webhook.id, attempt(n));
+                    store.record_attempt(&webhook.id, &attempt(n).as_new());
                 }
                 store.persist_attempts().unwrap();
             }
@@ -1845,7 +1877,7 @@ mod tests {
         // After a reopen, new attempts push out the oldest.
         let store = reopen(&path);
         for n in 251..=260 {
-            store.record_attempt(&id, attempt(n));
+            store.record_attempt(&id, &attempt(n).as_new());
         }
         store.persist_attempts().unwrap();
         let all = store.attempts(&id, usize::MAX).unwrap();
@@ -1876,7 +1908,7 @@ mod tests {
             assert!(!names.contains(&tree.into()), "{tree}");
         }
         assert!(store.attempts(&id, 10).unwrap().is_empty());
-        store.record_attempt(&id, attempt(3));
+        store.record_attempt(&id, &attempt(3).as_new());
         store.persist_attempts().unwrap();
         assert_eq!(numbers(&store.attempts(&id, 10).unwrap()), [3]);
     }
@@ -1888,7 +1920,7 @@ mod tests {
         let id = {
             let store = Store::open(&path).unwrap();
             let webhook = store.create(new_webhook(1)).await.unwrap();
-            store.record_attempt(&webhook.id, attempt(1));
+            store.record_attempt(&webhook.id, &attempt(1).as_new());
             store.flush().await.unwrap();
             webhook.id
         };
@@ -1899,20 +1931,20 @@ mod tests {
     #[tokio::test]
     async fn attempts_of_unknown_or_deleted_webhooks_are_not_kept() {
         let store = Store::open_temporary().unwrap();
-        store.record_attempt("wh_unknown", attempt(1));
+        store.record_attempt("wh_unknown", &attempt(1).as_new());
         store.persist_attempts().unwrap();
         assert!(store.attempts("wh_unknown", 10).unwrap().is_empty());
 
         let webhook = store.create(new_webhook(1)).await.unwrap();
         for n in 1..=45 {
-            store.record_attempt(&webhook.id, attempt(n));
+            store.record_attempt(&webhook.id, &attempt(n).as_new());
         }
         store.persist_attempts().unwrap();
         assert_eq!(stored_numbers(&store, &webhook.id).len(), 45);
         assert!(store.delete(&webhook.id).await.unwrap());
         assert!(store.attempts(&webhook.id, 10).unwrap().is_empty());
         // A delivery racing the delete buffers one more: persisting must not revive the log.
-        store.record_attempt(&webhook.id, attempt(2));
+        store.record_attempt(&webhook.id, &attempt(2).as_new());
         store.persist_attempts().unwrap();
         assert!(stored_numbers(&store, &webhook.id).is_empty());
     }
@@ -1921,7 +1953,7 @@ mod tests {
     async fn a_persist_that_found_the_webhook_before_its_delete_cannot_bring_the_log_back() {
         let store = Store::open_temporary().unwrap();
         let webhook = store.create(new_webhook(1)).await.unwrap();
-        store.record_attempt(&webhook.id, attempt(1));
+        store.record_attempt(&webhook.id, &attempt(1).as_new());
         store.persist_attempts().unwrap();
         // This thread plays a persist that has found the webhook and not yet appended: it holds
         // the persist lock while the delete's transaction commits.
@@ -1948,7 +1980,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(1));
         }
         let mut pending = Pending::default();
-        pending.push(&attempt(2));
+        pending.push(&attempt(2).as_new());
         store.log.append(&webhook.id, &pending).unwrap();
         drop(persisting);
 

@@ -264,9 +264,9 @@ struct Inner {
 
 /// One request's place at its endpoint. [`Slot::finish`] reports how it went; dropping it
 /// unfinished gives the place back without a verdict.
-pub struct Slot {
-    endpoints: Arc<Endpoints>,
-    url: String,
+pub struct Slot<'a> {
+    endpoints: &'a Endpoints,
+    url: &'a str,
     probe: bool,
     finished: bool,
     cut: CancellationToken,
@@ -289,7 +289,7 @@ impl Endpoints {
     }
 
     /// A place for one request to `url`, or why it must wait.
-    pub fn admit(self: &Arc<Self>, url: &str) -> Result<Slot, Refusal> {
+    pub fn admit<'a>(&'a self, url: &'a str) -> Result<Slot<'a>, Refusal> {
         let now = Instant::now();
         let mut inner = self.lock();
         let policy = inner.policy;
@@ -305,8 +305,8 @@ impl Endpoints {
         drop(inner);
         self.note(url, change);
         admitted.map(|probe| Slot {
-            endpoints: self.clone(),
-            url: url.to_owned(),
+            endpoints: self,
+            url,
             probe,
             finished: false,
             cut,
@@ -389,7 +389,7 @@ pub async fn sweep_stalls(endpoints: Arc<Endpoints>, stopped: CancellationToken)
     }
 }
 
-impl Slot {
+impl Slot<'_> {
     /// Resolves when a stall opened the endpoint's circuit: the request is to be given up as a
     /// failed attempt.
     pub async fn cut_off(&self) {
@@ -399,14 +399,14 @@ impl Slot {
     /// The request ended: `healthy` is false for an attempt that will be retried.
     pub fn finish(mut self, healthy: bool) {
         self.finished = true;
-        self.endpoints.release(&self.url, self.probe, Some(healthy));
+        self.endpoints.release(self.url, self.probe, Some(healthy));
     }
 }
 
-impl Drop for Slot {
+impl Drop for Slot<'_> {
     fn drop(&mut self) {
         if !self.finished {
-            self.endpoints.release(&self.url, self.probe, None);
+            self.endpoints.release(self.url, self.probe, None);
         }
     }
 }

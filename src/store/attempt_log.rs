@@ -31,7 +31,7 @@ use std::io::{self, ErrorKind};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use super::{record, Attempt, StoreError, ATTEMPTS_KEPT};
+use super::{record, Attempt, NewAttempt, StoreError, ATTEMPTS_KEPT};
 
 const MAGIC: [u8; 8] = *b"WHAL\x01\0\0\0";
 const HEADER_BYTES: usize = 16;
@@ -171,7 +171,7 @@ pub(super) struct Pending {
 }
 
 impl Pending {
-    pub(super) fn push(&mut self, attempt: &Attempt) {
+    pub(super) fn push(&mut self, attempt: &NewAttempt<'_>) {
         if encode_entry(attempt, &mut self.bytes) {
             self.count += 1;
         }
@@ -216,15 +216,14 @@ fn entry_ranges(bytes: &[u8]) -> Vec<std::ops::Range<usize>> {
 
 /// Appends `attempt` to `out` as an entry that fits a slot, cutting its error text to fit;
 /// `false` (and nothing appended) if even that cannot make it fit.
-fn encode_entry(attempt: &Attempt, out: &mut Vec<u8>) -> bool {
+fn encode_entry(attempt: &NewAttempt<'_>, out: &mut Vec<u8>) -> bool {
     let start = out.len();
     out.extend_from_slice(&[0, 0]);
     record::encode(attempt, out);
     let mut length = out.len() - start - 2;
     if length > RECORD_MAX {
         out.truncate(start + 2);
-        let mut shortened = attempt.clone();
-        let error = shortened.error.take().unwrap_or_default();
+        let error = attempt.error.unwrap_or_default();
         // Everything but the error text fits (the other fields are short by construction); the
         // error keeps what is left, less the few bytes its longer length prefix and `…` take.
         let room = RECORD_MAX.saturating_sub(length - error.len() + 8);
@@ -232,7 +231,11 @@ fn encode_entry(attempt: &Attempt, out: &mut Vec<u8>) -> bool {
         while !error.is_char_boundary(cut) {
             cut -= 1;
         }
-        shortened.error = Some(format!("{}…", &error[..cut]));
+        let shortened = format!("{}…", &error[..cut]);
+        let shortened = NewAttempt {
+            error: Some(&shortened),
+            ..*attempt
+        };
         record::encode(&shortened, out);
         length = out.len() - start - 2;
     }
@@ -288,7 +291,7 @@ mod tests {
     fn pending(attempts: impl IntoIterator<Item = Attempt>) -> Pending {
         let mut pending = Pending::default();
         for attempt in attempts {
-            pending.push(&attempt);
+            pending.push(&attempt.as_new());
         }
         pending
     }

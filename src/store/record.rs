@@ -10,15 +10,18 @@
 //!
 //! - strings: a LEB128 length, then the UTF-8 bytes;
 //! - integers: LEB128;
-//! - `at`: `1` and the milliseconds since the Unix epoch, when the string is exactly what
-//!   webhookd writes for that instant (RFC 3339, milliseconds, UTC); else `0` and the string;
+//! - `at`: `1` and the milliseconds since the Unix epoch, which read back as RFC 3339 with
+//!   milliseconds, UTC (`0` and a string is also read: the layout's other form, which webhookd
+//!   does not write);
 //! - `delivery_id`: `1` and the 16 bytes of the UUID, when the string is exactly its lowercase
 //!   hyphenated form (every delivery id webhookd makes); else `0` and the string;
 //! - `status`: LEB128 of `status + 1`, `0` for none;
 //! - `error`: `0` for none, else `1` and the string.
 //!
-//! Either way a record decodes to the very strings it was made from. The format byte lets a
-//! later layout be told apart. Decoding checks every length against the bytes present, so a
+//! A record is encoded from the typed [`NewAttempt`] the daemon hands over, so the delivery path
+//! never formats a time only to parse it back here. It decodes to the [`Attempt`] shown to
+//! operators: the delivery id exactly as given, the time as the instant's RFC 3339 text. The
+//! format byte lets a later layout be told apart. Decoding checks every length against the bytes present, so a
 //! damaged record is an error, never a panic or a huge allocation.
 
 use std::fmt::Write;
@@ -26,13 +29,17 @@ use std::time::{Duration, SystemTime};
 
 use uuid::Uuid;
 
-use super::{Attempt, StoreError};
+use super::{Attempt, NewAttempt, StoreError};
 
 const FORMAT: u8 = 1;
 
-/// Appends `attempt`, encoded, to `out`.
-pub(super) fn encode(attempt: &Attempt, out: &mut Vec<u8>) {
-    let Attempt {
+/// The last millisecond RFC 3339 can show, 9999-12-31T23:59:59.999Z.
+const MAX_MILLIS: u64 = 253_402_300_799_999;
+
+/// Appends `attempt`, encoded, to `out`. A clock set before 1970 records the epoch, and one past
+/// the year 9999 that year's last millisecond, so every record decodes.
+pub(super) fn encode(attempt: &NewAttempt<'_>, out: &mut Vec<u8>) {
+    let NewAttempt {
         at,
         delivery_id,
         attempt,
@@ -40,18 +47,15 @@ pub(super) fn encode(attempt: &Attempt, out: &mut Vec<u8>) {
         error,
         latency_ms,
         outcome,
-    } = attempt;
+    } = *attempt;
     out.push(FORMAT);
-    match millis_since_epoch(at) {
-        Some(millis) => {
-            out.push(1);
-            put_uint(out, millis);
-        }
-        None => {
-            out.push(0);
-            put_str(out, at);
-        }
-    }
+    let millis = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| {
+            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+        });
+    out.push(1);
+    put_uint(out, millis.min(MAX_MILLIS));
     match canonical_uuid(delivery_id) {
         Some(uuid) => {
             out.push(1);
@@ -62,7 +66,7 @@ pub(super) fn encode(attempt: &Attempt, out: &mut Vec<u8>) {
             put_str(out, delivery_id);
         }
     }
-    put_uint(out, u64::from(*attempt));
+    put_uint(out, u64::from(attempt));
     put_uint(out, status.map_or(0, |status| u64::from(status) + 1));
     match error {
         None => out.push(0),
@@ -71,7 +75,7 @@ pub(super) fn encode(attempt: &Attempt, out: &mut Vec<u8>) {
             put_str(out, error);
         }
     }
-    put_uint(out, *latency_ms);
+    put_uint(out, latency_ms);
     put_str(out, outcome);
 }
 
@@ -112,20 +116,6 @@ pub(super) fn decode(bytes: &[u8]) -> Result<Attempt, StoreError> {
         return Err(corrupt("bytes after an attempt record"));
     }
     Ok(attempt)
-}
-
-/// The instant `at` names, in milliseconds since the Unix epoch, if formatting that instant
-/// gives back `at` exactly.
-fn millis_since_epoch(at: &str) -> Option<u64> {
-    let instant = humantime::parse_rfc3339(at).ok()?;
-    let millis = u64::try_from(
-        instant
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .ok()?
-            .as_millis(),
-    )
-    .ok()?;
-    (format_millis(millis).ok()? == at).then_some(millis)
 }
 
 /// The time as webhookd writes it; an error past what RFC 3339 can show (the year 9999).
@@ -228,7 +218,7 @@ mod tests {
 
     fn encoded(attempt: &Attempt) -> Vec<u8> {
         let mut out = Vec::new();
-        encode(attempt, &mut out);
+        encode(&attempt.as_new(), &mut out);
         out
     }
 
@@ -249,7 +239,7 @@ mod tests {
         let extremes = [
             typical(),
             Attempt {
-                at: String::new(),
+                at: "1970-01-01T00:00:00.000Z".to_owned(),
                 delivery_id: "ü".repeat(200),
                 attempt: u32::MAX,
                 status: Some(u16::MAX),
@@ -258,6 +248,7 @@ mod tests {
                 outcome: "dead:gone".to_owned(),
             },
             Attempt {
+                at: "9999-12-31T23:59:59.999Z".to_owned(),
                 attempt: 0,
                 status: Some(0),
                 error: Some(String::new()),
@@ -269,30 +260,63 @@ mod tests {
                 latency_ms: 128,
                 ..typical()
             },
-            // Strings that only look like what webhookd writes are kept as strings.
+            // Ids that only look like what webhookd makes are kept as strings.
             Attempt {
-                at: "2026-11-29T20:47:24Z".to_owned(),
                 delivery_id: "A37C6D31-C3A8-523A-B839-368C1A75AA22".to_owned(),
                 ..typical()
             },
             Attempt {
-                at: "2026-11-29T20:47:24.123+00:00".to_owned(),
                 delivery_id: "a37c6d31c3a8523ab839368c1a75aa22".to_owned(),
                 ..typical()
             },
             Attempt {
-                at: "1969-12-31T23:59:59.999Z".to_owned(),
-                delivery_id: "d-1".to_owned(),
-                ..typical()
-            },
-            Attempt {
-                at: "1970-01-01T00:00:00.000Z".to_owned(),
+                delivery_id: String::new(),
                 ..typical()
             },
         ];
         for attempt in extremes {
             assert_eq!(decode(&encoded(&attempt)).unwrap(), attempt);
         }
+    }
+
+    #[test]
+    fn a_clock_outside_what_rfc_3339_shows_records_the_nearest_instant_it_does() {
+        let before_1970 = SystemTime::UNIX_EPOCH - Duration::from_millis(1);
+        let past_9999 = SystemTime::UNIX_EPOCH + Duration::from_millis(MAX_MILLIS + 1);
+        for (at, shown) in [
+            (before_1970, "1970-01-01T00:00:00.000Z"),
+            (past_9999, "9999-12-31T23:59:59.999Z"),
+        ] {
+            let mut out = Vec::new();
+            let attempt = typical();
+            encode(
+                &NewAttempt {
+                    at,
+                    ..attempt.as_new()
+                },
+                &mut out,
+            );
+            assert_eq!(decode(&out).unwrap().at, shown);
+        }
+    }
+
+    #[test]
+    fn a_time_stored_as_a_string_reads_back_as_that_string() {
+        // The layout's other form for `at`: tag 0 and the text, as written before this encoder.
+        let mut record = vec![FORMAT, 0];
+        put_str(&mut record, "2026-11-29T20:47:24Z");
+        let mut rest = encoded(&typical());
+        // After the format byte, the tag and the time's LEB128 bytes, the last of which is < 0x80.
+        let after_time = 2 + rest[2..].iter().position(|&b| b < 0x80).unwrap() + 1;
+        record.extend_from_slice(&rest.split_off(after_time));
+        let attempt = decode(&record).unwrap();
+        assert_eq!(
+            attempt,
+            Attempt {
+                at: "2026-11-29T20:47:24Z".to_owned(),
+                ..typical()
+            }
+        );
     }
 
     #[test]
@@ -303,10 +327,8 @@ mod tests {
     }
 
     #[test]
-    fn what_webhookd_writes_takes_the_short_forms() {
-        let now = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+    fn the_delivery_ids_webhookd_makes_take_the_short_form() {
         let id = crate::delivery::sign::delivery_id("evt-1", "wh_1");
-        assert!(millis_since_epoch(&now).is_some(), "{now}");
         assert!(canonical_uuid(&id).is_some(), "{id}");
     }
 
