@@ -63,6 +63,16 @@ impl By {
         }
     }
 
+    /// What a target's note adds: nothing for webhookd; for the bridge, that the target is
+    /// webhookd's, shown beside the bridge's figure for reference (how near the bare libraries
+    /// come to it on this machine).
+    pub fn whose_target(self) -> &'static str {
+        match self {
+            By::Webhookd => "",
+            By::Bridge => "webhookd's target, for reference",
+        }
+    }
+
     /// The same, in a JSON key.
     pub fn key(self) -> &'static str {
         match self {
