@@ -393,7 +393,7 @@ impl WebhookPatch {
 
 /// One attempt as the daemon records it: the fields of an [`Attempt`] before they are text. The
 /// record is encoded straight from these (`store::record`), so recording one on the delivery path
-/// neither formats the time nor copies a string.
+/// neither formats the time as text nor allocates a string per field.
 #[derive(Debug, Clone, Copy)]
 pub struct NewAttempt<'a> {
     pub at: SystemTime,
