@@ -37,8 +37,8 @@ use crate::metrics::Metrics;
 /// How far a circuit's cool-down grows as probes keep failing, as a multiple of the configured one.
 const MAX_COOLDOWN_FACTOR: u32 = 16;
 
-/// How often endpoints are checked for a stall that no arriving delivery noticed: a stall is
-/// caught at most this long after `circuit_stall`.
+/// How often endpoints are checked for a stall that no arriving delivery noticed (a stall is
+/// caught at most this long after `circuit_stall`), and idle ones forgotten.
 const STALL_SWEEP: Duration = Duration::from_millis(250);
 
 /// The settings admission follows; changed live by SIGHUP without forgetting any circuit.
@@ -80,7 +80,9 @@ enum Change {
 }
 
 /// One endpoint's state. An endpoint with nothing in flight, no failures and a closed circuit
-/// has nothing to remember, and [`Endpoints`] drops it.
+/// has nothing to remember, and [`Endpoints`] drops it at its next sweep: not as soon as its
+/// last request ends, or a URL delivered to one request at a time would lose its entry after
+/// each delivery and make it again for the next (a copy of the URL and a cancellation token).
 #[derive(Debug)]
 struct Endpoint {
     in_flight: usize,
@@ -293,15 +295,20 @@ impl Endpoints {
         let now = Instant::now();
         let mut inner = self.lock();
         let policy = inner.policy;
-        let endpoint = inner
-            .endpoints
-            .entry(url.to_owned())
-            .or_insert_with(|| Endpoint::new(now));
-        let (admitted, change) = endpoint.admit(&policy, now);
-        let cut = endpoint.cut.clone();
-        if endpoint.forgettable() {
-            inner.endpoints.remove(url);
-        }
+        let admit = |endpoint: &mut Endpoint| {
+            let (admitted, change) = endpoint.admit(&policy, now);
+            (admitted, change, endpoint.cut.clone())
+        };
+        // Looked up before it is made, so a known URL is not copied for every request.
+        let (admitted, change, cut) = match inner.endpoints.get_mut(url) {
+            Some(endpoint) => admit(endpoint),
+            None => {
+                let mut endpoint = Endpoint::new(now);
+                let admitted = admit(&mut endpoint);
+                inner.endpoints.insert(url.to_owned(), endpoint);
+                admitted
+            }
+        };
         drop(inner);
         self.note(url, change);
         admitted.map(|probe| Slot {
@@ -323,13 +330,17 @@ impl Endpoints {
         endpoint.shut_for(&inner.policy, Instant::now())
     }
 
-    /// Trips every stalled endpoint (see `Endpoint::trip_if_stalled`). Admission notices a
-    /// stall when a delivery arrives for the stuck endpoint; this catches the endpoint that no
-    /// delivery comes to, because its hanging requests' events hold the whole prefetch window.
-    fn trip_stalled(&self) {
+    /// Trips every stalled endpoint (see `Endpoint::trip_if_stalled`) and forgets those with
+    /// nothing to remember. Admission notices a stall when a delivery arrives for the stuck
+    /// endpoint; this catches the endpoint that no delivery comes to, because its hanging
+    /// requests' events hold the whole prefetch window.
+    fn sweep(&self) {
         let now = Instant::now();
         let mut inner = self.lock();
         let policy = inner.policy;
+        inner
+            .endpoints
+            .retain(|_, endpoint| !endpoint.forgettable());
         let tripped: Vec<String> = inner
             .endpoints
             .iter_mut()
@@ -351,9 +362,6 @@ impl Endpoints {
             return;
         };
         let change = endpoint.finish(&policy, now, probe, healthy);
-        if endpoint.forgettable() {
-            inner.endpoints.remove(url);
-        }
         drop(inner);
         self.note(url, change);
     }
@@ -377,14 +385,14 @@ impl Endpoints {
     }
 }
 
-/// Looks for stalled endpoints every `STALL_SWEEP` until `stopped`.
+/// Sweeps the endpoints (see `Endpoints::sweep`) every `STALL_SWEEP` until `stopped`.
 pub async fn sweep_stalls(endpoints: Arc<Endpoints>, stopped: CancellationToken) {
     let mut tick = tokio::time::interval(STALL_SWEEP);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             () = stopped.cancelled() => return,
-            _ = tick.tick() => endpoints.trip_stalled(),
+            _ = tick.tick() => endpoints.sweep(),
         }
     }
 }
@@ -639,7 +647,7 @@ mod tests {
         let healthy = endpoints.admit("http://healthy/").expect("admitted");
         healthy.finish(true);
         assert_eq!(endpoints.shut_for("http://hangs/"), None);
-        endpoints.trip_stalled();
+        endpoints.sweep();
         assert!(hanging.cut.is_cancelled(), "cut off by the sweep");
         assert!(endpoints.shut_for("http://hangs/").is_some());
         assert_eq!(
@@ -670,6 +678,8 @@ mod tests {
         let healthy = endpoints.admit("http://a/").expect("admitted");
         healthy.finish(true);
         drop(endpoints.admit("http://a/").expect("admitted"));
+        assert_eq!(endpoints.lock().endpoints.len(), 1, "kept until the sweep");
+        endpoints.sweep();
         assert!(endpoints.lock().endpoints.is_empty(), "nothing to remember");
 
         endpoints
@@ -708,6 +718,7 @@ mod tests {
         let probe = endpoints.admit("http://c/").expect("the probe");
         probe.finish(true);
         assert_eq!(gauge(), "1");
+        endpoints.sweep();
         assert_eq!(endpoints.lock().endpoints.len(), 1, "c is forgotten");
     }
 }
