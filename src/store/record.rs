@@ -21,8 +21,8 @@
 //! A record is encoded from the typed [`NewAttempt`] the daemon hands over, so the delivery path
 //! never formats a time only to parse it back here. It decodes to the [`Attempt`] shown to
 //! operators: the delivery id exactly as given, the time as the instant's RFC 3339 text. The
-//! format byte lets a later layout be told apart. Decoding checks every length against the bytes present, so a
-//! damaged record is an error, never a panic or a huge allocation.
+//! format byte lets a later layout be told apart. Decoding checks every length against the bytes
+//! present, so a damaged record is an error, never a panic or a huge allocation.
 
 use std::fmt::Write;
 use std::time::{Duration, SystemTime};
