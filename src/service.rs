@@ -438,13 +438,18 @@ struct Stops {
     /// requeues it all).
     lost: CancellationToken,
     /// The queue whose publish came back, when that is why `lost` was cancelled.
-    gone_queue: Arc<std::sync::Mutex<Option<String>>>,
+    gone_queue: Arc<Mutex<Option<String>>>,
 }
 
 impl Stops {
     /// Why the session ended when `lost` was cancelled.
     fn loss(&self) -> BrokerError {
-        match self.gone_queue.lock().ok().and_then(|mut gone| gone.take()) {
+        let gone = self
+            .gone_queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        match gone {
             Some(queue) => BrokerError::Unroutable(queue),
             None => BrokerError::PublisherLost,
         }
@@ -575,9 +580,11 @@ async fn handle(
             // come straight back to the same missing queue; a new session declares the queues
             // again (delay queues on first use), and the broker requeues what this one held. The
             // supervisor logs the reconnect with the queue's name.
-            if let Ok(mut gone) = stops.gone_queue.lock() {
-                gone.get_or_insert(queue);
-            }
+            stops
+                .gone_queue
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get_or_insert(queue);
             stops.lost.cancel();
             return;
         }
@@ -756,7 +763,7 @@ async fn deliver(
                 Refusal::Busy => None,
                 Refusal::Open(left) => outlast(live, attempt, None, Some(left)),
             };
-            let next = retry_or_give_up(live, &state, attempt, not_before);
+            let next = retry_or_give_up(live, first_attempt_at_ms, attempt, not_before);
             debug!(%delivery_id, webhook_id = %webhook.id, outcome = %next, ?refusal, "endpoint busy or its circuit open: deferred without an attempt");
             return follow_up(
                 shared,
@@ -787,25 +794,15 @@ async fn deliver(
     let status = result.as_ref().ok().map(|r| r.status.as_u16());
     let error = result.as_ref().err().map(ToString::to_string);
 
-    // What a retry job or a dead letter carries; a delivered event needs none, so builds none.
-    let job_state = || Job {
-        webhook_id: webhook.id.clone(),
-        event_id: event.event_id.to_owned(),
-        attempts: attempt,
-        first_attempt_at_ms,
-        last_status: status,
-        last_error: error.clone(),
-    };
-    let (next, state) = match outcome {
-        Outcome::Delivered => (Next::Done, None),
+    let next = match outcome {
+        Outcome::Delivered => Next::Done,
         Outcome::Retry { after } => {
-            let state = job_state();
             // This attempt may have opened the circuit, or found it opened meanwhile.
             let shut_for = shared.endpoints.shut_for(&webhook.url);
             let after = outlast(live, attempt, after, shut_for);
-            (retry_or_give_up(live, &state, attempt, after), Some(state))
+            retry_or_give_up(live, first_attempt_at_ms, attempt, after)
         }
-        Outcome::Dead { reason } => (Next::Dead(reason), Some(job_state())),
+        Outcome::Dead { reason } => Next::Dead(reason),
     };
 
     let label = next.label();
@@ -845,21 +842,28 @@ async fn deliver(
         outcome: &next.text(),
     };
     shared.store.record_attempt(&webhook.id, &record);
-    match state {
-        None => Ok(()),
-        Some(state) => {
-            follow_up(
-                shared,
-                publisher,
-                event,
-                webhook,
-                &delivery_id,
-                &state,
-                next,
-            )
-            .await
-        }
+    if let Next::Done = next {
+        // Only a retry job or a dead letter carries the job's state: a delivery builds none.
+        return Ok(());
     }
+    let state = Job {
+        webhook_id: webhook.id.clone(),
+        event_id: event.event_id.to_owned(),
+        attempts: attempt,
+        first_attempt_at_ms,
+        last_status: status,
+        last_error: error,
+    };
+    follow_up(
+        shared,
+        publisher,
+        event,
+        webhook,
+        &delivery_id,
+        &state,
+        next,
+    )
+    .await
 }
 
 /// A permit under the global in-flight cap, then a slot at the endpoint, or why not.
@@ -905,8 +909,13 @@ fn outlast(
 }
 
 /// The retry bucket after retry number `retry`, or giving up once `max_elapsed` is spent.
-fn retry_or_give_up(live: &Live, state: &Job, retry: u32, after: Option<Duration>) -> Next {
-    let elapsed = state.elapsed(SystemTime::now());
+fn retry_or_give_up(
+    live: &Live,
+    first_attempt_at_ms: u64,
+    retry: u32,
+    after: Option<Duration>,
+) -> Next {
+    let elapsed = job::elapsed_since(first_attempt_at_ms, SystemTime::now());
     match live
         .schedule
         .next_delay(retry, elapsed, after, rand::random::<f64>())
