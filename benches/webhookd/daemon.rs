@@ -142,10 +142,11 @@ drain_timeout = "1s"
     }
 
     /// Starts the minimal bridge (see `bridge`) in webhookd's place: it consumes this run's
-    /// queue from the broker at `amqp_url` and POSTs every event to `url`.
-    pub fn start_bridge(&self, amqp_url: &str, url: &str) -> anyhow::Result<Daemon> {
+    /// queue from the broker at `amqp_url` and POSTs every event to each of `urls`.
+    pub fn start_bridge(&self, amqp_url: &str, urls: &[String]) -> anyhow::Result<Daemon> {
         let mut child = Command::new(std::env::current_exe()?);
-        child.args([bridge::BRIDGE, amqp_url, &self.topology.queue, url]);
+        child.args([bridge::BRIDGE, amqp_url, &self.topology.queue]);
+        child.args(urls);
         self.spawn("the minimal bridge", child)
     }
 

@@ -16,10 +16,12 @@ use crate::scenarios::Raw;
 /// The first argument that makes this executable the bare client of [`run_apart`].
 pub const APART: &str = "--bare-client-apart";
 
+pub type BareClient = Client<HttpConnector, Full<Bytes>>;
+
 /// The pooled hyper-util client (the client webhookd itself is built on) that P and the minimal
 /// bridge POST with. It sets `TCP_NODELAY`, as webhookd's connector does, so neither baseline
 /// waits on Nagle's algorithm where webhookd would not.
-pub fn bare_client() -> Client<HttpConnector, Full<Bytes>> {
+pub fn bare_client() -> BareClient {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     Client::builder(TokioExecutor::new()).build(connector)

@@ -571,32 +571,66 @@ impl Measure<'_> {
         Ok(medians)
     }
 
-    /// Ten webhooks per event; returns the median deliveries/s, which isolation compares with.
+    /// Ten webhooks per event; returns webhookd's median deliveries/s, which isolation compares
+    /// with. The minimal bridge posting each event to ten URLs runs before each of webhookd's
+    /// runs, so each pair shares the machine's hour, and both are held to the same target.
     async fn fan_out(&mut self, limits: Option<Limits>) -> anyhow::Result<f64> {
         let spec = self.inputs.delivery("classic", true);
+        let bridge_spec = Delivery {
+            by: By::Bridge,
+            ..self.inputs.delivery("classic", true)
+        };
         let bench = &mut *self.bench;
         let what = "fan-out, 10 webhooks/event, classic";
-        let runs = repeat(self.inputs.sizes.runs, what, async || {
-            bench.deliver(&spec).await
-        })
+        let pairs = repeat(
+            self.inputs.sizes.runs,
+            &format!("{what}, the minimal bridge then webhookd"),
+            async || {
+                let bridge = bench.deliver(&bridge_spec).await?;
+                Ok((bridge, bench.deliver(&spec).await?))
+            },
+        )
         .await?;
-        let rates: Vec<f64> = runs.iter().map(|d| d.rate).collect();
-        let median_rate = median(&rates);
-        let cpu = runs.iter().map(|d| d.cpu_seconds_per_1000).collect();
-        let mut figure = Figure::new(what, "deliveries/s", rates)?;
-        if let Some(limits) = limits {
-            figure = figure.target(
-                Goal::AtLeast(
-                    SHARE_OF_LIMIT * combined(FAN_OUT as f64 * limits.d_classic, limits.p),
-                ),
-                "0.8 × 1/(1/(10·D) + 1/P)",
-            );
+        let field = |by: By, f: fn(&Delivered) -> f64| {
+            pairs
+                .iter()
+                .map(|(bridge, webhookd)| f(if by == By::Bridge { bridge } else { webhookd }))
+                .collect::<Vec<_>>()
+        };
+        let target = limits.map(|limits| {
+            Goal::AtLeast(SHARE_OF_LIMIT * combined(FAN_OUT as f64 * limits.d_classic, limits.p))
+        });
+        let mut medians = [0.0; 2];
+        for (k, by) in [By::Bridge, By::Webhookd].into_iter().enumerate() {
+            let label = match by {
+                By::Webhookd => what.to_owned(),
+                By::Bridge => "minimal bridge, fan-out, 10 URLs/event, classic".to_owned(),
+            };
+            let mut figure = Figure::new(label, "deliveries/s", field(by, |d| d.rate))?;
+            medians[k] = figure.value;
+            if let Some(goal) = target {
+                let note = match by {
+                    By::Webhookd => "0.8 × 1/(1/(10·D) + 1/P)".to_owned(),
+                    By::Bridge => format!("0.8 × 1/(1/(10·D) + 1/P), {}", by.whose_target()),
+                };
+                figure = figure.target(goal, note);
+            }
+            self.figures.extend([
+                figure,
+                Figure::new(
+                    format!("CPU per 1,000 deliveries, {}fan-out", by.of()),
+                    "s",
+                    field(by, |d| d.cpu_seconds_per_1000),
+                )?,
+            ]);
         }
-        self.figures.extend([
-            figure,
-            Figure::new("CPU per 1,000 deliveries, fan-out", "s", cpu)?,
-        ]);
-        Ok(median_rate)
+        let [bridge, webhookd] = medians;
+        self.figures.push(Figure::new(
+            "webhookd ÷ minimal bridge, fan-out deliveries/s",
+            "",
+            vec![webhookd / bridge],
+        )?);
+        Ok(webhookd)
     }
 
     /// Ten webhooks per event, one of which never answers.

@@ -82,7 +82,8 @@ impl By {
     }
 }
 
-/// The one URL path the minimal bridge posts every event to.
+/// The URL paths the minimal bridge posts every event to: this, followed by `/0`, `/1`, … for
+/// each of the webhooks per account the run asks for.
 const BRIDGE_PATH: &str = "/wh/bridge";
 
 /// What one delivery run looks like.
@@ -252,8 +253,8 @@ impl Bench {
     /// webhookd (or the bridge) drains a pre-published backlog to a fresh receiver.
     pub async fn deliver(&mut self, spec: &Delivery<'_>) -> anyhow::Result<Delivered> {
         ensure!(
-            spec.by == By::Webhookd || (spec.webhooks_per_account == 1 && !spec.one_hangs),
-            "the minimal bridge delivers each event once, to one URL"
+            spec.by == By::Webhookd || !spec.one_hangs,
+            "the minimal bridge has no hanging receiver to leave behind"
         );
         let receiver = Receiver::start().await?;
         let run = self.run("deliver", spec.queue_kind, spec.request_timeout)?;
@@ -268,7 +269,15 @@ impl Bench {
 
         let answering = spec.webhooks_per_account - u64::from(spec.one_hangs);
         let expected = spec.events * answering;
-        let mut daemon = self.start(&run, spec.by, &receiver, webhooks).await?;
+        let mut daemon = self
+            .start(
+                &run,
+                spec.by,
+                &receiver,
+                webhooks,
+                spec.webhooks_per_account,
+            )
+            .await?;
         let own_cpu = OwnCpu::start()?;
         let started = now_ns();
         // Generous: a debug build under load still moves far more than 200 deliveries a second.
@@ -332,7 +341,7 @@ impl Bench {
         let run = self.run("latency", queue_kind, None)?;
         amqp::declare(&self.amqp, &run.topology).await?;
         let webhooks = webhooks(&receiver, bodies, 1, false);
-        let mut daemon = self.start(&run, by, &receiver, webhooks).await?;
+        let mut daemon = self.start(&run, by, &receiver, webhooks, 1).await?;
         let deadline = now_ns() + secs_ns(60);
         while amqp::consumers(&self.amqp, &run.topology.queue).await? == 0 {
             daemon.ensure_running()?;
@@ -378,20 +387,26 @@ impl Bench {
     }
 
     /// Starts what delivers `run`'s queue to `receiver`: webhookd, on a store holding `webhooks`,
-    /// or the bridge, which needs none.
+    /// or the bridge, which needs none and posts each event to `per_event` URLs of its own.
     async fn start(
         &self,
         run: &Run,
         by: By,
         receiver: &Receiver,
         webhooks: Vec<NewWebhook>,
+        per_event: u64,
     ) -> anyhow::Result<Daemon> {
         match by {
             By::Webhookd => {
                 run.register(webhooks).await?;
                 run.start()
             }
-            By::Bridge => run.start_bridge(&self.url, &receiver.url(BRIDGE_PATH)),
+            By::Bridge => {
+                let urls: Vec<String> = (0..per_event)
+                    .map(|k| receiver.url(&format!("{BRIDGE_PATH}/{k}")))
+                    .collect();
+                run.start_bridge(&self.url, &urls)
+            }
         }
     }
 
