@@ -252,6 +252,27 @@ fn combined(a: f64, b: f64) -> f64 {
     1.0 / (1.0 / a + 1.0 / b)
 }
 
+/// How much of the machine's CPU the delivery `runs` left idle, and how much the host took:
+/// idle time means the rate was bound by something besides CPU.
+fn machine_cpu<'a>(
+    what: &str,
+    runs: impl Iterator<Item = &'a Delivered> + Clone,
+) -> anyhow::Result<[Figure; 2]> {
+    let percent = |share: fn(&Delivered) -> f64| runs.clone().map(|d| 100.0 * share(d)).collect();
+    Ok([
+        Figure::new(
+            format!("machine CPU idle, {what}"),
+            "%",
+            percent(|d| d.machine.idle),
+        )?,
+        Figure::new(
+            format!("machine CPU stolen by the host, {what}"),
+            "%",
+            percent(|d| d.machine.steal),
+        )?,
+    ])
+}
+
 /// The scenarios, by the names `scripts/bench.sh NAME…` selects them with.
 const SCENARIOS: [&str; 8] = [
     "raw",
@@ -567,6 +588,8 @@ impl Measure<'_> {
                 )?,
                 rss,
             ]);
+            self.figures
+                .extend(machine_cpu(&format!("{of}{kind}"), delivered.iter())?);
         }
         Ok(medians)
     }
@@ -591,12 +614,13 @@ impl Measure<'_> {
             },
         )
         .await?;
-        let field = |by: By, f: fn(&Delivered) -> f64| {
-            pairs
-                .iter()
-                .map(|(bridge, webhookd)| f(if by == By::Bridge { bridge } else { webhookd }))
-                .collect::<Vec<_>>()
+        let of = |by: By| {
+            pairs.iter().map(move |(bridge, webhookd)| match by {
+                By::Bridge => bridge,
+                By::Webhookd => webhookd,
+            })
         };
+        let field = |by: By, f: fn(&Delivered) -> f64| of(by).map(f).collect::<Vec<_>>();
         let target = limits.map(|limits| {
             Goal::AtLeast(SHARE_OF_LIMIT * combined(FAN_OUT as f64 * limits.d_classic, limits.p))
         });
@@ -623,6 +647,8 @@ impl Measure<'_> {
                     field(by, |d| d.cpu_seconds_per_1000),
                 )?,
             ]);
+            self.figures
+                .extend(machine_cpu(&format!("{}fan-out", by.of()), of(by))?);
         }
         let [bridge, webhookd] = medians;
         self.figures.push(Figure::new(
@@ -664,6 +690,7 @@ impl Measure<'_> {
             "deliveries/s",
             nine,
         )?);
+        self.figures.extend(machine_cpu("isolation", runs.iter())?);
         Ok(())
     }
 

@@ -29,6 +29,59 @@ pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     Ok(total as f64 / clock_ticks_per_second()? as f64)
 }
 
+/// The machine's CPU time so far, in clock ticks summed over its CPUs (`/proc/stat`): what was
+/// busy, idle, and stolen by the hypervisor for other guests. Whether a run left the CPUs idle
+/// tells a rate bound by CPU from one bound by something else (a window, a round trip), and
+/// steal shows the host's share of the noise.
+#[derive(Clone, Copy)]
+pub struct MachineCpu {
+    busy: u64,
+    idle: u64,
+    steal: u64,
+}
+
+/// Shares of the machine's CPU time over a stretch of time, each in 0..=1.
+pub struct CpuShares {
+    pub idle: f64,
+    pub steal: f64,
+}
+
+impl MachineCpu {
+    pub fn now() -> anyhow::Result<MachineCpu> {
+        let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+        let line = stat.lines().next().unwrap_or_default();
+        let ticks: Vec<u64> = line
+            .strip_prefix("cpu ")
+            .context("/proc/stat does not start with the `cpu` line")?
+            .split_whitespace()
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .context("parsing the `cpu` line of /proc/stat")?;
+        // user nice system idle iowait irq softirq steal (guest time is already in user).
+        let [user, nice, system, idle, iowait, irq, softirq, steal, ..] = ticks[..] else {
+            bail!("the `cpu` line of /proc/stat has {} fields", ticks.len());
+        };
+        Ok(MachineCpu {
+            busy: user + nice + system + irq + softirq,
+            idle: idle + iowait,
+            steal,
+        })
+    }
+
+    /// The shares of the time since `self`.
+    pub fn shares_since(&self) -> anyhow::Result<CpuShares> {
+        let now = MachineCpu::now()?;
+        let busy = now.busy.saturating_sub(self.busy);
+        let idle = now.idle.saturating_sub(self.idle);
+        let steal = now.steal.saturating_sub(self.steal);
+        let total = (busy + idle + steal).max(1) as f64;
+        Ok(CpuShares {
+            idle: idle as f64 / total,
+            steal: steal as f64 / total,
+        })
+    }
+}
+
 /// A `kB` field of `/proc/<pid>/status` (`VmRSS`, `VmHWM`), in KiB.
 pub fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
     kib_field(&format!("/proc/{pid}/status"), field)

@@ -12,7 +12,7 @@ use crate::amqp::{self, AckStrategy};
 use crate::daemon::{Daemon, Run, Settings};
 use crate::events::{now_ns, Bodies};
 use crate::http;
-use crate::procfs;
+use crate::procfs::{self, CpuShares, MachineCpu};
 use crate::receiver::{Receiver, Tally, HANG_PATH};
 
 /// How often a waiting run looks at the receiver's counters (the figures come from the
@@ -130,6 +130,9 @@ pub struct Delivered {
     pub rss_mib: Vec<(f64, f64)>,
     /// Requests the hanging path received.
     pub hung: u64,
+    /// The machine's CPU from webhookd's (or the bridge's) start to the end of the run: idle
+    /// time left means the rate was not bound by CPU alone.
+    pub machine: CpuShares,
 }
 
 /// What scenario 9's daemon run measured.
@@ -279,6 +282,7 @@ impl Bench {
             )
             .await?;
         let own_cpu = OwnCpu::start()?;
+        let machine = MachineCpu::now()?;
         let started = now_ns();
         // Generous: a debug build under load still moves far more than 200 deliveries a second.
         let deadline = started + secs_ns(60) + expected * 5_000_000;
@@ -313,6 +317,7 @@ impl Bench {
             tokio::time::sleep(POLL).await;
         };
         let cpu = daemon.cpu_seconds()?;
+        let machine = machine.shares_since()?;
         let receiver_cpu_seconds_per_1000 = own_cpu.per_1000(tally.count)?;
         let peak_rss_mib = kib_to_mib(daemon.peak_rss_kib()?);
         daemon.stop().await?;
@@ -324,6 +329,7 @@ impl Bench {
             peak_rss_mib,
             rss_mib,
             hung: receiver.hung(),
+            machine,
         })
     }
 
