@@ -11,7 +11,7 @@
 //! them, because the machine is shared: ratios within one run are what compare.
 //!
 //! ```text
-//! scripts/bench.sh            # full run (release build, its own broker node), ~30 min here
+//! scripts/bench.sh            # full run (release build, its own broker node), ~35 min here
 //! scripts/bench.sh --smoke    # every scenario once, small sizes, in a minute or two
 //! ```
 //!
