@@ -79,6 +79,7 @@ pub async fn run() -> anyhow::Result<()> {
     bail!("the broker ended the bridge's consumer of {queue}")
 }
 
+/// A POST of `body` to `uri`: no headers but the content type, as a bare client sends it.
 fn request(uri: &Uri, body: Bytes) -> http::Result<Request<Full<Bytes>>> {
     Request::builder()
         .method(Method::POST)

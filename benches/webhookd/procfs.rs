@@ -33,7 +33,6 @@ pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
 /// busy, idle, and stolen by the hypervisor for other guests. Whether a run left the CPUs idle
 /// tells a rate bound by CPU from one bound by something else (a window, a round trip), and
 /// steal shows the host's share of the noise.
-#[derive(Clone, Copy)]
 pub struct MachineCpu {
     busy: u64,
     idle: u64,

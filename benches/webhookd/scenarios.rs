@@ -257,7 +257,7 @@ impl Bench {
     pub async fn deliver(&mut self, spec: &Delivery<'_>) -> anyhow::Result<Delivered> {
         ensure!(
             spec.by == By::Webhookd || !spec.one_hangs,
-            "the minimal bridge has no hanging receiver to leave behind"
+            "the minimal bridge has no retry path: it cannot run with a receiver that hangs"
         );
         let receiver = Receiver::start().await?;
         let run = self.run("deliver", spec.queue_kind, spec.request_timeout)?;
