@@ -252,14 +252,27 @@ fn combined(a: f64, b: f64) -> f64 {
     1.0 / (1.0 / a + 1.0 / b)
 }
 
-/// How much of the machine's CPU the delivery `runs` left idle, and how much the host took:
-/// idle time means the rate was bound by something besides CPU.
+/// Where the rest of the machine's CPU went in the delivery `runs`: the broker's share per
+/// 1,000 deliveries (when the benchmark can see its process), what was left idle, and what the
+/// host took. Idle time means the rate was bound by something besides CPU.
 fn machine_cpu<'a>(
     what: &str,
     runs: impl Iterator<Item = &'a Delivered> + Clone,
-) -> anyhow::Result<[Figure; 2]> {
+) -> anyhow::Result<Vec<Figure>> {
     let percent = |share: fn(&Delivered) -> f64| runs.clone().map(|d| 100.0 * share(d)).collect();
-    Ok([
+    let mut figures = Vec::with_capacity(3);
+    if let Some(broker) = runs
+        .clone()
+        .map(|d| d.broker_cpu_seconds_per_1000)
+        .collect::<Option<Vec<f64>>>()
+    {
+        figures.push(Figure::new(
+            format!("CPU per 1,000 deliveries, the broker's, {what}"),
+            "s",
+            broker,
+        )?);
+    }
+    figures.extend([
         Figure::new(
             format!("machine CPU idle, {what}"),
             "%",
@@ -270,7 +283,8 @@ fn machine_cpu<'a>(
             "%",
             percent(|d| d.machine.steal),
         )?,
-    ])
+    ]);
+    Ok(figures)
 }
 
 /// The scenarios, by the names `scripts/bench.sh NAME…` selects them with.

@@ -81,6 +81,48 @@ impl MachineCpu {
     }
 }
 
+/// The process listening on TCP `port` (`/proc/net/tcp{,6}` for the socket's inode, then the
+/// `/proc/<pid>/fd` link that names it): the broker node, whose CPU the benchmark counts beside
+/// webhookd's. Needs the right to read that process's fds (root, or the same user).
+pub fn listener_pid(port: u16) -> anyhow::Result<u32> {
+    let inode = ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|path| std::fs::read_to_string(path).ok())
+        .find_map(|table| listening_inode(&table, port))
+        .with_context(|| format!("nothing listens on TCP port {port}"))?;
+    let link = format!("socket:[{inode}]");
+    for entry in std::fs::read_dir("/proc")?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        let holds = fds.flatten().any(|fd| {
+            std::fs::read_link(fd.path()).is_ok_and(|target| target.as_os_str() == link.as_str())
+        });
+        if holds {
+            return Ok(pid);
+        }
+    }
+    bail!("no process of those this one may see holds the listener on TCP port {port}")
+}
+
+/// The inode of the socket listening on `port` in a `/proc/net/tcp` table: local address
+/// `ADDR:PORT` in hex (field 2), state `0A` LISTEN (field 4), inode (field 10).
+fn listening_inode(table: &str, port: u16) -> Option<u64> {
+    let port = format!(":{port:04X}");
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let listens = fields.get(1)?.ends_with(&port) && *fields.get(3)? == "0A";
+        listens.then(|| fields.get(9)?.parse().ok()).flatten()
+    })
+}
+
 /// A `kB` field of `/proc/<pid>/status` (`VmRSS`, `VmHWM`), in KiB.
 pub fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
     kib_field(&format!("/proc/{pid}/status"), field)

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use anyhow::{bail, ensure};
+use lapin::uri::AMQPUri;
 use lapin::Connection;
 use webhookd::store::NewWebhook;
 
@@ -133,6 +134,9 @@ pub struct Delivered {
     /// The machine's CPU from webhookd's (or the bridge's) start to the end of the run: idle
     /// time left means the rate was not bound by CPU alone.
     pub machine: CpuShares,
+    /// The broker node's CPU over the same stretch, per 1,000 deliveries; `None` when the
+    /// benchmark cannot see the broker's process.
+    pub broker_cpu_seconds_per_1000: Option<f64>,
 }
 
 /// What scenario 9's daemon run measured.
@@ -182,15 +186,26 @@ pub struct Bench {
     pub url: String,
     pub amqp: Connection,
     pub log_level: String,
+    /// The broker node's process, when it runs on this machine where the benchmark may see it.
+    broker_pid: Option<u32>,
     runs_started: u32,
 }
 
 impl Bench {
     pub async fn connect(url: String, log_level: String) -> anyhow::Result<Bench> {
+        let port = url
+            .parse::<AMQPUri>()
+            .map_err(anyhow::Error::msg)?
+            .authority
+            .port;
+        let broker_pid = procfs::listener_pid(port)
+            .inspect_err(|error| eprintln!("bench: the broker's CPU is not counted: {error:#}"))
+            .ok();
         Ok(Bench {
             amqp: amqp::connect(&url).await?,
             url,
             log_level,
+            broker_pid,
             runs_started: 0,
         })
     }
@@ -283,6 +298,7 @@ impl Bench {
             .await?;
         let own_cpu = OwnCpu::start()?;
         let machine = MachineCpu::now()?;
+        let broker_cpu = self.broker_cpu()?;
         let started = now_ns();
         // Generous: a debug build under load still moves far more than 200 deliveries a second.
         let deadline = started + secs_ns(60) + expected * 5_000_000;
@@ -318,6 +334,10 @@ impl Bench {
         };
         let cpu = daemon.cpu_seconds()?;
         let machine = machine.shares_since()?;
+        let broker_cpu_seconds_per_1000 = match (broker_cpu, self.broker_cpu()?) {
+            (Some(before), Some(after)) => Some((after - before) / (tally.count as f64 / 1000.0)),
+            _ => None,
+        };
         let receiver_cpu_seconds_per_1000 = own_cpu.per_1000(tally.count)?;
         let peak_rss_mib = kib_to_mib(daemon.peak_rss_kib()?);
         daemon.stop().await?;
@@ -330,7 +350,13 @@ impl Bench {
             rss_mib,
             hung: receiver.hung(),
             machine,
+            broker_cpu_seconds_per_1000,
         })
+    }
+
+    /// The broker node's CPU seconds so far, if it is known.
+    fn broker_cpu(&self) -> anyhow::Result<Option<f64>> {
+        self.broker_pid.map(procfs::cpu_seconds).transpose()
     }
 
     /// Scenario 6: webhookd (or the bridge) running on an empty queue, `per_second` stamped
