@@ -742,128 +742,200 @@ async fn deliver(
     job: Option<&Job>,
 ) -> Result<(), Unsettled> {
     let now = SystemTime::now();
-    let delivery_id = sign::delivery_id(event.event_id, &webhook.id);
-    let attempt = job.map_or(0, |j| j.attempts).saturating_add(1);
-    let first_attempt_at_ms = job.map_or_else(|| job::unix_ms(now), |j| j.first_attempt_at_ms);
-    let (permit, slot) = match admit(shared, live, &webhook.url).await {
-        Ok(admitted) => admitted,
-        Err(refusal) => {
-            // Not an attempt: the job keeps its count and history, and comes back after the
-            // schedule's next delay or, if the circuit is open, once its cool-down is over (or
-            // is given up once max_elapsed has passed).
-            let state = Job {
-                webhook_id: webhook.id.clone(),
-                event_id: event.event_id.to_owned(),
-                attempts: attempt - 1,
-                first_attempt_at_ms,
-                last_status: job.and_then(|j| j.last_status),
-                last_error: job.and_then(|j| j.last_error.clone()),
-            };
-            let not_before = match refusal {
-                Refusal::Busy => None,
-                Refusal::Open(left) => outlast(live, attempt, None, Some(left)),
-            };
-            let next = retry_or_give_up(live, first_attempt_at_ms, attempt, not_before);
-            debug!(%delivery_id, webhook_id = %webhook.id, outcome = %next, ?refusal, "endpoint busy or its circuit open: deferred without an attempt");
-            return follow_up(
-                shared,
-                publisher,
-                event,
-                webhook,
-                &delivery_id,
-                &state,
-                next,
-            )
-            .await;
-        }
-    };
-    let timestamp = i64::try_from(job::unix_ms(now) / 1000).unwrap_or(i64::MAX);
-    let headers = sign::attempt_headers(&delivery_id, timestamp, event.body, webhook.signing(now));
-    let (result, latency) = {
-        let _permit = permit;
-        let _counted = shared.metrics.in_flight();
-        let started = Instant::now();
-        let result = tokio::select! {
-            result = live.client.post(&webhook.url, headers, event.body.clone()) => result,
-            () = slot.cut_off() => Err(SendError::Stalled),
-        };
-        (result, started.elapsed())
-    };
-    let outcome = delivery::classify(&result, SystemTime::now());
-    slot.finish(!matches!(outcome, Outcome::Retry { .. }));
-    let status = result.as_ref().ok().map(|r| r.status.as_u16());
-    let error = result.as_ref().err().map(ToString::to_string);
-
-    let next = match outcome {
-        Outcome::Delivered => Next::Done,
-        Outcome::Retry { after } => {
-            // This attempt may have opened the circuit, or found it opened meanwhile.
-            let shut_for = shared.endpoints.shut_for(&webhook.url);
-            let after = outlast(live, attempt, after, shut_for);
-            retry_or_give_up(live, first_attempt_at_ms, attempt, after)
-        }
-        Outcome::Dead { reason } => Next::Dead(reason),
-    };
-
-    let label = next.label();
-    shared.metrics.delivery(label, latency);
-    // One line per attempt with everything needed to follow a delivery. Successes are
-    // debug: at thousands a second they would drown the journal, and /metrics and the
-    // attempt log already count and keep them.
-    macro_rules! log_attempt {
-        ($level:expr) => {
-            tracing::event!(
-                $level,
-                %delivery_id,
-                webhook_id = %webhook.id,
-                account_id = webhook.account_id,
-                event = %event.envelope.event,
-                attempt,
-                status,
-                error = error.as_deref(),
-                latency_ms = latency.as_millis() as u64,
-                outcome = %next,
-                "delivery attempt"
-            )
-        };
-    }
-    match next {
-        Next::Done => log_attempt!(tracing::Level::DEBUG),
-        Next::Retry(_) => log_attempt!(tracing::Level::INFO),
-        Next::Dead(_) => log_attempt!(tracing::Level::WARN),
-    }
-    let record = NewAttempt {
-        at: now,
-        delivery_id: &delivery_id,
-        attempt,
-        status,
-        error: error.as_deref(),
-        latency_ms: u64::try_from(latency.as_millis()).unwrap_or(u64::MAX),
-        outcome: &next.text(),
-    };
-    shared.store.record_attempt(&webhook.id, &record);
-    if let Next::Done = next {
-        // Only a retry job or a dead letter carries the job's state: a delivery builds none.
-        return Ok(());
-    }
-    let state = Job {
-        webhook_id: webhook.id.clone(),
-        event_id: event.event_id.to_owned(),
-        attempts: attempt,
-        first_attempt_at_ms,
-        last_status: status,
-        last_error: error,
-    };
-    follow_up(
+    let leg = Leg {
         shared,
-        publisher,
+        live,
         event,
         webhook,
-        &delivery_id,
-        &state,
-        next,
-    )
-    .await
+        delivery_id: sign::delivery_id(event.event_id, &webhook.id),
+        now,
+        attempt: job.map_or(0, |j| j.attempts).saturating_add(1),
+        first_attempt_at_ms: job.map_or_else(|| job::unix_ms(now), |j| j.first_attempt_at_ms),
+    };
+    let (state, next) = match admit(shared, live, &webhook.url).await {
+        Err(refusal) => leg.deferral(refusal, job),
+        Ok((permit, slot)) => match leg.send(permit, slot).await {
+            Some(failed) => failed,
+            // Only a retry job or a dead letter carries the job's state: a delivery builds none.
+            None => return Ok(()),
+        },
+    };
+    leg.follow_up(publisher, &state, next).await
+}
+
+/// One event at one webhook: what its attempt, or its deferral, and their follow-up read.
+struct Leg<'a> {
+    shared: &'a Shared,
+    live: &'a Live,
+    event: &'a EventRef<'a>,
+    webhook: &'a Webhook,
+    delivery_id: String,
+    now: SystemTime,
+    /// The number this attempt has, or would have: the job's attempts so far, plus one.
+    attempt: u32,
+    first_attempt_at_ms: u64,
+}
+
+impl Leg<'_> {
+    /// A delivery that admission turned away. Not an attempt: the job keeps its count and
+    /// history, and comes back after the schedule's next delay or, if the circuit is open, once
+    /// its cool-down is over (or is given up once max_elapsed has passed).
+    fn deferral(&self, refusal: Refusal, job: Option<&Job>) -> (Job, Next) {
+        let attempt = self.attempt;
+        let not_before = match refusal {
+            Refusal::Busy => None,
+            Refusal::Open(left) => outlast(self.live, attempt, None, Some(left)),
+        };
+        let next = retry_or_give_up(self.live, self.first_attempt_at_ms, attempt, not_before);
+        debug!(delivery_id = %self.delivery_id, webhook_id = %self.webhook.id, outcome = %next, ?refusal, "endpoint busy or its circuit open: deferred without an attempt");
+        let state = self.state(
+            attempt - 1,
+            job.and_then(|j| j.last_status),
+            job.and_then(|j| j.last_error.clone()),
+        );
+        (state, next)
+    }
+
+    /// Sends the event, logs and records the attempt; `None` once it was delivered, else the
+    /// job's new state and where it goes next.
+    async fn send(
+        &self,
+        permit: Option<SemaphorePermit<'_>>,
+        slot: Slot<'_>,
+    ) -> Option<(Job, Next)> {
+        let (shared, live, event, webhook) = (self.shared, self.live, self.event, self.webhook);
+        let (delivery_id, now, attempt) = (&self.delivery_id, self.now, self.attempt);
+        let timestamp = i64::try_from(job::unix_ms(now) / 1000).unwrap_or(i64::MAX);
+        let headers =
+            sign::attempt_headers(delivery_id, timestamp, event.body, webhook.signing(now));
+        let (result, latency) = {
+            let _permit = permit;
+            let _counted = shared.metrics.in_flight();
+            let started = Instant::now();
+            let result = tokio::select! {
+                result = live.client.post(&webhook.url, headers, event.body.clone()) => result,
+                () = slot.cut_off() => Err(SendError::Stalled),
+            };
+            (result, started.elapsed())
+        };
+        let outcome = delivery::classify(&result, SystemTime::now());
+        slot.finish(!matches!(outcome, Outcome::Retry { .. }));
+        let status = result.as_ref().ok().map(|r| r.status.as_u16());
+        let error = result.as_ref().err().map(ToString::to_string);
+
+        let next = match outcome {
+            Outcome::Delivered => Next::Done,
+            Outcome::Retry { after } => {
+                // This attempt may have opened the circuit, or found it opened meanwhile.
+                let shut_for = shared.endpoints.shut_for(&webhook.url);
+                let after = outlast(live, attempt, after, shut_for);
+                retry_or_give_up(live, self.first_attempt_at_ms, attempt, after)
+            }
+            Outcome::Dead { reason } => Next::Dead(reason),
+        };
+
+        let label = next.label();
+        shared.metrics.delivery(label, latency);
+        // One line per attempt with everything needed to follow a delivery. Successes are
+        // debug: at thousands a second they would drown the journal, and /metrics and the
+        // attempt log already count and keep them.
+        macro_rules! log_attempt {
+            ($level:expr) => {
+                tracing::event!(
+                    $level,
+                    %delivery_id,
+                    webhook_id = %webhook.id,
+                    account_id = webhook.account_id,
+                    event = %event.envelope.event,
+                    attempt,
+                    status,
+                    error = error.as_deref(),
+                    latency_ms = latency.as_millis() as u64,
+                    outcome = %next,
+                    "delivery attempt"
+                )
+            };
+        }
+        match next {
+            Next::Done => log_attempt!(tracing::Level::DEBUG),
+            Next::Retry(_) => log_attempt!(tracing::Level::INFO),
+            Next::Dead(_) => log_attempt!(tracing::Level::WARN),
+        }
+        let record = NewAttempt {
+            at: now,
+            delivery_id,
+            attempt,
+            status,
+            error: error.as_deref(),
+            latency_ms: u64::try_from(latency.as_millis()).unwrap_or(u64::MAX),
+            outcome: &next.text(),
+        };
+        shared.store.record_attempt(&webhook.id, &record);
+        match next {
+            Next::Done => None,
+            _ => Some((self.state(attempt, status, error), next)),
+        }
+    }
+
+    /// The job's state as its retry job or dead letter carries it.
+    fn state(&self, attempts: u32, last_status: Option<u16>, last_error: Option<String>) -> Job {
+        Job {
+            webhook_id: self.webhook.id.clone(),
+            event_id: self.event.event_id.to_owned(),
+            attempts,
+            first_attempt_at_ms: self.first_attempt_at_ms,
+            last_status,
+            last_error,
+        }
+    }
+
+    /// Carries out `next`: nothing, a confirmed retry job, or a confirmed dead letter. `Ok` once
+    /// that is done, so the event may be acked.
+    async fn follow_up(
+        &self,
+        publisher: &Publisher,
+        state: &Job,
+        next: Next,
+    ) -> Result<(), Unsettled> {
+        let (shared, event, webhook) = (self.shared, self.event, self.webhook);
+        let delivery_id = self.delivery_id.as_str();
+        match next {
+            Next::Done => Ok(()),
+            Next::Retry(bucket) => {
+                let mut headers = FieldTable::default();
+                state.write(&mut headers);
+                let properties = BasicProperties::default()
+                    .with_message_id(ShortString::from(delivery_id))
+                    .with_content_type(ShortString::from("application/json"))
+                    .with_headers(headers);
+                publisher
+                    .to_delay_queue(bucket, event.body, properties)
+                    .await?;
+                shared.metrics.retry_scheduled(bucket);
+                Ok(())
+            }
+            Next::Dead(reason) => {
+                if reason == DeadReason::Gone {
+                    shared.store.set_enabled(&webhook.id, false).await?;
+                    warn!(webhook_id = %webhook.id, "receiver answered 410 Gone: webhook disabled");
+                }
+                let parked = Parked {
+                    reason,
+                    message_id: delivery_id,
+                    account_id: Some(event.envelope.account_id),
+                    event: Some(&event.envelope.event),
+                    url: Some(&webhook.url),
+                    job: Some(state),
+                    error: None,
+                };
+                publisher
+                    .to_dead_letters(event.body, parked.properties(SystemTime::now()))
+                    .await?;
+                shared.metrics.dead_letter(reason.as_str());
+                Ok(())
+            }
+        }
+    }
 }
 
 /// A permit under the global in-flight cap, then a slot at the endpoint, or why not.
@@ -922,55 +994,6 @@ fn retry_or_give_up(
     {
         Some(delay) => Next::Retry(live.schedule.bucket(delay)),
         None => Next::Dead(DeadReason::Exhausted),
-    }
-}
-
-/// Carries out `next` for one delivery: nothing, a confirmed retry job, or a confirmed dead
-/// letter. `Ok` once that is done, so the event may be acked.
-async fn follow_up(
-    shared: &Shared,
-    publisher: &Publisher,
-    event: &EventRef<'_>,
-    webhook: &Webhook,
-    delivery_id: &str,
-    state: &Job,
-    next: Next,
-) -> Result<(), Unsettled> {
-    match next {
-        Next::Done => Ok(()),
-        Next::Retry(bucket) => {
-            let mut headers = FieldTable::default();
-            state.write(&mut headers);
-            let properties = BasicProperties::default()
-                .with_message_id(ShortString::from(delivery_id))
-                .with_content_type(ShortString::from("application/json"))
-                .with_headers(headers);
-            publisher
-                .to_delay_queue(bucket, event.body, properties)
-                .await?;
-            shared.metrics.retry_scheduled(bucket);
-            Ok(())
-        }
-        Next::Dead(reason) => {
-            if reason == DeadReason::Gone {
-                shared.store.set_enabled(&webhook.id, false).await?;
-                warn!(webhook_id = %webhook.id, "receiver answered 410 Gone: webhook disabled");
-            }
-            let parked = Parked {
-                reason,
-                message_id: delivery_id,
-                account_id: Some(event.envelope.account_id),
-                event: Some(&event.envelope.event),
-                url: Some(&webhook.url),
-                job: Some(state),
-                error: None,
-            };
-            publisher
-                .to_dead_letters(event.body, parked.properties(SystemTime::now()))
-                .await?;
-            shared.metrics.dead_letter(reason.as_str());
-            Ok(())
-        }
     }
 }
 
