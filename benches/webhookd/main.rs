@@ -699,11 +699,18 @@ impl Measure<'_> {
                     .target(Goal::AtLeast(ISOLATION_FLOOR), ""),
             );
         }
-        self.figures.push(Figure::new(
-            "isolation: deliveries to the 9 answering",
-            "deliveries/s",
-            nine,
-        )?);
+        self.figures.extend([
+            Figure::new(
+                "isolation: deliveries to the 9 answering",
+                "deliveries/s",
+                nine,
+            )?,
+            Figure::new(
+                "CPU per 1,000 deliveries to the 9, isolation",
+                "s",
+                runs.iter().map(|d| d.cpu_seconds_per_1000).collect(),
+            )?,
+        ]);
         self.figures.extend(machine_cpu("isolation", runs.iter())?);
         Ok(())
     }
