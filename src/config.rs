@@ -646,8 +646,87 @@ impl Config {
         )?;
 
         let delivery = &self.delivery;
-        positive("delivery.connect_timeout", delivery.connect_timeout)?;
-        positive("delivery.request_timeout", delivery.request_timeout)?;
+        let retry = &self.retry;
+        // Every duration has a ceiling as well as a floor: an absurd value ("9000y") would
+        // otherwise pass here and overflow a clock on the delivery path. Each ceiling is far
+        // above any sensible setting and says what bounds it.
+        let (min, hour, day) = (Duration::from_secs(60), HOUR, 24 * HOUR);
+        for (key, value, floor, ceiling, why) in [
+            (
+                "delivery.connect_timeout",
+                delivery.connect_timeout,
+                Duration::from_millis(1),
+                10 * min,
+                "a connection that takes longer is not coming",
+            ),
+            (
+                "delivery.request_timeout",
+                delivery.request_timeout,
+                Duration::from_millis(1),
+                MAX_REQUEST_TIMEOUT,
+                "RabbitMQ's consumer_timeout (30 min) must outlast a request",
+            ),
+            (
+                "delivery.circuit_cooldown",
+                delivery.circuit_cooldown,
+                Duration::ZERO,
+                hour,
+                "a cool-down doubles up to 16 times its value",
+            ),
+            (
+                "delivery.circuit_stall",
+                delivery.circuit_stall,
+                Duration::from_millis(1),
+                hour,
+                "a request stalled that long has long timed out",
+            ),
+            (
+                "delivery.secret_rotation_grace",
+                delivery.secret_rotation_grace,
+                Duration::ZERO,
+                YEAR,
+                "a previous secret must stop signing within a year",
+            ),
+            (
+                "retry.initial_interval",
+                retry.initial_interval,
+                Duration::ZERO,
+                30 * day,
+                "delay queues hold a job at most 49 days",
+            ),
+            (
+                "retry.max_interval",
+                retry.max_interval,
+                Duration::ZERO,
+                30 * day,
+                "delay queues hold a job at most 49 days, and a delay is rounded up by a quarter",
+            ),
+            (
+                "retry.max_elapsed",
+                retry.max_elapsed,
+                Duration::ZERO,
+                YEAR,
+                "a job must end within a year",
+            ),
+            (
+                "service.drain_timeout",
+                self.service.drain_timeout,
+                Duration::ZERO,
+                hour,
+                "systemd's TimeoutStopSec= must outlast it",
+            ),
+        ] {
+            ensure(
+                (floor..=ceiling).contains(&value),
+                key,
+                format!(
+                    "must be between {} and {} ({why}), got {}",
+                    humantime::format_duration(floor),
+                    humantime::format_duration(ceiling),
+                    humantime::format_duration(value)
+                ),
+            )?;
+        }
         ensure(
             delivery.max_in_flight >= 1,
             "delivery.max_in_flight",
@@ -666,7 +745,6 @@ impl Config {
             "delivery.circuit_failures",
             format!("must be at least 1, got {}", delivery.circuit_failures),
         )?;
-        positive("delivery.circuit_stall", delivery.circuit_stall)?;
         ensure(
             delivery.max_event_bytes >= 1,
             "delivery.max_event_bytes",
@@ -679,32 +757,19 @@ impl Config {
             })?;
         }
 
-        let retry = &self.retry;
-        positive("retry.initial_interval", retry.initial_interval)?;
-        ensure(
-            retry.multiplier.is_finite() && retry.multiplier >= 1.0,
-            "retry.multiplier",
-            format!("must be a finite number >= 1.0, got {}", retry.multiplier),
-        )?;
-        ensure(
-            (0.0..1.0).contains(&retry.jitter),
-            "retry.jitter",
-            format!("must be in [0, 1), got {}", retry.jitter),
-        )?;
-        for (key, value) in [
-            ("retry.max_interval", retry.max_interval),
-            ("retry.max_elapsed", retry.max_elapsed),
-        ] {
-            ensure(
-                value >= retry.initial_interval,
-                key,
-                format!(
-                    "must be at least `retry.initial_interval` ({}), got {}",
-                    humantime::format_duration(retry.initial_interval),
-                    humantime::format_duration(value)
-                ),
-            )?;
-        }
+        // The schedule's own rules, checked by the type that relies on them, so a value that
+        // passes here also builds the schedule at run time.
+        crate::retry::Schedule::new(
+            retry.initial_interval,
+            retry.multiplier,
+            retry.jitter,
+            retry.max_interval,
+            retry.max_elapsed,
+        )
+        .map_err(|error| Broken {
+            key: error.key(),
+            rule: error.to_string(),
+        })?;
 
         if let Some(token) = &self.admin.token {
             ensure(
@@ -766,9 +831,12 @@ fn ensure(ok: bool, key: &'static str, rule: impl Into<String>) -> Result<(), Br
     }
 }
 
-fn positive(key: &'static str, value: Duration) -> Result<(), Broken> {
-    ensure(!value.is_zero(), key, "must be greater than 0s")
-}
+const HOUR: Duration = Duration::from_secs(3600);
+/// The longest `delivery.request_timeout`: RabbitMQ's `consumer_timeout` (30 min by default)
+/// closes a channel that holds a delivery longer, and a request holds its delivery.
+pub const MAX_REQUEST_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+/// A year as humantime counts it (365.25 days), so the limit prints as "1year".
+const YEAR: Duration = Duration::from_secs(31_557_600);
 
 fn amqp_name(key: &'static str, name: &str) -> Result<(), Broken> {
     ensure(!name.is_empty(), key, "must not be empty")?;
@@ -1343,7 +1411,27 @@ mod tests {
             (
                 "[retry]\ninitial_interval = \"0s\"",
                 "retry.initial_interval",
-                "greater than 0s",
+                "must be at least 1ms",
+            ),
+            (
+                "[retry]\ninitial_interval = \"500us\"",
+                "retry.initial_interval",
+                "got 500us",
+            ),
+            (
+                "[delivery]\nsecret_rotation_grace = \"9000y\"",
+                "delivery.secret_rotation_grace",
+                "must be between 0s and 1year",
+            ),
+            (
+                "[delivery]\ncircuit_cooldown = \"100years\"",
+                "delivery.circuit_cooldown",
+                "got 100years",
+            ),
+            (
+                "[service]\ndrain_timeout = \"2h\"",
+                "service.drain_timeout",
+                "TimeoutStopSec",
             ),
             (
                 "[retry]\ninitial_interval = \"10s\"\nmax_interval = \"5s\"",
@@ -1409,12 +1497,12 @@ mod tests {
             (
                 "[delivery]\nconnect_timeout = \"0s\"",
                 "delivery.connect_timeout",
-                "greater than 0s",
+                "must be between 1ms and 10m (a connection",
             ),
             (
                 "[delivery]\nrequest_timeout = \"0ms\"",
                 "delivery.request_timeout",
-                "greater than 0s",
+                "must be between 1ms and 15m",
             ),
             (
                 "[delivery]\nmax_in_flight = 0",

@@ -35,27 +35,40 @@ pub struct Schedule {
     max_elapsed: Duration,
 }
 
-/// Why a schedule's parameters were refused; each variant names the offending setting so the
-/// config layer can point at the key.
+/// Why a schedule's parameters were refused, phrased as a rule of the `[retry]` key that
+/// [`ScheduleError::key`] names, so config errors and this type say the same thing.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ScheduleError {
     /// Delay queues take their TTL in whole milliseconds, so a shorter first delay is meaningless.
-    #[error("initial delay must be at least 1ms, got {0:?}")]
+    #[error("must be at least 1ms (a delay queue's TTL is whole milliseconds), got {}", humantime::format_duration(*.0))]
     InitialTooSmall(Duration),
-    #[error("multiplier must be a finite number >= 1, got {0}")]
+    #[error("must be a finite number >= 1.0, got {0}")]
     Multiplier(f64),
-    #[error("jitter must be in [0, 1), got {0}")]
+    #[error("must be in [0, 1), got {0}")]
     Jitter(f64),
-    #[error("max interval ({max_interval:?}) must not be below the initial delay ({initial:?})")]
+    #[error("must be at least `retry.initial_interval` ({}), got {}", humantime::format_duration(*.initial), humantime::format_duration(*.max_interval))]
     MaxInterval {
         initial: Duration,
         max_interval: Duration,
     },
-    #[error("max elapsed ({max_elapsed:?}) must not be below the initial delay ({initial:?})")]
+    #[error("must be at least `retry.initial_interval` ({}), got {}", humantime::format_duration(*.initial), humantime::format_duration(*.max_elapsed))]
     MaxElapsed {
         initial: Duration,
         max_elapsed: Duration,
     },
+}
+
+impl ScheduleError {
+    /// The `[retry]` key whose value is refused.
+    pub fn key(&self) -> &'static str {
+        match self {
+            ScheduleError::InitialTooSmall(_) => "retry.initial_interval",
+            ScheduleError::Multiplier(_) => "retry.multiplier",
+            ScheduleError::Jitter(_) => "retry.jitter",
+            ScheduleError::MaxInterval { .. } => "retry.max_interval",
+            ScheduleError::MaxElapsed { .. } => "retry.max_elapsed",
+        }
+    }
 }
 
 impl Schedule {
@@ -334,7 +347,8 @@ mod tests {
     fn new_errors_name_the_setting() {
         let err = Schedule::new(5 * SEC, 4.0, 1.5, 60 * SEC, 600 * SEC).unwrap_err();
         assert_eq!(err, ScheduleError::Jitter(1.5));
-        assert!(err.to_string().contains("jitter"), "{err}");
+        assert_eq!(err.key(), "retry.jitter");
+        assert_eq!(err.to_string(), "must be in [0, 1), got 1.5");
     }
 
     #[test]

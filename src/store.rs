@@ -895,7 +895,9 @@ impl Store {
         secret: String,
         grace: Duration,
     ) -> Result<Option<Webhook>, StoreError> {
-        let until = SystemTime::now() + grace;
+        let now = SystemTime::now();
+        // Config bounds the grace to a year; an overflow would only mean "no grace".
+        let until = now.checked_add(grace).unwrap_or(now);
         self.modify(id, |webhook| webhook.rotate_to(secret.clone(), until))
             .await
     }

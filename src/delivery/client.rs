@@ -132,7 +132,12 @@ impl Client {
         *request.uri_mut() = uri;
         *request.headers_mut() = headers;
 
-        let deadline = Instant::now() + self.inner.request_timeout;
+        // Config bounds the timeout far below the clock's range; checked all the same, since a
+        // panic here would take the whole consumer down.
+        let now = Instant::now();
+        let deadline = now
+            .checked_add(self.inner.request_timeout)
+            .unwrap_or(now + crate::config::MAX_REQUEST_TIMEOUT);
         let response = match timeout_at(deadline, self.inner.http.request(request)).await {
             Err(_elapsed) => return Err(SendError::Timeout),
             Ok(Err(error)) => return Err(send_error(&error)),

@@ -246,7 +246,8 @@ impl Endpoint {
     fn open(&mut self, cooldown: Duration, policy: &Policy, now: Instant) {
         let ceiling = policy.cooldown.saturating_mul(MAX_COOLDOWN_FACTOR);
         self.circuit = Circuit::Open {
-            until: now + cooldown,
+            // Config bounds the cool-down (and so the ceiling) to hours; checked all the same.
+            until: now.checked_add(cooldown).unwrap_or(now),
             next: cooldown.saturating_mul(2).min(ceiling),
             probing: false,
         };

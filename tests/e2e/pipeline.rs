@@ -222,7 +222,11 @@ async fn a_malformed_event_between_two_good_ones_is_dead_lettered_and_consuming_
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0]["id"], "bad-1");
     assert_eq!(dead[0]["reason"], "malformed");
-    assert_eq!(dead[0]["body"], "{not json");
+    let shown = daemon.cli_ok(&["dlq", "show", "bad-1"]).await;
+    assert!(
+        shown.ends_with("{not json\n"),
+        "the body as published: {shown}"
+    );
     assert_eq!(
         daemon.get("/readyz").await.0,
         StatusCode::OK,
@@ -363,4 +367,24 @@ async fn a_bad_cli_argument_says_what_was_expected_and_exits_2() {
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--account"), "{stderr}");
+}
+
+#[tokio::test]
+async fn check_config_refuses_an_absurd_duration_naming_the_key_and_exits_64() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("absurd.toml");
+    std::fs::write(&path, "[delivery]\nsecret_rotation_grace = \"9000y\"\n").expect("write");
+    let output = tokio::process::Command::new(BIN)
+        .arg("--config")
+        .arg(&path)
+        .arg("check-config")
+        .output()
+        .await
+        .expect("run");
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("delivery.secret_rotation_grace") && stderr.contains("1year"),
+        "{stderr}"
+    );
 }
