@@ -91,24 +91,20 @@ pub async fn connect(
     Ok(Connection::connect(&uri, properties).await?)
 }
 
-/// The largest frame webhookd asks for. lapin keeps a send and a receive buffer of 32 frames
-/// per connection, so RabbitMQ's default of 128 KiB costs 16 MiB of the daemon's memory for its
-/// two connections; events are a few KiB, and a bigger one only travels in several frames.
-const FRAME_MAX: u32 = 16 * 1024;
-
-/// Adds `heartbeat=N` and `frame_max` to the URL's query, each unless the operator set it there.
+/// Adds `heartbeat=N` to the URL's query unless the operator set it there.
+///
+/// The frame size is left to the broker (128 KiB by default). A message's properties and headers
+/// travel in one frame that cannot be split, and the broker sends it whole even when it is larger
+/// than the size the client asked for; a client that asked for less then fails the connection
+/// with a frame error, reconnects, receives the same message first and loops. Taking the
+/// broker's size means every message the broker accepted can be received. It costs memory:
+/// lapin keeps 32 frames of buffer per direction and connection.
 fn with_defaults(url: &str, heartbeat: Duration) -> String {
-    let mut url = url.to_owned();
-    for (key, value) in [
-        ("heartbeat", heartbeat.as_secs()),
-        ("frame_max", u64::from(FRAME_MAX)),
-    ] {
-        if !url.contains(&format!("{key}=")) {
-            let separator = if url.contains('?') { '&' } else { '?' };
-            url = format!("{url}{separator}{key}={value}");
-        }
+    if url.contains("heartbeat=") {
+        return url.to_owned();
     }
-    url
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}heartbeat={}", heartbeat.as_secs())
 }
 
 /// Declares the exchange (if configured), the work queue with its bindings, and the dead-letter
@@ -313,20 +309,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn heartbeat_and_frame_max_are_added_once_and_never_override_the_operator() {
+    fn heartbeat_is_added_once_and_never_overrides_the_operator() {
         let cases = [
-            (
-                "amqp://h:5672/%2f",
-                "amqp://h:5672/%2f?heartbeat=10&frame_max=16384",
-            ),
+            ("amqp://h:5672/%2f", "amqp://h:5672/%2f?heartbeat=10"),
             (
                 "amqp://h/%2f?frame_max=8192",
                 "amqp://h/%2f?frame_max=8192&heartbeat=10",
             ),
-            (
-                "amqp://h/%2f?heartbeat=30",
-                "amqp://h/%2f?heartbeat=30&frame_max=16384",
-            ),
+            ("amqp://h/%2f?heartbeat=30", "amqp://h/%2f?heartbeat=30"),
         ];
         for (input, expected) in cases {
             assert_eq!(with_defaults(input, Duration::from_secs(10)), expected);

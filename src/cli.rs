@@ -6,6 +6,7 @@
 //! listening it opens the store itself. `dlq …` and `publish` talk to the broker directly, so they
 //! work whether or not the daemon runs.
 
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
@@ -220,7 +221,8 @@ pub struct FilterArgs {
     pub account: Option<u64>,
     #[arg(long)]
     pub webhook: Option<String>,
-    /// exhausted, rejected, gone, blocked_destination, malformed or too_large.
+    /// exhausted, rejected, gone, blocked_destination, malformed, too_large, webhook_disabled
+    /// or redelivered.
     #[arg(long)]
     pub reason: Option<DeadReason>,
     #[arg(long)]
@@ -239,6 +241,7 @@ impl FilterArgs {
             reason: self.reason,
             event: self.event,
             since: self.since,
+            exclude_webhooks: HashSet::new(),
         }
     }
 }
@@ -564,6 +567,23 @@ impl Registry {
         }
     }
 
+    /// The webhook with `id`, or `None` if there is none.
+    async fn find(&self, id: &str) -> anyhow::Result<Option<Webhook>> {
+        match self {
+            Registry::Api(api) => {
+                match api
+                    .call(Method::GET, &format!("/v1/webhooks/{id}"), None)
+                    .await
+                {
+                    Ok(webhook) => Ok(Some(webhook)),
+                    Err(ApiFailure::Status(StatusCode::NOT_FOUND, _)) => Ok(None),
+                    Err(other) => Err(other.into()),
+                }
+            }
+            Registry::Direct(store) => Ok(store.get(id)?.map(|w| w.masked())),
+        }
+    }
+
     async fn get(&self, id: &str) -> anyhow::Result<Webhook> {
         match self {
             Registry::Api(api) => Ok(api
@@ -758,12 +778,13 @@ pub async fn dlq(config: &Config, command: DlqCommand) -> anyhow::Result<()> {
     let topology = Topology::from_config(&config.broker);
     let connection =
         broker::connect(config.broker.url.expose(), config.broker.heartbeat, "dlq").await?;
-    let outcome = dlq_on(&connection, &topology, command).await;
+    let outcome = dlq_on(config, &connection, &topology, command).await;
     let _ = connection.close(200, ShortString::from("done")).await;
     outcome
 }
 
 async fn dlq_on(
+    config: &Config,
     connection: &lapin::Connection,
     topology: &Topology,
     command: DlqCommand,
@@ -780,6 +801,7 @@ async fn dlq_on(
                 &filter.into_filter(),
                 limit,
                 Action::Look,
+                false,
             )
             .await?;
             if json {
@@ -796,20 +818,20 @@ async fn dlq_on(
                 ids: vec![id.clone()],
                 ..Filter::default()
             };
-            let entries = dlq::scan(connection, topology, &filter, None, Action::Look).await?;
-            if entries.is_empty() {
+            // The first with that id is enough: a duplicate carries the same delivery.
+            let entries =
+                dlq::scan(connection, topology, &filter, Some(1), Action::Look, true).await?;
+            let Some(entry) = entries.first() else {
                 bail!("no dead letter with id {id}");
-            }
-            for entry in &entries {
-                if json {
-                    println!("{}", serde_json::to_string_pretty(entry)?);
-                } else {
-                    println!("id: {}", entry.id);
-                    for (key, value) in &entry.headers {
-                        println!("{key}: {value}");
-                    }
-                    println!("\n{}", entry.body);
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(entry)?);
+            } else {
+                println!("id: {}", entry.id);
+                for (key, value) in &entry.headers {
+                    println!("{key}: {value}");
                 }
+                println!("\n{}", entry.body.as_deref().unwrap_or_default());
             }
         }
         DlqCommand::Replay {
@@ -817,15 +839,20 @@ async fn dlq_on(
             all,
             dry_run,
         } => {
-            let filter = selection(filter, all, "replay")?;
+            let mut filter = selection(filter, all, "replay")?;
+            let held = held_back(config, connection, topology, &filter).await?;
+            filter.exclude_webhooks = held.keys().cloned().collect();
             let action = if dry_run {
                 Action::Look
             } else {
                 Action::Replay
             };
-            let entries = dlq::scan(connection, topology, &filter, None, action).await?;
+            let entries = dlq::scan(connection, topology, &filter, None, action, false).await?;
             for entry in &entries {
                 println!("{}", entry_line(entry));
+            }
+            for (webhook, why) in &held {
+                println!("left in place: dead letters of webhook {webhook}, which {why}");
             }
             if dry_run {
                 println!("would replay {} dead letter(s) (dry run)", entries.len());
@@ -836,7 +863,7 @@ async fn dlq_on(
         DlqCommand::Purge { filter, all, yes } => {
             let filter = selection(filter, all, "purge")?;
             let action = if yes { Action::Purge } else { Action::Look };
-            let entries = dlq::scan(connection, topology, &filter, None, action).await?;
+            let entries = dlq::scan(connection, topology, &filter, None, action, false).await?;
             for entry in &entries {
                 println!("{}", entry_line(entry));
             }
@@ -851,6 +878,46 @@ async fn dlq_on(
         }
     }
     Ok(())
+}
+
+/// The webhooks among the selected dead letters that a replay would not reach, each with why:
+/// the daemon parks a job for a disabled webhook again, and drops one for a deleted webhook, so
+/// replaying those would report as replayed what no receiver gets. Found by a first pass that
+/// reads only headers; a webhook disabled between the passes gets its jobs parked again.
+async fn held_back(
+    config: &Config,
+    connection: &lapin::Connection,
+    topology: &Topology,
+    filter: &Filter,
+) -> anyhow::Result<BTreeMap<String, &'static str>> {
+    let selected = dlq::scan(connection, topology, filter, None, Action::Look, false).await?;
+    let webhooks: BTreeSet<&str> = selected
+        .iter()
+        .filter_map(|entry| entry.webhook_id.as_deref())
+        .collect();
+    let mut held = BTreeMap::new();
+    if webhooks.is_empty() {
+        return Ok(held);
+    }
+    let registry = Registry::connect(config).await?;
+    for webhook in webhooks {
+        match registry.find(webhook).await? {
+            Some(found) if found.enabled => {}
+            Some(_) => {
+                held.insert(
+                    webhook.to_owned(),
+                    "is disabled: enable it, then replay them",
+                );
+            }
+            None => {
+                held.insert(
+                    webhook.to_owned(),
+                    "was deleted: there is nowhere to deliver them (purge them)",
+                );
+            }
+        }
+    }
+    Ok(held)
 }
 
 /// Replay and purge act on everything only when told `--all`, never by omission.

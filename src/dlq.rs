@@ -9,11 +9,13 @@
 //! Replay removes a dead letter only after its replacement in the work queue is confirmed by the
 //! broker; a crash in between leaves a duplicate, never a loss.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel};
 use serde::Serialize;
@@ -62,7 +64,11 @@ impl Parked<'_> {
             job::put_str(&mut headers, header::URL, url);
         }
         if let Some(error) = self.error {
-            job::put_str(&mut headers, header::LAST_ERROR, error);
+            job::put_str(
+                &mut headers,
+                header::LAST_ERROR,
+                job::truncate(error, job::MAX_ERROR_TEXT),
+            );
         }
         if self.job.is_none() {
             job::put_u64(&mut headers, header::ATTEMPTS, 0);
@@ -89,14 +95,17 @@ pub struct Entry {
     pub last_error: Option<String>,
     /// Every header, for `dlq show`.
     pub headers: BTreeMap<String, String>,
-    /// The body as text (lossy if it is not UTF-8: a malformed event may not be).
-    pub body: String,
-    #[serde(skip)]
-    event_id: Option<String>,
+    /// The body as text (lossy if it is not UTF-8: a malformed event may not be), when the scan
+    /// was asked for bodies: a listing of ten thousand large dead letters keeps none of them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    /// The event's id (its `message_id` as published), for a dead letter of a delivery.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
 }
 
 impl Entry {
-    fn from_message(properties: &BasicProperties, body: &[u8]) -> Entry {
+    fn from_message(properties: &BasicProperties, body: Option<&[u8]>) -> Entry {
         let empty = FieldTable::default();
         let headers = properties.headers().as_ref().unwrap_or(&empty);
         let text = |key| job::get_str(headers, key);
@@ -121,7 +130,7 @@ impl Entry {
                 .iter()
                 .map(|(k, v)| (k.as_str().to_owned(), display_value(v)))
                 .collect(),
-            body: String::from_utf8_lossy(body).into_owned(),
+            body: body.map(|body| String::from_utf8_lossy(body).into_owned()),
             event_id: text(header::EVENT_ID),
         }
     }
@@ -173,6 +182,8 @@ pub struct Filter {
     pub reason: Option<DeadReason>,
     pub event: Option<String>,
     pub since: Option<SystemTime>,
+    /// Dead letters of these webhooks are left out, whatever else matches.
+    pub exclude_webhooks: HashSet<String>,
 }
 
 impl Filter {
@@ -189,6 +200,10 @@ impl Filter {
 
     pub fn matches(&self, entry: &Entry) -> bool {
         (self.ids.is_empty() || self.ids.contains(&entry.id))
+            && entry
+                .webhook_id
+                .as_ref()
+                .is_none_or(|w| !self.exclude_webhooks.contains(w))
             && self.account_id.is_none_or(|a| entry.account_id == Some(a))
             && self
                 .webhook_id
@@ -221,82 +236,130 @@ pub enum Action {
 }
 
 /// Reads the dead-letter queue once, front to back, returning the entries matching `filter` (at
-/// most `limit`) after applying `action` to each. Entries not acted on stay in place.
+/// most `limit`) after applying `action` to each; with `bodies`, each entry carries its body.
+/// Entries not acted on stay in place.
 pub async fn scan(
     connection: &lapin::Connection,
     topology: &Topology,
     filter: &Filter,
     limit: Option<usize>,
     action: Action,
+    bodies: bool,
 ) -> Result<Vec<Entry>, BrokerError> {
     let channel = connection.create_channel().await?;
     let publisher = match action {
         Action::Replay => Some(Publisher::open(connection, topology.clone()).await?),
         Action::Look | Action::Purge => None,
     };
-    let result = scan_on(
-        &channel,
-        publisher.as_ref(),
-        topology,
+    let mut scan = Scan {
+        publisher: publisher.as_ref(),
         filter,
         limit,
         action,
-    )
-    .await;
+        bodies,
+        now: SystemTime::now(),
+        found: Vec::new(),
+    };
+    let result = scan.run(&channel, topology).await;
     // Closing the channel hands every unacked message back to the queue, in place.
     let _ = channel.close(200, ShortString::from("scan done")).await;
-    result
+    result.map(|()| scan.found)
 }
 
-async fn scan_on(
-    channel: &Channel,
-    publisher: Option<&Publisher>,
-    topology: &Topology,
-    filter: &Filter,
+/// How many dead letters one window of a scan holds in webhookd's memory at most.
+const WINDOW: u16 = 64;
+
+/// One pass over the dead-letter queue.
+///
+/// A message a scan leaves in place stays unacked until the scan ends, so that the broker does
+/// not deliver it again within the same scan. With one consumer, the prefetch window would fill
+/// with such messages and the scan would stall; with unlimited prefetch, the broker would push
+/// the whole queue into this process's memory at once. So the scan reads in windows: a consumer
+/// with a prefetch of [`WINDOW`] takes that many, is cancelled (its messages stay unacked on the
+/// channel, held by the broker, not here), and the next consumer takes the next window.
+struct Scan<'a> {
+    publisher: Option<&'a Publisher>,
+    filter: &'a Filter,
     limit: Option<usize>,
     action: Action,
-) -> Result<Vec<Entry>, BrokerError> {
-    let queue = ShortString::from(topology.dead_letter_queue.as_str());
-    let declared = channel
-        .queue_declare(
-            queue.clone(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    let total = declared.message_count() as usize;
-    let mut found = Vec::new();
-    if total == 0 {
-        return Ok(found);
-    }
-    // Unlimited prefetch: the scan holds every message it has seen until the channel closes.
-    channel.basic_qos(0, BasicQosOptions::default()).await?;
-    let mut consumer = channel
-        .basic_consume(
-            queue,
-            ShortString::from("webhookd-dlq"),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    let now = SystemTime::now();
-    for _ in 0..total {
-        let delivery = match tokio::time::timeout(SCAN_IDLE, consumer.next()).await {
-            Ok(Some(delivery)) => delivery?,
-            // Fewer messages than counted: another consumer took some, or they were purged.
-            Ok(None) | Err(_) => break,
-        };
-        let entry = Entry::from_message(&delivery.properties, &delivery.data);
-        if !filter.matches(&entry) {
-            continue;
+    bodies: bool,
+    now: SystemTime,
+    found: Vec<Entry>,
+}
+
+impl Scan<'_> {
+    async fn run(&mut self, channel: &Channel, topology: &Topology) -> Result<(), BrokerError> {
+        let queue = ShortString::from(topology.dead_letter_queue.as_str());
+        let declared = channel
+            .queue_declare(
+                queue.clone(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        let total = declared.message_count() as usize;
+        // Per consumer (not global): each new consumer gets a window of its own.
+        channel
+            .basic_qos(WINDOW, BasicQosOptions::default())
+            .await?;
+        let mut seen = 0;
+        let mut window = 0u64;
+        while seen < total && !self.done() {
+            window += 1;
+            let tag = ShortString::from(format!("webhookd-dlq-{window}"));
+            let mut consumer = channel
+                .basic_consume(
+                    queue.clone(),
+                    tag.clone(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            let mut taken = 0;
+            let mut cancelled = false;
+            loop {
+                if !cancelled && (taken == usize::from(WINDOW) || seen >= total || self.done()) {
+                    // Whatever the broker sent before the cancel still arrives, then the
+                    // consumer ends; it is read too, so nothing of this window is skipped.
+                    channel
+                        .basic_cancel(tag.clone(), BasicCancelOptions::default())
+                        .await?;
+                    cancelled = true;
+                }
+                let delivery = match tokio::time::timeout(SCAN_IDLE, consumer.next()).await {
+                    Ok(Some(delivery)) => delivery?,
+                    Ok(None) => break,
+                    // Fewer messages than counted: another consumer took some, or they were
+                    // purged.
+                    Err(_) => return Ok(()),
+                };
+                taken += 1;
+                seen += 1;
+                if !self.done() {
+                    self.visit(&delivery).await?;
+                }
+            }
         }
-        match (action, publisher) {
+        Ok(())
+    }
+
+    fn done(&self) -> bool {
+        self.limit.is_some_and(|limit| self.found.len() >= limit)
+    }
+
+    async fn visit(&mut self, delivery: &lapin::message::Delivery) -> Result<(), BrokerError> {
+        let body = self.bodies.then_some(delivery.data.as_slice());
+        let entry = Entry::from_message(&delivery.properties, body);
+        if !self.filter.matches(&entry) {
+            return Ok(());
+        }
+        match (self.action, self.publisher) {
             (Action::Replay, Some(publisher)) => {
                 publisher
-                    .to_work_queue(&delivery.data, entry.replay_properties(now))
+                    .to_work_queue(&delivery.data, entry.replay_properties(self.now))
                     .await?;
                 delivery.acker.ack(BasicAckOptions::default()).await?;
             }
@@ -305,12 +368,9 @@ async fn scan_on(
             }
             _ => {}
         }
-        found.push(entry);
-        if limit.is_some_and(|limit| found.len() >= limit) {
-            break;
-        }
+        self.found.push(entry);
+        Ok(())
     }
-    Ok(found)
 }
 
 #[cfg(test)]
@@ -318,7 +378,7 @@ mod tests {
     use super::*;
 
     fn entry(properties: &BasicProperties) -> Entry {
-        Entry::from_message(properties, b"{}")
+        Entry::from_message(properties, Some(b"{}"))
     }
 
     #[test]
@@ -371,7 +431,9 @@ mod tests {
         };
         let now = SystemTime::now();
         let replay = entry(&parked.properties(now)).replay_properties(now);
-        let replayed = Job::from_headers(replay.headers().as_ref()).expect("a job");
+        let replayed = Job::from_headers(replay.headers().as_ref())
+            .expect("short headers")
+            .expect("a job");
         assert_eq!(replayed.webhook_id, "wh_1");
         assert_eq!(replayed.event_id, "ev");
         assert_eq!(replayed.attempts, 0);

@@ -50,6 +50,10 @@ pub const KNOWN_EVENTS: [&str; 12] = [
 /// serde_json's default recursion limit of 128, so this check fires first and says why.
 const MAX_DEPTH: usize = 64;
 
+/// Longest event name, in bytes. The name travels on as a routing key (an AMQP short string),
+/// an `x-webhookd-event` header and a metrics label; Chatwoot's longest is 27 bytes.
+pub const MAX_EVENT_NAME: usize = 255;
+
 /// What routing needs from a body; the body itself travels on untouched.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Envelope {
@@ -80,6 +84,8 @@ pub enum Malformed {
     EventNotString,
     #[error("`event` is empty")]
     EmptyEvent,
+    #[error("`event` is {0} bytes, over {MAX_EVENT_NAME}")]
+    EventTooLong(usize),
     #[error("missing `account`")]
     MissingAccount,
     #[error("`account` is not an object")]
@@ -114,6 +120,9 @@ pub fn decode_envelope(body: &[u8]) -> Result<Envelope, Malformed> {
         Slot::Absent => return Err(Malformed::MissingEvent),
         Slot::Repeated => return Err(Malformed::DuplicateKey("event")),
         Slot::Once(Found::Text(event)) if event.is_empty() => return Err(Malformed::EmptyEvent),
+        Slot::Once(Found::Text(event)) if event.len() > MAX_EVENT_NAME => {
+            return Err(Malformed::EventTooLong(event.len()))
+        }
         Slot::Once(Found::Text(event)) => event,
         Slot::Once(_) => return Err(Malformed::EventNotString),
     };
@@ -1113,7 +1122,14 @@ mod tests {
             r#"{{"event":"x","account":{{"id":1,"tags":{}}}}}"#,
             "[".repeat(MAX_DEPTH)
         );
+        let long_event = format!(
+            r#"{{"event":"{}","account":{{"id":1}}}}"#,
+            "e".repeat(MAX_EVENT_NAME + 1)
+        );
         let cases: Vec<(&str, &[u8], IsReason)> = vec![
+            ("event name too long", long_event.as_bytes(), |e| {
+                matches!(e, Malformed::EventTooLong(256))
+            }),
             ("not json", b"hello", |e| matches!(e, Malformed::NotJson(_))),
             ("empty body", b"", |e| matches!(e, Malformed::NotJson(_))),
             ("truncated", br#"{"event":"x","account":{"id":1}"#, |e| {

@@ -39,12 +39,45 @@ pub struct Job {
     pub last_error: Option<String>,
 }
 
+/// Longest value of any `x-webhookd-*` header webhookd reads, in bytes. Webhookd writes far
+/// shorter ones (ids, counts, a one-line error cut to [`MAX_ERROR_TEXT`]); anything longer was
+/// not written by webhookd, and a message carrying it is parked as malformed.
+pub const MAX_HEADER_VALUE: usize = 4096;
+
+/// Longest error text a job carries in `x-webhookd-last-error`, in bytes.
+pub const MAX_ERROR_TEXT: usize = 1024;
+
+/// A message whose `x-webhookd-*` headers webhookd would never have written.
+#[derive(Debug, thiserror::Error)]
+#[error("header `{name}` is {len} bytes, over {MAX_HEADER_VALUE}")]
+pub struct HeaderTooLong {
+    name: String,
+    len: usize,
+}
+
 impl Job {
-    /// Reads a job from a message's headers; `None` for a plain event from a publisher.
-    pub fn from_headers(headers: Option<&FieldTable>) -> Option<Job> {
-        let headers = headers?;
-        let webhook_id = get_str(headers, header::WEBHOOK_ID)?;
-        Some(Job {
+    /// Reads a job from a message's headers; `Ok(None)` for a plain event from a publisher.
+    pub fn from_headers(headers: Option<&FieldTable>) -> Result<Option<Job>, HeaderTooLong> {
+        let Some(headers) = headers else {
+            return Ok(None);
+        };
+        for (name, value) in headers.inner() {
+            let len = match value {
+                AMQPValue::LongString(s) => s.as_bytes().len(),
+                AMQPValue::ShortString(s) => s.as_str().len(),
+                _ => 0,
+            };
+            if len > MAX_HEADER_VALUE && name.as_str().starts_with("x-webhookd-") {
+                return Err(HeaderTooLong {
+                    name: name.as_str().to_owned(),
+                    len,
+                });
+            }
+        }
+        let Some(webhook_id) = get_str(headers, header::WEBHOOK_ID) else {
+            return Ok(None);
+        };
+        Ok(Some(Job {
             webhook_id,
             event_id: get_str(headers, header::EVENT_ID).unwrap_or_default(),
             attempts: get_u64(headers, header::ATTEMPTS)
@@ -53,7 +86,7 @@ impl Job {
             first_attempt_at_ms: get_u64(headers, header::FIRST_ATTEMPT_AT).unwrap_or(0),
             last_status: get_u64(headers, header::LAST_STATUS).and_then(|s| u16::try_from(s).ok()),
             last_error: get_str(headers, header::LAST_ERROR),
-        })
+        }))
     }
 
     /// Writes the job's fields into `headers`.
@@ -66,9 +99,21 @@ impl Job {
             put_u64(headers, header::LAST_STATUS, u64::from(status));
         }
         if let Some(error) = &self.last_error {
-            put_str(headers, header::LAST_ERROR, error);
+            put_str(headers, header::LAST_ERROR, truncate(error, MAX_ERROR_TEXT));
         }
     }
+}
+
+/// At most `max` bytes of `text`, cut at a character boundary.
+pub fn truncate(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 /// Unix milliseconds of `t` (0 before the epoch).
@@ -142,15 +187,47 @@ mod tests {
         };
         let mut headers = FieldTable::default();
         job.write(&mut headers);
-        assert_eq!(Job::from_headers(Some(&headers)), Some(job));
+        assert_eq!(Job::from_headers(Some(&headers)).ok(), Some(Some(job)));
+    }
+
+    #[test]
+    fn an_overlong_webhookd_header_is_refused_and_a_foreign_one_ignored() {
+        let mut headers = FieldTable::default();
+        put_str(&mut headers, header::WEBHOOK_ID, "wh_1");
+        put_str(&mut headers, "x-publisher-trace", &"t".repeat(40_000));
+        assert!(Job::from_headers(Some(&headers)).is_ok());
+        put_str(
+            &mut headers,
+            header::EVENT,
+            &"e".repeat(MAX_HEADER_VALUE + 1),
+        );
+        let error = Job::from_headers(Some(&headers)).expect_err("too long");
+        assert!(error.to_string().contains(header::EVENT), "{error}");
+    }
+
+    #[test]
+    fn a_long_error_is_cut_at_a_character_boundary() {
+        let job = Job {
+            webhook_id: "wh_1".into(),
+            event_id: "ev".into(),
+            attempts: 1,
+            first_attempt_at_ms: 1,
+            last_status: None,
+            last_error: Some("é".repeat(MAX_ERROR_TEXT)),
+        };
+        let mut headers = FieldTable::default();
+        job.write(&mut headers);
+        let written = get_str(&headers, header::LAST_ERROR).expect("an error");
+        assert_eq!(written.len(), MAX_ERROR_TEXT);
+        assert!(Job::from_headers(Some(&headers)).is_ok());
     }
 
     #[test]
     fn a_message_without_a_webhook_header_is_not_a_job() {
         let mut headers = FieldTable::default();
         put_str(&mut headers, header::EVENT, "message_created");
-        assert_eq!(Job::from_headers(Some(&headers)), None);
-        assert_eq!(Job::from_headers(None), None);
+        assert_eq!(Job::from_headers(Some(&headers)).ok(), Some(None));
+        assert_eq!(Job::from_headers(None).ok(), Some(None));
     }
 
     #[test]

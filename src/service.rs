@@ -29,6 +29,7 @@ mod reload;
 mod systemd;
 
 use std::borrow::Cow;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -140,6 +141,9 @@ struct Shared {
     /// Per-URL in-flight caps and circuits. Outside [`Live`] so a reload changes the policy
     /// without forgetting which circuits are open.
     endpoints: Arc<Endpoints>,
+    /// Settlements that failed in a row (a nacked or unconfirmed publish, a store error): how
+    /// long the next such message waits before it is handed back.
+    settle_failures: AtomicU32,
 }
 
 impl Shared {
@@ -245,6 +249,7 @@ pub async fn run(
             Policy::from(&config.delivery),
             metrics.clone(),
         )),
+        settle_failures: AtomicU32::new(0),
     });
 
     let admin_state = Arc::new(AdminState {
@@ -588,12 +593,42 @@ async fn handle(
             stops.lost.cancel();
             return;
         }
+        Err(Unsettled::ShuttingDown) => Verdict::Requeue,
         Err(reason) => {
-            warn!(%reason, "handing a message back to the broker");
+            // Handed back at once, the message would be redelivered and POSTed again at once:
+            // a hot loop against a receiver (or a broker) that is already failing. It waits
+            // first, longer the more settlements in a row failed; its prefetch slot stays taken
+            // meanwhile, which slows the consumer down as a whole, as it should.
+            let failures = shared.settle_failures.fetch_add(1, Ordering::Relaxed) + 1;
+            let wait = settle_retry_delay(failures, rand::random::<f64>());
+            warn!(%reason, retry_in = ?wait, "settling a message failed: handing it back to the broker after a pause");
+            tokio::select! {
+                () = stops.lost.cancelled() => return,
+                () = stops.hand_back.cancelled() => {}
+                () = tokio::time::sleep(wait) => {}
+            }
             Verdict::Requeue
         }
     };
+    if verdict == Verdict::Ack && shared.settle_failures.load(Ordering::Relaxed) != 0 {
+        shared.settle_failures.store(0, Ordering::Relaxed);
+    }
     acks.settle(delivery.delivery_tag, verdict);
+}
+
+/// The pause before a message whose settlement failed is handed back: 1 s doubling to 30 s
+/// over the failures in a row, with jitter so the messages of one outage do not all return
+/// in the same instant.
+fn settle_retry_delay(failures: u32, unit: f64) -> Duration {
+    Schedule::new(
+        Duration::from_secs(1),
+        2.0,
+        0.2,
+        Duration::from_secs(30),
+        Duration::MAX,
+    )
+    .map(|schedule| schedule.delay(failures, unit))
+    .unwrap_or(Duration::from_secs(1))
 }
 
 /// Why a message is handed back instead of acked.
@@ -615,8 +650,22 @@ async fn process(
     properties: &BasicProperties,
     body: Bytes,
 ) -> Result<(), Unsettled> {
-    let job = Job::from_headers(properties.headers().as_ref());
     let message_id = properties.message_id().as_ref().map(|id| id.as_str());
+    let job = match Job::from_headers(properties.headers().as_ref()) {
+        Ok(job) => job,
+        Err(error) => {
+            let error = error.to_string();
+            return park_unrouted(
+                shared,
+                publisher,
+                &body,
+                message_id,
+                DeadReason::Malformed,
+                &error,
+            )
+            .await;
+        }
+    };
     if body.len() > live.max_event_bytes {
         let error = format!(
             "body is {} bytes, over max_event_bytes = {}",
@@ -659,10 +708,32 @@ async fn process(
             .account_webhook(envelope.account_id, &job.webhook_id)?
         {
             Some(webhook) if webhook.enabled => vec![webhook],
-            _ => {
+            Some(webhook) => {
+                // Disabled, not deleted: whoever disabled it may enable it again, so the job is
+                // kept where ops can replay it rather than dropped.
+                let delivery_id = sign::delivery_id(&event_id, &job.webhook_id);
+                info!(%delivery_id, webhook_id = %job.webhook_id, %event_id, "webhook disabled while its job waited: job dead-lettered");
+                let parked = Parked {
+                    reason: DeadReason::WebhookDisabled,
+                    message_id: &delivery_id,
+                    account_id: Some(envelope.account_id),
+                    event: Some(&envelope.event),
+                    url: Some(&webhook.url),
+                    job: Some(job),
+                    error: None,
+                };
+                publisher
+                    .to_dead_letters(&body, parked.properties(SystemTime::now()))
+                    .await?;
+                shared
+                    .metrics
+                    .dead_letter(DeadReason::WebhookDisabled.as_str());
+                return Ok(());
+            }
+            None => {
                 shared.metrics.job_dropped();
                 let delivery_id = sign::delivery_id(&event_id, &job.webhook_id);
-                info!(%delivery_id, webhook_id = %job.webhook_id, %event_id, "webhook deleted or disabled while its retry waited: job dropped");
+                info!(%delivery_id, webhook_id = %job.webhook_id, %event_id, "webhook deleted while its job waited: job dropped");
                 return Ok(());
             }
         },
@@ -915,10 +986,6 @@ impl Leg<'_> {
                 Ok(())
             }
             Next::Dead(reason) => {
-                if reason == DeadReason::Gone {
-                    shared.store.set_enabled(&webhook.id, false).await?;
-                    warn!(webhook_id = %webhook.id, "receiver answered 410 Gone: webhook disabled");
-                }
                 let parked = Parked {
                     reason,
                     message_id: delivery_id,
@@ -932,6 +999,13 @@ impl Leg<'_> {
                     .to_dead_letters(event.body, parked.properties(SystemTime::now()))
                     .await?;
                 shared.metrics.dead_letter(reason.as_str());
+                // Only once the dead letter is confirmed: disabled first, a failed publish
+                // would bring the event back to a webhook it now skips, and the dead letter
+                // would never be written.
+                if reason == DeadReason::Gone {
+                    shared.store.set_enabled(&webhook.id, false).await?;
+                    warn!(webhook_id = %webhook.id, "receiver answered 410 Gone: webhook disabled");
+                }
                 Ok(())
             }
         }

@@ -42,15 +42,23 @@ pub enum DeadReason {
     Malformed,
     /// The event was over the size limit.
     TooLarge,
+    /// The job's webhook was disabled (by hand, by a 410) while the job waited; replayable once
+    /// the webhook is enabled again.
+    WebhookDisabled,
+    /// The broker redelivered the message more often than a healthy consumer ever would: a
+    /// message that keeps ending its consumer's session is parked instead of looping.
+    Redelivered,
 }
 
-const ALL_REASONS: [DeadReason; 6] = [
+const ALL_REASONS: [DeadReason; 8] = [
     DeadReason::Exhausted,
     DeadReason::Rejected,
     DeadReason::Gone,
     DeadReason::BlockedDestination,
     DeadReason::Malformed,
     DeadReason::TooLarge,
+    DeadReason::WebhookDisabled,
+    DeadReason::Redelivered,
 ];
 
 impl DeadReason {
@@ -62,6 +70,8 @@ impl DeadReason {
             DeadReason::BlockedDestination => "blocked_destination",
             DeadReason::Malformed => "malformed",
             DeadReason::TooLarge => "too_large",
+            DeadReason::WebhookDisabled => "webhook_disabled",
+            DeadReason::Redelivered => "redelivered",
         }
     }
 }
@@ -76,7 +86,7 @@ impl fmt::Display for DeadReason {
 #[derive(Debug, thiserror::Error)]
 #[error(
     "unknown dead-letter reason {0:?} (expected exhausted, rejected, gone, blocked_destination, \
-     malformed or too_large)"
+     malformed, too_large, webhook_disabled or redelivered)"
 )]
 pub struct UnknownReason(pub String);
 

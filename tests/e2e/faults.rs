@@ -346,10 +346,13 @@ async fn the_fault_suite_loses_nothing() {
                 );
                 *reasons.entry(reason).or_default() += 1;
                 let webhook = entry["webhook_id"].as_str().expect("webhook id").to_owned();
-                parked.insert((
-                    event_of(entry["body"].as_str().expect("body").as_bytes()),
-                    webhook,
-                ));
+                // A listing carries no bodies; the event id is the published message id.
+                let event = entry["event_id"].as_str().expect("event id");
+                let n = event
+                    .strip_prefix("fault-")
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .unwrap_or_else(|| panic!("not a fault event: {event}"));
+                parked.insert((n, webhook));
             }
             let lost: Vec<(u64, String)> = all_pairs
                 .iter()
@@ -455,4 +458,43 @@ async fn publish_events(url: &str, exchange: &str, events: std::ops::Range<u64>,
         );
     }
     let _ = connection.close(200, ShortString::from("done")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_retry_job_is_handed_back_after_a_pause_not_posted_again_at_once() {
+    let node = PrivateNode::start("nack").await;
+    let daemon = Daemon::start(Settings {
+        broker_url: Some(node.url()),
+        ..Settings::default()
+    })
+    .await;
+    // Every publish to a delay queue is nacked by the broker (a full queue that rejects), so no
+    // failed attempt can be settled.
+    let pattern = format!("^{}", daemon.names.retry_prefix.replace('.', "\\."));
+    node.ctl(&[
+        "set_policy",
+        "--apply-to",
+        "queues",
+        "refuse-retries",
+        &pattern,
+        r#"{"max-length":0,"overflow":"reject-publish"}"#,
+    ])
+    .await;
+    let receiver = Receiver::scripted(|_, _| Reply::status(503)).await;
+    daemon.add_webhook(1, &receiver.url("/failing"), &[]).await;
+    let amqp = broker::connect_to(&node.url()).await;
+    broker::publish_event(&amqp, &daemon.names.exchange, "message_created", 1, 1).await;
+    let attempts = eventually(WAIT, "three attempts", || async {
+        let seen = receiver.requests("/failing");
+        (seen.len() >= 3).then_some(seen)
+    })
+    .await;
+    for pair in attempts.windows(2) {
+        let gap = pair[1].at.duration_since(pair[0].at);
+        assert!(
+            gap >= Duration::from_millis(700),
+            "the event came back after {gap:?}: a hot loop against a failing receiver"
+        );
+    }
+    assert!(daemon.logs().contains("settling a message failed"));
 }

@@ -585,3 +585,128 @@ async fn deliveries_queued_behind_the_global_cap_do_not_open_their_circuit() {
         "waiting for the global cap is not a stall"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_410_is_dead_lettered_before_its_webhook_is_disabled_even_when_the_first_park_fails() {
+    let daemon = Daemon::start(Settings::default()).await;
+    let receiver = Receiver::scripted(|_, _| Reply::status(410)).await;
+    let gone = daemon.add_webhook(1, &receiver.url("/gone"), &[]).await;
+    // With the DLQ deleted under the daemon, the first dead letter comes back unroutable: the
+    // session ends, the next one declares the DLQ again, and the event is redelivered.
+    let amqp = broker::connect().await;
+    let channel = amqp.create_channel().await.expect("channel");
+    channel
+        .queue_delete(
+            ShortString::from(daemon.names.dead_letters.as_str()),
+            lapin::options::QueueDeleteOptions::default(),
+        )
+        .await
+        .expect("delete the DLQ");
+    publish(&daemon, 1, 1).await;
+    let dead = eventually(WAIT, "the 410's dead letter", || async {
+        let listed = daemon.cli(&["dlq", "list", "--json"]).await;
+        if !listed.status.success() {
+            return None; // the DLQ is not declared again yet
+        }
+        let dead: Vec<Value> = serde_json::from_slice(&listed.stdout).expect("json");
+        (!dead.is_empty()).then_some(dead)
+    })
+    .await;
+    assert_eq!(dead[0]["reason"], "gone");
+    assert_eq!(dead[0]["webhook_id"], gone["id"]);
+    assert!(
+        receiver.requests("/gone").len() >= 2,
+        "the redelivered event reached the webhook again"
+    );
+    let shown: Value = serde_json::from_str(
+        &daemon
+            .cli_ok(&[
+                "webhooks",
+                "show",
+                gone["id"].as_str().expect("id"),
+                "--json",
+            ])
+            .await,
+    )
+    .expect("json");
+    assert_eq!(
+        shown["enabled"], false,
+        "disabled once its dead letter is written"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_of_a_disabled_webhook_are_parked_and_replayed_only_once_it_is_enabled() {
+    let daemon = Daemon::start(Settings {
+        initial_interval: "1s",
+        ..Settings::default()
+    })
+    .await;
+    let receiver = Receiver::scripted(|path, _| match path {
+        "/paused" => Reply::status(503),
+        _ => Reply::status(404),
+    })
+    .await;
+    let paused = daemon.add_webhook(1, &receiver.url("/paused"), &[]).await;
+    let paused_id = paused["id"].as_str().expect("id").to_owned();
+    let removed = daemon.add_webhook(2, &receiver.url("/removed"), &[]).await;
+    let removed_id = removed["id"].as_str().expect("id").to_owned();
+    publish(&daemon, 1, 1).await;
+    publish(&daemon, 2, 2).await;
+    eventually(WAIT, "the first attempt", || async {
+        (!receiver.requests("/paused").is_empty()).then_some(())
+    })
+    .await;
+    daemon
+        .cli_ok(&["webhooks", "update", &paused_id, "--disable"])
+        .await;
+    let dead = eventually(WAIT, "the waiting job parked", || async {
+        let dead = daemon.dead_letters().await;
+        dead.iter()
+            .any(|d| d["webhook_id"] == paused_id.as_str())
+            .then_some(dead)
+    })
+    .await;
+    let parked = dead
+        .iter()
+        .find(|d| d["webhook_id"] == paused_id.as_str())
+        .expect("parked");
+    assert_eq!(parked["reason"], "webhook_disabled");
+    assert_eq!(parked["attempts"], 1, "the job keeps its history");
+    assert!(dead.iter().any(|d| d["webhook_id"] == removed_id.as_str()));
+    daemon.cli_ok(&["webhooks", "rm", &removed_id]).await;
+
+    // Replaying now would reach no receiver: the daemon would park the one again and drop the
+    // other. Both stay where they are, and the CLI says why.
+    let held = daemon.cli_ok(&["dlq", "replay", "--all"]).await;
+    assert!(held.contains("replayed 0"), "{held}");
+    assert!(
+        held.contains(&format!("webhook {paused_id}, which is disabled")),
+        "{held}"
+    );
+    assert!(
+        held.contains(&format!("webhook {removed_id}, which was deleted")),
+        "{held}"
+    );
+    assert_eq!(daemon.dead_letters().await.len(), 2);
+
+    receiver.rescript(|_, _| Reply::status(200));
+    daemon
+        .cli_ok(&["webhooks", "update", &paused_id, "--enable"])
+        .await;
+    let replayed = daemon
+        .cli_ok(&["dlq", "replay", "--webhook", &paused_id])
+        .await;
+    assert!(replayed.contains("replayed 1"), "{replayed}");
+    eventually(WAIT, "the replayed job delivered", || async {
+        receiver
+            .requests("/paused")
+            .iter()
+            .any(|r| r.status == Some(200))
+            .then_some(())
+    })
+    .await;
+    let left = daemon.dead_letters().await;
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0]["webhook_id"], removed_id.as_str());
+}
