@@ -663,7 +663,7 @@ impl Config {
                 "delivery.request_timeout",
                 delivery.request_timeout,
                 Duration::from_millis(1),
-                MAX_REQUEST_TIMEOUT,
+                crate::delivery::MAX_REQUEST_TIMEOUT,
                 "RabbitMQ's consumer_timeout (30 min) must outlast a request",
             ),
             (
@@ -832,9 +832,6 @@ fn ensure(ok: bool, key: &'static str, rule: impl Into<String>) -> Result<(), Br
 }
 
 const HOUR: Duration = Duration::from_secs(3600);
-/// The longest `delivery.request_timeout`: RabbitMQ's `consumer_timeout` (30 min by default)
-/// closes a channel that holds a delivery longer, and a request holds its delivery.
-pub const MAX_REQUEST_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 /// A year as humantime counts it (365.25 days), so the limit prints as "1year".
 const YEAR: Duration = Duration::from_secs(31_557_600);
 

@@ -14,7 +14,9 @@ mod outcome;
 pub mod sign;
 mod tls;
 
-pub use client::{Client, ClientError, ClientSettings, Response, RetryAfter, SendError};
+pub use client::{
+    Client, ClientError, ClientSettings, Response, RetryAfter, SendError, MAX_REQUEST_TIMEOUT,
+};
 pub use guard::is_refused;
 pub use outcome::{classify, DeadReason, Outcome, UnknownReason};
 pub use tls::{read_ca_file, CaFileError, TlsSetupError};

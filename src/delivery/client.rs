@@ -30,6 +30,10 @@ use super::tls::{self, TlsSetupError};
 /// The most of a response body kept for the attempt log; the rest is never read.
 const MAX_BODY: usize = 64 * 1024;
 
+/// The longest request timeout the config accepts: RabbitMQ's `consumer_timeout` (30 min by
+/// default) closes a channel that holds a delivery longer, and a request holds its delivery.
+pub const MAX_REQUEST_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+
 /// What the client is allowed and how long it waits. Built by the caller from config.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientSettings {
@@ -137,7 +141,7 @@ impl Client {
         let now = Instant::now();
         let deadline = now
             .checked_add(self.inner.request_timeout)
-            .unwrap_or(now + crate::config::MAX_REQUEST_TIMEOUT);
+            .unwrap_or(now + MAX_REQUEST_TIMEOUT);
         let response = match timeout_at(deadline, self.inner.http.request(request)).await {
             Err(_elapsed) => return Err(SendError::Timeout),
             Ok(Err(error)) => return Err(send_error(&error)),
