@@ -126,7 +126,7 @@ async fn route(state: &AdminState, request: Request<Incoming>) -> Reply {
             let mut reply = text(StatusCode::OK, &state.metrics.render());
             reply.headers_mut().insert(
                 header::CONTENT_TYPE,
-                header::HeaderValue::from_static("text/plain; version=0.0.4"),
+                header::HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
             );
             reply
         }

@@ -1,251 +1,435 @@
-//! Counters for `/metrics`, rendered in the Prometheus text format by hand.
+//! The series behind `/metrics`, in the Prometheus text format.
 //!
-//! A dozen series do not justify a metrics framework and its registry; atomics and a few small
-//! maps keep the hot path to an increment. Label values are bounded by construction (event names
-//! outside Chatwoot's twelve are counted as `other`, reasons and buckets come from closed sets),
-//! so a hostile publisher cannot blow up the series count.
+//! `prometheus-client` owns the registry, the typed label sets and the exposition format. The
+//! delivery path never takes a lock to count: the series it touches for every message (events by
+//! name, attempts by outcome, the latency histogram) are created once, up front, for their closed
+//! label sets, and each increment is one atomic add on a handle held here. Only the rarer series
+//! (dead letters by reason, retries by delay bucket) are looked up in their family when counted.
+//!
+//! The latency histogram is webhookd's own, because the crate's takes a mutex per observation.
+//! Its buckets are atomics, and its count is not kept apart but summed from the buckets when
+//! scraped, so a scrape never shows a count that disagrees with the buckets (the sum may trail by
+//! the observations in flight during the scrape, as with any lock-free histogram).
+//!
+//! Label values are bounded by construction: event names outside Chatwoot's twelve are counted as
+//! `other`, and reasons and buckets come from closed sets, so a hostile publisher cannot blow up
+//! the series count.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use prometheus_client::encoding::{
+    prometheus_text, DescriptorEncoder, EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet,
+};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::exemplar::Exemplar;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::registry::Registry;
+
 use crate::event::KNOWN_EVENTS;
+
+/// The content type of [`Metrics::render`]'s text.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Upper bounds (seconds) of the delivery latency histogram.
 const LATENCY_BUCKETS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 15.0,
 ];
 
-#[derive(Default)]
+/// What an attempt led to, as `webhookd_deliveries_total` labels it.
+const OUTCOMES: [&str; 3] = ["delivered", "retry", "dead"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabel {
+    event: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BucketLabel {
+    bucket: String,
+}
+
 pub struct Metrics {
-    events: LabeledCounter,
-    deliveries: LabeledCounter,
-    dead_letters: LabeledCounter,
-    retries: LabeledCounter,
-    jobs_dropped: AtomicU64,
-    in_flight: AtomicI64,
-    circuits_open: AtomicI64,
-    circuits_opened: AtomicU64,
-    broker_connected: AtomicI64,
-    reconnects: AtomicU64,
-    latency: Histogram,
+    registry: Registry,
+    /// One counter per known event name, in [`KNOWN_EVENTS`] order, then `other`.
+    events: Vec<Counter>,
+    /// One counter per outcome, in [`OUTCOMES`] order.
+    deliveries: Vec<Counter>,
+    dead_letters: Family<ReasonLabel, Counter>,
+    retries: Family<BucketLabel, Counter>,
+    jobs_dropped: Counter,
+    in_flight: Gauge,
+    circuits_open: Gauge,
+    circuits_opened: Counter,
+    broker_connected: Gauge,
+    reconnects: Counter,
+    latency: LatencyHistogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        // Help texts have no closing period: the crate adds one.
+        let mut registry = Registry::default();
+        registry.register(
+            "webhookd_build",
+            "The running build",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        );
+        let events_family = Family::<EventLabel, Counter>::default();
+        let events = KNOWN_EVENTS
+            .iter()
+            .chain(&["other"])
+            .map(|event| events_family.get_or_create(&EventLabel { event }).clone())
+            .collect();
+        registry.register(
+            "webhookd_events",
+            "Events consumed, by event name",
+            events_family,
+        );
+        let deliveries_family = Family::<OutcomeLabel, Counter>::default();
+        let deliveries = OUTCOMES
+            .iter()
+            .map(|outcome| {
+                deliveries_family
+                    .get_or_create(&OutcomeLabel { outcome })
+                    .clone()
+            })
+            .collect();
+        registry.register(
+            "webhookd_deliveries",
+            "Delivery attempts, by outcome",
+            deliveries_family,
+        );
+        let metrics = Metrics {
+            events,
+            deliveries,
+            dead_letters: Family::default(),
+            retries: Family::default(),
+            jobs_dropped: Counter::default(),
+            in_flight: Gauge::default(),
+            circuits_open: Gauge::default(),
+            circuits_opened: Counter::default(),
+            broker_connected: Gauge::default(),
+            reconnects: Counter::default(),
+            latency: LatencyHistogram::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "webhookd_dead_letters",
+            "Messages parked in the dead-letter queue, by reason",
+            metrics.dead_letters.clone(),
+        );
+        registry.register(
+            "webhookd_retries_scheduled",
+            "Retry jobs confirmed in a delay queue, by delay bucket",
+            metrics.retries.clone(),
+        );
+        registry.register(
+            "webhookd_jobs_dropped",
+            "Retry jobs dropped because their webhook was deleted",
+            metrics.jobs_dropped.clone(),
+        );
+        registry.register(
+            "webhookd_deliveries_in_flight",
+            "HTTP requests to webhooks in flight",
+            metrics.in_flight.clone(),
+        );
+        registry.register(
+            "webhookd_circuits_open",
+            "Webhook URLs whose circuit is open: their deliveries wait in the retry queue",
+            metrics.circuits_open.clone(),
+        );
+        registry.register(
+            "webhookd_circuits_opened",
+            "Times an endpoint's circuit opened after failures or a stall",
+            metrics.circuits_opened.clone(),
+        );
+        registry.register(
+            "webhookd_broker_connected",
+            "1 while consuming from the broker",
+            metrics.broker_connected.clone(),
+        );
+        registry.register(
+            "webhookd_broker_reconnects",
+            "Times webhookd consumed again after losing the broker",
+            metrics.reconnects.clone(),
+        );
+        registry.register(
+            "webhookd_delivery_duration_seconds",
+            "Time from sending a webhook request to its outcome",
+            metrics.latency.clone(),
+        );
+        registry.register_collector(Box::new(Process));
+        Metrics {
+            registry,
+            ..metrics
+        }
+    }
 }
 
 impl Metrics {
     /// One event consumed from the work queue (retry jobs are not events).
     pub fn event(&self, name: &str) {
-        let label = if KNOWN_EVENTS.contains(&name) {
-            name
-        } else {
-            "other"
-        };
-        self.events.inc(label);
+        let index = KNOWN_EVENTS
+            .iter()
+            .position(|known| *known == name)
+            .unwrap_or(KNOWN_EVENTS.len());
+        self.events[index].inc();
     }
 
     /// One delivery attempt finished with `outcome` (`delivered`, `retry`, `dead`) after `latency`.
     pub fn delivery(&self, outcome: &'static str, latency: Duration) {
-        self.deliveries.inc(outcome);
+        if let Some(index) = OUTCOMES.iter().position(|known| *known == outcome) {
+            self.deliveries[index].inc();
+        }
         self.latency.observe(latency);
     }
 
     pub fn dead_letter(&self, reason: &str) {
-        self.dead_letters.inc(reason);
+        self.dead_letters
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            })
+            .inc();
     }
 
     /// A retry job confirmed in the delay queue of `bucket` (labelled like `5s`; the buckets
     /// are the schedule's ladder, a bounded set).
     pub fn retry_scheduled(&self, bucket: Duration) {
         self.retries
-            .inc(&humantime::format_duration(bucket).to_string());
+            .get_or_create(&BucketLabel {
+                bucket: humantime::format_duration(bucket).to_string(),
+            })
+            .inc();
     }
 
-    /// A retry job whose webhook was deleted or disabled while it waited.
+    /// A retry job whose webhook was deleted while it waited.
     pub fn job_dropped(&self) {
-        self.jobs_dropped.fetch_add(1, Ordering::Relaxed);
+        self.jobs_dropped.inc();
     }
 
     /// Counts one request in flight until the guard drops, so a request abandoned half-way (its
     /// task cancelled at shutdown or on broker loss) is uncounted too.
     pub fn in_flight(&self) -> InFlight<'_> {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.inc();
         InFlight(&self.in_flight)
     }
 
-    /// An endpoint's circuit opened (DESIGN.md §3): its deliveries wait out a cool-down.
+    /// An endpoint's circuit opened: its deliveries wait out a cool-down.
     pub fn circuit_opened(&self) {
-        self.circuits_open.fetch_add(1, Ordering::Relaxed);
-        self.circuits_opened.fetch_add(1, Ordering::Relaxed);
+        self.circuits_open.inc();
+        self.circuits_opened.inc();
     }
 
     /// An open circuit closed because its endpoint answered again.
     pub fn circuit_closed(&self) {
-        self.circuits_open.fetch_sub(1, Ordering::Relaxed);
+        self.circuits_open.dec();
     }
 
     pub fn broker_connected(&self, connected: bool) {
-        self.broker_connected
-            .store(i64::from(connected), Ordering::Relaxed);
+        self.broker_connected.set(i64::from(connected));
     }
 
     /// A broker session after the first one started consuming.
     pub fn reconnect(&self) {
-        self.reconnects.fetch_add(1, Ordering::Relaxed);
+        self.reconnects.inc();
     }
 
     /// The Prometheus text exposition of every series.
     pub fn render(&self) -> String {
-        let mut out = String::with_capacity(4096);
-        self.events.render(
-            &mut out,
-            "webhookd_events_total",
-            "Events consumed, by event name.",
-            "event",
-        );
-        self.deliveries.render(
-            &mut out,
-            "webhookd_deliveries_total",
-            "Delivery attempts, by outcome.",
-            "outcome",
-        );
-        self.dead_letters.render(
-            &mut out,
-            "webhookd_dead_letters_total",
-            "Messages parked in the dead-letter queue, by reason.",
-            "reason",
-        );
-        self.retries.render(
-            &mut out,
-            "webhookd_retries_scheduled_total",
-            "Retry jobs confirmed in a delay queue, by delay bucket.",
-            "bucket",
-        );
-        scalar(
-            &mut out,
-            "webhookd_jobs_dropped_total",
-            "counter",
-            "Retry jobs dropped because their webhook was deleted or disabled.",
-            self.jobs_dropped.load(Ordering::Relaxed) as f64,
-        );
-        scalar(
-            &mut out,
-            "webhookd_deliveries_in_flight",
-            "gauge",
-            "HTTP requests to webhooks in flight.",
-            self.in_flight.load(Ordering::Relaxed) as f64,
-        );
-        scalar(
-            &mut out,
-            "webhookd_circuits_open",
-            "gauge",
-            "Webhook URLs whose circuit is open: their deliveries wait in the retry queue.",
-            self.circuits_open.load(Ordering::Relaxed) as f64,
-        );
-        scalar(
-            &mut out,
-            "webhookd_circuits_opened_total",
-            "counter",
-            "Times an endpoint's circuit opened after failures or a stall.",
-            self.circuits_opened.load(Ordering::Relaxed) as f64,
-        );
-        scalar(
-            &mut out,
-            "webhookd_broker_connected",
-            "gauge",
-            "1 while consuming from the broker.",
-            self.broker_connected.load(Ordering::Relaxed) as f64,
-        );
-        scalar(
-            &mut out,
-            "webhookd_broker_reconnects_total",
-            "counter",
-            "Times webhookd consumed again after losing the broker.",
-            self.reconnects.load(Ordering::Relaxed) as f64,
-        );
-        self.latency
-            .render(&mut out, "webhookd_delivery_duration_seconds");
+        let mut out = String::with_capacity(8192);
+        // Writing to a String cannot fail; an encoder error would be a bug in a series.
+        if let Err(error) = prometheus_text::encode(&mut out, &self.registry) {
+            tracing::error!(%error, "rendering /metrics failed");
+        }
         out
     }
 }
 
 /// One request counted in `webhookd_deliveries_in_flight`, uncounted on drop.
-pub struct InFlight<'a>(&'a AtomicI64);
+pub struct InFlight<'a>(&'a Gauge);
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.dec();
     }
 }
 
-#[derive(Default)]
-struct LabeledCounter(Mutex<BTreeMap<String, u64>>);
+/// A histogram that counts with atomics only; see the module doc for why it is not the crate's.
+#[derive(Debug, Clone, Default)]
+struct LatencyHistogram(std::sync::Arc<LatencyCounts>);
 
-impl LabeledCounter {
-    fn inc(&self, label: &str) {
-        if let Ok(mut map) = self.0.lock() {
-            match map.get_mut(label) {
-                Some(count) => *count += 1,
-                None => {
-                    map.insert(label.to_owned(), 1);
-                }
-            }
-        }
-    }
-
-    fn render(&self, out: &mut String, name: &str, help: &str, label: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-        if let Ok(map) = self.0.lock() {
-            for (value, count) in map.iter() {
-                let _ = writeln!(out, "{name}{{{label}=\"{value}\"}} {count}");
-            }
-        }
-    }
-}
-
-fn scalar(out: &mut String, name: &str, kind: &str, help: &str, value: f64) {
-    let _ = writeln!(
-        out,
-        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-    );
-}
-
-#[derive(Default)]
-struct Histogram {
-    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
-    count: AtomicU64,
+#[derive(Debug, Default)]
+struct LatencyCounts {
+    /// One per bound of [`LATENCY_BUCKETS`], then one for everything above the last.
+    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
     sum_micros: AtomicU64,
 }
 
-impl Histogram {
+impl LatencyHistogram {
     fn observe(&self, value: Duration) {
         let seconds = value.as_secs_f64();
-        if let Some(i) = LATENCY_BUCKETS.iter().position(|bound| seconds <= *bound) {
-            self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_micros.fetch_add(
+        let index = LATENCY_BUCKETS
+            .iter()
+            .position(|bound| seconds <= *bound)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.0.buckets[index].fetch_add(1, Ordering::Relaxed);
+        self.0.sum_micros.fetch_add(
             u64::try_from(value.as_micros()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
         );
     }
+}
 
-    fn render(&self, out: &mut String, name: &str) {
-        let _ = writeln!(
-            out,
-            "# HELP {name} Time from sending a webhook request to its outcome.\n# TYPE {name} histogram"
-        );
-        let mut cumulative = 0;
-        for (bound, bucket) in LATENCY_BUCKETS.iter().zip(&self.buckets) {
-            cumulative += bucket.load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
-        }
-        let count = self.count.load(Ordering::Relaxed);
-        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(
-            out,
-            "{name}_bucket{{le=\"+Inf\"}} {count}\n{name}_sum {sum}\n{name}_count {count}"
-        );
+impl TypedMetric for LatencyHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for LatencyHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        // Each bucket is read once; the count is their total, so the two always agree.
+        let counts: Vec<u64> = self
+            .0
+            .buckets
+            .iter()
+            .map(|bucket| bucket.load(Ordering::Relaxed))
+            .collect();
+        let buckets: Vec<(f64, u64)> = LATENCY_BUCKETS
+            .iter()
+            .copied()
+            .chain([f64::INFINITY])
+            .zip(counts.iter().copied())
+            .collect();
+        let count = counts.iter().sum();
+        let sum = self.0.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        encoder.encode_histogram::<NoLabelSet>(
+            sum,
+            count,
+            &buckets,
+            None::<&HashMap<usize, Exemplar<NoLabelSet, f64>>>,
+        )
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+/// The usual `process_*` series, read from `/proc/self` at each scrape.
+#[derive(Debug)]
+struct Process;
+
+/// Clock ticks per second in `/proc/[pid]/stat`: the kernel's USER_HZ, 100 on every Linux
+/// architecture webhookd runs on.
+const USER_HZ: f64 = 100.0;
+
+impl prometheus_client::collector::Collector for Process {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(stat) = ProcessStat::read() else {
+            return Ok(());
+        };
+        let counter = |encoder: &mut DescriptorEncoder, name, help, value: f64| {
+            let metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            ConstCounter::new(value).encode(metric)
+        };
+        let gauge = |encoder: &mut DescriptorEncoder, name, help, value: f64| {
+            let metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            ConstGauge::new(value).encode(metric)
+        };
+        counter(
+            &mut encoder,
+            "process_cpu_seconds",
+            "User and system CPU time spent, in seconds",
+            stat.cpu_seconds,
+        )?;
+        gauge(
+            &mut encoder,
+            "process_resident_memory_bytes",
+            "Resident memory size, in bytes",
+            stat.resident_bytes,
+        )?;
+        gauge(
+            &mut encoder,
+            "process_start_time_seconds",
+            "Start time of the process, in seconds since the Unix epoch",
+            stat.start_time_seconds,
+        )?;
+        gauge(
+            &mut encoder,
+            "process_open_fds",
+            "Open file descriptors",
+            stat.open_fds,
+        )?;
+        gauge(
+            &mut encoder,
+            "process_max_fds",
+            "The limit on open file descriptors",
+            stat.max_fds,
+        )
+    }
+}
+
+struct ProcessStat {
+    cpu_seconds: f64,
+    resident_bytes: f64,
+    start_time_seconds: f64,
+    open_fds: f64,
+    max_fds: f64,
+}
+
+impl ProcessStat {
+    fn read() -> Option<ProcessStat> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // The command name (field 2) may hold spaces and parentheses; fields after its closing
+        // parenthesis are plain numbers, the first of them field 3.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let field = |n: usize| fields.get(n - 3)?.parse::<f64>().ok();
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let resident_kib = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse::<f64>()
+            .ok()?;
+        let boot_time = std::fs::read_to_string("/proc/stat")
+            .ok()?
+            .lines()
+            .find_map(|line| line.strip_prefix("btime "))?
+            .trim()
+            .parse::<f64>()
+            .ok()?;
+        let max_fds = std::fs::read_to_string("/proc/self/limits")
+            .ok()?
+            .lines()
+            .find(|line| line.starts_with("Max open files"))?
+            .split_whitespace()
+            .nth(3)?
+            .parse::<f64>()
+            .ok()?;
+        let open_fds = std::fs::read_dir("/proc/self/fd").ok()?.count() as f64;
+        Some(ProcessStat {
+            cpu_seconds: (field(14)? + field(15)?) / USER_HZ,
+            resident_bytes: resident_kib * 1024.0,
+            start_time_seconds: boot_time + field(22)? / USER_HZ,
+            open_fds,
+            max_fds,
+        })
     }
 }
 
@@ -266,17 +450,22 @@ mod tests {
     }
 
     #[test]
-    fn histogram_buckets_are_cumulative() {
+    fn histogram_buckets_are_cumulative_and_the_count_is_their_total() {
         let metrics = Metrics::default();
         metrics.delivery("delivered", Duration::from_micros(500));
         metrics.delivery("delivered", Duration::from_millis(20));
         metrics.delivery("retry", Duration::from_secs(60));
         let text = metrics.render();
-        assert!(text.contains("webhookd_delivery_duration_seconds_bucket{le=\"0.001\"} 1"));
-        assert!(text.contains("webhookd_delivery_duration_seconds_bucket{le=\"0.025\"} 2"));
-        assert!(text.contains("webhookd_delivery_duration_seconds_bucket{le=\"15\"} 2"));
-        assert!(text.contains("webhookd_delivery_duration_seconds_bucket{le=\"+Inf\"} 3"));
-        assert!(text.contains("webhookd_deliveries_total{outcome=\"delivered\"} 2"));
+        for line in [
+            "webhookd_delivery_duration_seconds_bucket{le=\"0.001\"} 1",
+            "webhookd_delivery_duration_seconds_bucket{le=\"0.025\"} 2",
+            "webhookd_delivery_duration_seconds_bucket{le=\"15\"} 2",
+            "webhookd_delivery_duration_seconds_bucket{le=\"+Inf\"} 3",
+            "webhookd_delivery_duration_seconds_count 3",
+            "webhookd_deliveries_total{outcome=\"delivered\"} 2",
+        ] {
+            assert!(text.contains(line), "{line} in:\n{text}");
+        }
     }
 
     #[test]
@@ -299,5 +488,23 @@ mod tests {
         let text = metrics.render();
         assert!(text.contains("webhookd_retries_scheduled_total{bucket=\"5s\"} 2"));
         assert!(text.contains("webhookd_retries_scheduled_total{bucket=\"250ms\"} 1"));
+    }
+
+    #[test]
+    fn build_info_and_process_series_are_exposed() {
+        let text = Metrics::default().render();
+        let version = format!(
+            "webhookd_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(text.contains(&version), "{text}");
+        let resident = text
+            .lines()
+            .find_map(|line| line.strip_prefix("process_resident_memory_bytes "))
+            .and_then(|value| value.parse::<f64>().ok())
+            .expect("process_resident_memory_bytes");
+        assert!(resident > 1e6, "{resident}");
+        assert!(text.contains("process_open_fds "), "{text}");
+        assert!(text.contains("process_cpu_seconds_total "), "{text}");
     }
 }
