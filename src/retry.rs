@@ -15,7 +15,11 @@
 //! ±20 % jitter still spreads retries over two or three queues (so a burst of failures does not
 //! come back as one burst), coarse enough that the default schedule needs about forty queues.
 
+use std::borrow::Cow;
+use std::fmt;
 use std::time::Duration;
+
+use crate::delivery::{DeadReason, Outcome};
 
 /// Ratio between neighbouring bucket rungs, as the exact fraction 5/4 so the ladder is computed
 /// in integers and every instance, build and platform derives the same queue names.
@@ -242,6 +246,89 @@ pub fn bucket_queue_name(prefix: &str, bucket: Duration) -> String {
         format!("{prefix}.{}ms", bucket.as_millis())
     } else {
         format!("{prefix}.{nanos}ns")
+    }
+}
+
+/// What a delivery came to this turn: the receiver's answer, classified, or no request at all
+/// because its endpoint was at its cap or its circuit was open.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Turn {
+    Answered(Outcome),
+    NotAttempted,
+}
+
+/// What follows a turn: nothing more, a retry job in the delay queue of a bucket, or a dead
+/// letter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    Done,
+    Retry(Duration),
+    Dead(DeadReason),
+}
+
+impl Next {
+    /// The outcome label of `webhookd_deliveries_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Next::Done => "delivered",
+            Next::Retry(_) => "retry",
+            Next::Dead(_) => "dead",
+        }
+    }
+
+    /// As shown, without an allocation for the common case.
+    pub fn text(&self) -> Cow<'static, str> {
+        match self {
+            Next::Done => Cow::Borrowed(self.label()),
+            Next::Retry(_) | Next::Dead(_) => Cow::Owned(self.to_string()),
+        }
+    }
+}
+
+impl fmt::Display for Next {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Next::Done => f.write_str(self.label()),
+            Next::Retry(bucket) => write!(f, "retry in {}", humantime::format_duration(*bucket)),
+            Next::Dead(reason) => write!(f, "dead:{}", reason.as_str()),
+        }
+    }
+}
+
+impl Schedule {
+    /// The one decision after a delivery's turn: deliver no more, retry after a delay (as its
+    /// delay queue's bucket), or dead-letter.
+    ///
+    /// `attempt` is the number this turn's attempt has, or would have had (attempts so far plus
+    /// one): a turn without a request is not an attempt, but waits as long as one would. `elapsed`
+    /// is the time since the schedule's first attempt; `shut_for` how much longer the endpoint's
+    /// circuit stays open, if it is. The wait is what the receiver asked for (`Retry-After`) or
+    /// the schedule's delay, stretched to outlast an open circuit so the job does not come back
+    /// only to be turned away again, and clamped by [`Schedule::next_delay`]; once it would end
+    /// past `max_elapsed` the job is dead-lettered as `exhausted`. `unit` is the caller's uniform
+    /// random number in `[0, 1)`, for the jitter.
+    pub fn decide(
+        &self,
+        turn: &Turn,
+        attempt: u32,
+        elapsed: Duration,
+        shut_for: Option<Duration>,
+        unit: f64,
+    ) -> Next {
+        let asked = match turn {
+            Turn::Answered(Outcome::Delivered) => return Next::Done,
+            Turn::Answered(Outcome::Dead { reason }) => return Next::Dead(*reason),
+            Turn::Answered(Outcome::Retry { after }) => *after,
+            Turn::NotAttempted => None,
+        };
+        let after = match shut_for {
+            Some(left) => Some(left.max(asked.unwrap_or_else(|| self.delay(attempt, unit)))),
+            None => asked,
+        };
+        match self.next_delay(attempt, elapsed, after, unit) {
+            Some(delay) => Next::Retry(self.bucket(delay)),
+            None => Next::Dead(DeadReason::Exhausted),
+        }
     }
 }
 
@@ -601,5 +688,104 @@ mod tests {
         for (bucket, expected) in cases {
             assert_eq!(bucket_queue_name("webhookd.retry", bucket), expected);
         }
+    }
+
+    #[test]
+    fn decide_covers_every_turn() {
+        let schedule = design(0.0);
+        let open = Some(600 * SEC);
+        let retry = |after| Turn::Answered(Outcome::Retry { after });
+        // (case, turn, attempt, elapsed, circuit open for, expected)
+        type Case = (&'static str, Turn, u32, Duration, Option<Duration>, Next);
+        let cases: [Case; 9] = [
+            (
+                "a 2xx",
+                Turn::Answered(Outcome::Delivered),
+                1,
+                SEC,
+                None,
+                Next::Done,
+            ),
+            (
+                "a 4xx",
+                Turn::Answered(Outcome::Dead {
+                    reason: DeadReason::Rejected,
+                }),
+                1,
+                SEC,
+                None,
+                Next::Dead(DeadReason::Rejected),
+            ),
+            // The first retry waits the first delay, 5 s (its own bucket).
+            ("a 503", retry(None), 1, SEC, None, Next::Retry(5 * SEC)),
+            // A 429's Retry-After replaces the delay; 30 s lies between rungs and is rounded up.
+            (
+                "a 429 asking 30s",
+                retry(Some(30 * SEC)),
+                1,
+                SEC,
+                None,
+                Next::Retry(schedule.bucket(30 * SEC)),
+            ),
+            // A receiver may slow webhookd down, not park a job beyond max_interval.
+            (
+                "Retry-After a week",
+                retry(Some(7 * 24 * 3600 * SEC)),
+                1,
+                SEC,
+                None,
+                Next::Retry(schedule.bucket(6 * 3600 * SEC)),
+            ),
+            // An open circuit stretches the wait to outlast it.
+            (
+                "a 503 with the circuit open",
+                retry(None),
+                1,
+                SEC,
+                open,
+                Next::Retry(schedule.bucket(600 * SEC)),
+            ),
+            // Turned away at the door: waits like attempt 2 would, no attempt counted.
+            (
+                "busy",
+                Turn::NotAttempted,
+                2,
+                SEC,
+                None,
+                Next::Retry(schedule.bucket(20 * SEC)),
+            ),
+            (
+                "circuit open",
+                Turn::NotAttempted,
+                2,
+                SEC,
+                open,
+                Next::Retry(schedule.bucket(600 * SEC)),
+            ),
+            // A wait that would end past max_elapsed (24 h) gives up.
+            (
+                "a 503 near the end",
+                retry(None),
+                9,
+                23 * 3600 * SEC,
+                None,
+                Next::Dead(DeadReason::Exhausted),
+            ),
+        ];
+        for (name, turn, attempt, elapsed, shut_for, expected) in cases {
+            assert_eq!(
+                schedule.decide(&turn, attempt, elapsed, shut_for, 0.5),
+                expected,
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn next_reads_as_logged() {
+        assert_eq!(Next::Done.text(), "delivered");
+        assert_eq!(Next::Retry(20 * SEC).to_string(), "retry in 20s");
+        assert_eq!(Next::Dead(DeadReason::Gone).text(), "dead:gone");
+        assert_eq!(Next::Dead(DeadReason::Gone).label(), "dead");
     }
 }

@@ -28,7 +28,6 @@ mod endpoints;
 mod reload;
 mod systemd;
 
-use std::borrow::Cow;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime};
@@ -56,7 +55,7 @@ use crate::dlq::Parked;
 use crate::event::{self, Envelope};
 use crate::job::{self, Job};
 use crate::metrics::Metrics;
-use crate::retry::Schedule;
+use crate::retry::{Next, Schedule, Turn};
 use crate::store::{NewAttempt, Store, Webhook, ATTEMPT_SHARES};
 
 /// How long connecting and declaring may take before the attempt counts as failed: a broker
@@ -853,11 +852,11 @@ impl Leg<'_> {
     /// its cool-down is over (or is given up once max_elapsed has passed).
     fn deferral(&self, refusal: Refusal, job: Option<&Job>) -> (Job, Next) {
         let attempt = self.attempt;
-        let not_before = match refusal {
+        let shut_for = match refusal {
             Refusal::Busy => None,
-            Refusal::Open(left) => outlast(self.live, attempt, None, Some(left)),
+            Refusal::Open(left) => Some(left),
         };
-        let next = retry_or_give_up(self.live, self.first_attempt_at_ms, attempt, not_before);
+        let next = self.decide(&Turn::NotAttempted, shut_for);
         debug!(delivery_id = %self.delivery_id, webhook_id = %self.webhook.id, outcome = %next, ?refusal, "endpoint busy or its circuit open: deferred without an attempt");
         let state = self.state(
             attempt - 1,
@@ -894,16 +893,12 @@ impl Leg<'_> {
         let status = result.as_ref().ok().map(|r| r.status.as_u16());
         let error = result.as_ref().err().map(ToString::to_string);
 
-        let next = match outcome {
-            Outcome::Delivered => Next::Done,
-            Outcome::Retry { after } => {
-                // This attempt may have opened the circuit, or found it opened meanwhile.
-                let shut_for = shared.endpoints.shut_for(&webhook.url);
-                let after = outlast(live, attempt, after, shut_for);
-                retry_or_give_up(live, self.first_attempt_at_ms, attempt, after)
-            }
-            Outcome::Dead { reason } => Next::Dead(reason),
+        // A failed attempt may have opened the circuit, or found it opened meanwhile.
+        let shut_for = match outcome {
+            Outcome::Retry { .. } => shared.endpoints.shut_for(&webhook.url),
+            Outcome::Delivered | Outcome::Dead { .. } => None,
         };
+        let next = self.decide(&Turn::Answered(outcome), shut_for);
 
         let label = next.label();
         shared.metrics.delivery(label, latency);
@@ -946,6 +941,14 @@ impl Leg<'_> {
             Next::Done => None,
             _ => Some((self.state(attempt, status, error), next)),
         }
+    }
+
+    /// What follows this turn, by the schedule's one decision, as of now.
+    fn decide(&self, turn: &Turn, shut_for: Option<Duration>) -> Next {
+        let elapsed = job::elapsed_since(self.first_attempt_at_ms, SystemTime::now());
+        self.live
+            .schedule
+            .decide(turn, self.attempt, elapsed, shut_for, rand::random::<f64>())
     }
 
     /// The job's state as its retry job or dead letter carries it.
@@ -1036,72 +1039,4 @@ async fn admit<'a>(
     };
     let slot = shared.endpoints.admit(url)?;
     Ok((permit, slot))
-}
-
-/// The wait before a retry: what the receiver asked for (`after`) or else the schedule's next
-/// delay, stretched to outlast the endpoint's open circuit (`shut_for`), so the retry does not
-/// come back only to be turned away again.
-fn outlast(
-    live: &Live,
-    attempt: u32,
-    after: Option<Duration>,
-    shut_for: Option<Duration>,
-) -> Option<Duration> {
-    let Some(left) = shut_for else {
-        return after;
-    };
-    let wait = after.unwrap_or_else(|| live.schedule.delay(attempt, rand::random::<f64>()));
-    Some(left.max(wait))
-}
-
-/// The retry bucket after retry number `retry`, or giving up once `max_elapsed` is spent.
-fn retry_or_give_up(
-    live: &Live,
-    first_attempt_at_ms: u64,
-    retry: u32,
-    after: Option<Duration>,
-) -> Next {
-    let elapsed = job::elapsed_since(first_attempt_at_ms, SystemTime::now());
-    match live
-        .schedule
-        .next_delay(retry, elapsed, after, rand::random::<f64>())
-    {
-        Some(delay) => Next::Retry(live.schedule.bucket(delay)),
-        None => Next::Dead(DeadReason::Exhausted),
-    }
-}
-
-/// What follows one attempt.
-enum Next {
-    Done,
-    Retry(Duration),
-    Dead(DeadReason),
-}
-
-impl Next {
-    fn label(&self) -> &'static str {
-        match self {
-            Next::Done => "delivered",
-            Next::Retry(_) => "retry",
-            Next::Dead(_) => "dead",
-        }
-    }
-
-    /// As shown, without an allocation for the common case.
-    fn text(&self) -> Cow<'static, str> {
-        match self {
-            Next::Done => Cow::Borrowed(self.label()),
-            Next::Retry(_) | Next::Dead(_) => Cow::Owned(self.to_string()),
-        }
-    }
-}
-
-impl std::fmt::Display for Next {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Next::Done => f.write_str(self.label()),
-            Next::Retry(bucket) => write!(f, "retry in {}", humantime::format_duration(*bucket)),
-            Next::Dead(reason) => write!(f, "dead:{}", reason.as_str()),
-        }
-    }
 }
