@@ -9,6 +9,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::BasicProperties;
 
 /// Header names, public so tests and `dlq` filters name them once.
 pub mod header {
@@ -87,6 +88,16 @@ impl Job {
             last_status: get_u64(headers, header::LAST_STATUS).and_then(|s| u16::try_from(s).ok()),
             last_error: get_str(headers, header::LAST_ERROR),
         }))
+    }
+
+    /// The properties of this job's message in a delay queue, named by its delivery id.
+    pub fn properties(&self, delivery_id: &str) -> BasicProperties {
+        let mut headers = FieldTable::default();
+        self.write(&mut headers);
+        BasicProperties::default()
+            .with_message_id(ShortString::from(delivery_id))
+            .with_content_type(ShortString::from("application/json"))
+            .with_headers(headers)
     }
 
     /// Writes the job's fields into `headers`.
@@ -220,6 +231,27 @@ mod tests {
         let written = get_str(&headers, header::LAST_ERROR).expect("an error");
         assert_eq!(written.len(), MAX_ERROR_TEXT);
         assert!(Job::from_headers(Some(&headers)).is_ok());
+    }
+
+    #[test]
+    fn a_retry_job_is_named_by_its_delivery_and_carries_its_state() {
+        let job = Job {
+            webhook_id: "wh_1".into(),
+            event_id: "ev-1".into(),
+            attempts: 2,
+            first_attempt_at_ms: 7,
+            last_status: Some(500),
+            last_error: None,
+        };
+        let properties = job.properties("d-1");
+        assert_eq!(
+            properties.message_id().as_ref().map(|id| id.as_str()),
+            Some("d-1")
+        );
+        assert_eq!(
+            Job::from_headers(properties.headers().as_ref()).ok(),
+            Some(Some(job))
+        );
     }
 
     #[test]

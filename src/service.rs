@@ -976,14 +976,8 @@ impl Leg<'_> {
         match next {
             Next::Done => Ok(()),
             Next::Retry(bucket) => {
-                let mut headers = FieldTable::default();
-                state.write(&mut headers);
-                let properties = BasicProperties::default()
-                    .with_message_id(ShortString::from(delivery_id))
-                    .with_content_type(ShortString::from("application/json"))
-                    .with_headers(headers);
                 publisher
-                    .to_delay_queue(bucket, event.body, properties)
+                    .to_delay_queue(bucket, event.body, state.properties(delivery_id))
                     .await?;
                 shared.metrics.retry_scheduled(bucket);
                 Ok(())
