@@ -10,6 +10,7 @@
 //! broker; a crash in between leaves a duplicate, never a loss.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
@@ -223,7 +224,7 @@ pub enum Action {
 /// Reads the dead-letter queue once, front to back, returning the entries matching `filter` (at
 /// most `limit`) after applying `action` to each. Entries not acted on stay in place.
 pub async fn scan(
-    connection: &lapin::Connection,
+    connection: &Arc<lapin::Connection>,
     topology: &Topology,
     filter: &Filter,
     limit: Option<usize>,

@@ -363,7 +363,7 @@ fn reconnect_delay(failures: u32) -> Duration {
 /// What a session holds open while it consumes.
 struct Link {
     consuming: Connection,
-    publishing: Connection,
+    publishing: Arc<Connection>,
     channel: Channel,
     publisher: Arc<Publisher>,
     tag: String,
@@ -374,10 +374,13 @@ impl Link {
     async fn open(config: &Config, topology: &Topology) -> Result<(Link, Consumer), BrokerError> {
         let url = config.broker.url.expose();
         let heartbeat = config.broker.heartbeat;
+        // Asked at every session: the broker may have been upgraded since the last one.
+        let version = broker::announced_version(url).await?;
+        let topology = topology.on(version);
         let consuming = broker::connect(url, heartbeat, "consumer").await?;
-        let publishing = broker::connect(url, heartbeat, "publisher").await?;
+        let publishing = Arc::new(broker::connect(url, heartbeat, "publisher").await?);
+        broker::declare(&consuming, &topology).await?;
         let channel = consuming.create_channel().await?;
-        broker::declare(&channel, topology).await?;
         let publisher = Arc::new(Publisher::open(&publishing, topology.clone()).await?);
         channel
             .basic_qos(config.broker.prefetch, BasicQosOptions::default())

@@ -3,6 +3,7 @@
 
 mod dlq;
 mod faults;
+mod limits;
 mod pipeline;
 mod retries;
 mod security;
