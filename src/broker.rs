@@ -15,7 +15,8 @@
 //! which also keeps the queues of existing deployments equivalent when declared again. A queue
 //! declared without the argument before (by an earlier webhookd, or before the broker's upgrade
 //! to 4.x) cannot be changed by declaring it: webhookd uses it as it is and warns that it keeps
-//! the broker's limit.
+//! the broker's limit. webhookd protects the work queue from a message that keeps coming back
+//! itself, and parks it with its reason instead of dropping it (see `service`).
 //!
 //! Delay queues are declared lazily, the first time a delay lands in their bucket, so a deployment
 //! only carries the buckets its receivers actually need. Every declaration runs on a channel of

@@ -221,7 +221,7 @@ pub struct FilterArgs {
     pub account: Option<u64>,
     #[arg(long)]
     pub webhook: Option<String>,
-    /// exhausted, rejected, gone, blocked_destination, malformed or too_large.
+    /// exhausted, rejected, gone, blocked_destination, malformed, too_large or redelivered.
     #[arg(long)]
     pub reason: Option<DeadReason>,
     #[arg(long)]

@@ -42,15 +42,19 @@ pub enum DeadReason {
     Malformed,
     /// The event was over the size limit.
     TooLarge,
+    /// The message came back from the broker too often without being settled (a daemon that
+    /// crashed or was stopped while holding it, again and again).
+    Redelivered,
 }
 
-const ALL_REASONS: [DeadReason; 6] = [
+const ALL_REASONS: [DeadReason; 7] = [
     DeadReason::Exhausted,
     DeadReason::Rejected,
     DeadReason::Gone,
     DeadReason::BlockedDestination,
     DeadReason::Malformed,
     DeadReason::TooLarge,
+    DeadReason::Redelivered,
 ];
 
 impl DeadReason {
@@ -62,6 +66,7 @@ impl DeadReason {
             DeadReason::BlockedDestination => "blocked_destination",
             DeadReason::Malformed => "malformed",
             DeadReason::TooLarge => "too_large",
+            DeadReason::Redelivered => "redelivered",
         }
     }
 }
@@ -76,7 +81,7 @@ impl fmt::Display for DeadReason {
 #[derive(Debug, thiserror::Error)]
 #[error(
     "unknown dead-letter reason {0:?} (expected exhausted, rejected, gone, blocked_destination, \
-     malformed or too_large)"
+     malformed, too_large or redelivered)"
 )]
 pub struct UnknownReason(pub String);
 
@@ -250,7 +255,9 @@ mod tests {
             "blocked_destination",
             "malformed",
             "too_large",
+            "redelivered",
         ];
+        assert_eq!(names.len(), ALL_REASONS.len());
         for (reason, name) in ALL_REASONS.into_iter().zip(names) {
             assert_eq!(reason.as_str(), name);
             assert_eq!(reason.to_string(), name);

@@ -1,11 +1,13 @@
 //! Delivery limits: RabbitMQ 4 gives every quorum queue a delivery limit of 20 by default and
 //! drops a message returned more often than that. webhookd decides instead: dead letters outlast
-//! any number of listings, on every broker version the suite runs on.
+//! any number of listings, and an event handed back over and over ends in the dead-letter queue
+//! as `redelivered`, never dropped. Both hold on every broker version the suite runs on.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use lapin::options::QueueDeclareOptions;
+use futures_util::StreamExt;
+use lapin::options::{BasicConsumeOptions, BasicNackOptions, BasicQosOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use serde_json::Value;
 
@@ -59,6 +61,104 @@ async fn dead_letters_outlast_being_listed_25_times() {
         .await;
         assert_eq!(ids(&entries), ids(&first), "listing {listing}");
     }
+}
+
+/// The `x-delivery-count` header of a delivery, if it has one.
+fn delivery_count(properties: &lapin::BasicProperties) -> Option<i64> {
+    let headers = properties.headers().as_ref()?;
+    match headers.inner().get("x-delivery-count")? {
+        AMQPValue::LongLongInt(n) => Some(*n),
+        AMQPValue::LongInt(n) => Some(i64::from(*n)),
+        other => panic!("x-delivery-count of an unexpected type: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_handed_back_25_times_is_dead_lettered_as_redelivered() {
+    let mut daemon = Daemon::configure(quorum());
+    let receiver = Receiver::ok().await;
+    daemon.add_webhook(7, &receiver.url("/hook"), &[]).await;
+    // `publish` declares the daemon's queues first, so the event waits in the work queue.
+    daemon
+        .cli_ok(&[
+            "publish",
+            "--sample",
+            "message_created",
+            "--account",
+            "7",
+            "--message-id",
+            "handed-back-7",
+        ])
+        .await;
+
+    // A consumer that hands the event back every time, as a daemon crashing on it would.
+    let amqp = broker::connect().await;
+    let channel = amqp.create_channel().await.expect("channel");
+    channel
+        .basic_qos(1, BasicQosOptions::default())
+        .await
+        .expect("qos");
+    let mut consumer = channel
+        .basic_consume(
+            ShortString::from(daemon.names.queue.as_str()),
+            ShortString::from("hands-it-back"),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume");
+    for returned in 0..RETURNS {
+        let delivery = tokio::time::timeout(WAIT, consumer.next())
+            .await
+            .unwrap_or_else(|_| panic!("the event did not come back after {returned} returns"))
+            .expect("consumer open")
+            .expect("delivery");
+        // Quorum queues count returns in this header: 3.10 sends it from the first delivery on
+        // (as 0), 4.0 only once there was a return.
+        let count = delivery_count(&delivery.properties);
+        if returned == 0 {
+            assert!(matches!(count, None | Some(0)), "first delivery: {count:?}");
+        } else {
+            assert_eq!(count, Some(returned), "after {returned} returns");
+        }
+        delivery
+            .nack(BasicNackOptions {
+                requeue: true,
+                ..BasicNackOptions::default()
+            })
+            .await
+            .expect("nack");
+    }
+    let _ = channel.close(200, ShortString::from("done")).await;
+
+    daemon.spawn();
+    daemon.wait_ready().await;
+    let dead = eventually(WAIT, "the event in the dead-letter queue", || async {
+        let dead = daemon.dead_letters().await;
+        (!dead.is_empty()).then_some(dead)
+    })
+    .await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0]["id"], "handed-back-7");
+    assert_eq!(dead[0]["reason"], "redelivered");
+    assert!(
+        dead[0]["body"]
+            .as_str()
+            .expect("body")
+            .contains("message_created"),
+        "the original body is kept: {dead:?}"
+    );
+    assert_eq!(
+        daemon
+            .metric("webhookd_dead_letters_total{reason=\"redelivered\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(broker::ready_count(&amqp, &daemon.names.queue).await, 0);
+    assert!(
+        receiver.all().is_empty(),
+        "an event past the limit is not tried again"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
