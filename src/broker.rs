@@ -8,8 +8,8 @@
 //!
 //! No broker default decides what is lost. RabbitMQ 4 gives every quorum queue a delivery limit
 //! of 20: a message returned that often (a consumer that crashed holding it, a channel closed with
-//! it unacked, a nack with requeue) is dropped, and every `webhookd dlq list` returns each dead
-//! letter once. So webhookd reads the version the broker announces and, on 4.x, declares its
+//! it unacked, a nack with requeue) is dropped, and every `webhookd dlq list` hands each dead
+//! letter back once. So webhookd reads the version the broker announces and, on 4.x, declares its
 //! quorum queues with `x-delivery-limit = -1`, no limit. 3.x has no default limit and would read
 //! -1 as a limit that drops a message at its first return, so there the argument is left out,
 //! which also keeps the queues of existing deployments equivalent when declared again. A queue
