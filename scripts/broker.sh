@@ -1,13 +1,22 @@
 #!/usr/bin/env bash
-# Starts (or reuses) a private RabbitMQ node for webhookd's demo and tests, installing Debian's
-# rabbitmq-server first if it is missing. The node listens on 127.0.0.1 only and keeps all of its
-# state under one folder, so it never touches a system-wide broker.
+# Starts (or reuses) a private RabbitMQ node for webhookd's demo and tests. The node listens on
+# 127.0.0.1 only and keeps all of its state under one folder, so it never touches a system-wide
+# broker.
 #
 #   scripts/broker.sh start NAME PORT     start node NAME@localhost on PORT (idempotent)
 #   scripts/broker.sh stop NAME           stop it
 #   scripts/broker.sh ctl NAME ARGS...    rabbitmqctl against it
 #
 # State lives in $WEBHOOKD_BROKER_HOME (default: .local/rabbitmq-NAME in the repository).
+#
+# WEBHOOKD_BROKER_VERSION picks the RabbitMQ every command uses:
+#   3.10 (default)  Debian 12's rabbitmq-server, installed on this machine if it is missing.
+#   4.0             Debian 13's, run from a Debian 13 root (debootstrap) built once into
+#                   .local/ and reused. Its nodes register with their own epmd (port 4370), so
+#                   they live beside the 3.10 nodes. The root's /proc, /dev and the node's state
+#                   folder are mounted only in a private mount namespace of the node's own: none
+#                   of it is ever mounted on the host, where deleting the repository would follow
+#                   a mount into the machine's /dev.
 set -euo pipefail
 
 cmd=${1:?usage: broker.sh start|stop|ctl NAME [PORT|ARGS...]}
@@ -16,26 +25,140 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 home=${WEBHOOKD_BROKER_HOME:-$repo/.local/rabbitmq-$name}
 node="$name@localhost"
 bin=/usr/lib/rabbitmq/bin
+version=${WEBHOOKD_BROKER_VERSION:-3.10}
+
+case "$version" in
+  3.10) ;;
+  4.0)
+    root=$repo/.local/debian13-rabbitmq
+    epmd_port=4370
+    ;;
+  *)
+    echo "broker.sh: unknown WEBHOOKD_BROKER_VERSION '$version' (expected 3.10 or 4.0)" >&2
+    exit 2
+    ;;
+esac
+
+need_root() {
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "broker: $1 needs root" >&2
+    exit 1
+  fi
+}
+
+apt_install() {
+  need_root "installing $*"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "$@" >/dev/null
+}
 
 ensure_installed() {
   if [ ! -x "$bin/rabbitmq-server" ]; then
     echo "broker: installing Debian's rabbitmq-server" >&2
-    if [ "$(id -u)" -ne 0 ]; then
-      echo "broker: rabbitmq-server is not installed and this is not root; run: sudo apt-get install -y rabbitmq-server" >&2
-      exit 1
-    fi
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq rabbitmq-server >/dev/null
+    apt_install rabbitmq-server
   fi
 }
 
-ctl() { HOME="$home" "$bin/rabbitmqctl" -n "$node" "$@"; }
+# Fails if anything is mounted at or under $1 in the host's namespace: such a folder must never
+# be deleted (rm would descend into the mount), nor left behind by a start.
+assert_unmounted() {
+  if findmnt -rn -o TARGET | grep -qF "$1"; then
+    echo "broker: something is mounted under $1 on the host; not touching it:" >&2
+    findmnt -rn -o TARGET | grep -F "$1" >&2
+    exit 1
+  fi
+}
+
+# Builds the Debian 13 root with rabbitmq-server 4.0, unless a complete one is there. It is built
+# under a temporary name and renamed only once complete, so an interrupted build is simply
+# started again; a lock keeps concurrent starts from building it twice.
+ensure_root() {
+  [ -x "$root$bin/rabbitmq-server" ] && return
+  mkdir -p "$(dirname "$root")"
+  exec 9>"$root.lock"
+  flock 9
+  if [ -x "$root$bin/rabbitmq-server" ]; then
+    exec 9>&-
+    return
+  fi
+  need_root "building the Debian 13 root for RabbitMQ 4.0"
+  if ! command -v debootstrap >/dev/null; then
+    apt_install debootstrap
+  fi
+  local building="$root.building"
+  if [ -e "$building" ]; then
+    echo "broker: removing an interrupted build at $building" >&2
+    assert_unmounted "$building"
+    rm -rf --one-file-system "$building"
+  fi
+  echo "broker: building a Debian 13 root with rabbitmq-server into $root (a few minutes, once)" >&2
+  local started=$SECONDS
+  mkdir -p "$building"
+  # debootstrap mounts /proc and /sys in the target; in a private namespace those mounts end with
+  # it, even if it is killed.
+  unshare --mount --propagation private \
+    debootstrap --variant=minbase trixie "$building" "${WEBHOOKD_DEBIAN_MIRROR:-http://deb.debian.org/debian}" \
+    >"$root.build.log" 2>&1 || {
+    echo "broker: debootstrap failed; log: $root.build.log" >&2
+    tail -n 20 "$root.build.log" >&2
+    exit 1
+  }
+  # No service is ever started in the root: the node is started by hand, never by systemd.
+  printf '#!/bin/sh\nexit 101\n' >"$building/usr/sbin/policy-rc.d"
+  chmod 0755 "$building/usr/sbin/policy-rc.d"
+  in_root "$building" "" env DEBIAN_FRONTEND=noninteractive sh -c \
+    'apt-get update -qq && apt-get install -y -qq --no-install-recommends rabbitmq-server && apt-get clean' \
+    >>"$root.build.log" 2>&1 || {
+    echo "broker: installing rabbitmq-server in the root failed; log: $root.build.log" >&2
+    tail -n 20 "$root.build.log" >&2
+    exit 1
+  }
+  assert_unmounted "$building"
+  mv "$building" "$root"
+  echo "broker: Debian 13 root built in $((SECONDS - started)) s" >&2
+  exec 9>&-
+}
+
+# Runs a command chrooted into root $1 in a private mount namespace with /proc, /dev and, if $2
+# is set, the host folder $2 at the same path: the mounts exist only for the processes in that
+# namespace (the node and its children) and vanish with them, and the host never sees them.
+in_root() {
+  local dir=$1 shared=$2
+  shift 2
+  unshare --mount --propagation private sh -euc '
+    dir=$1 shared=$2
+    shift 2
+    mount -t proc proc "$dir/proc"
+    mount --rbind /dev "$dir/dev"
+    if [ -n "$shared" ]; then
+      mkdir -p "$dir$shared"
+      mount --bind "$shared" "$dir$shared"
+    fi
+    exec chroot "$dir" "$@"
+  ' sh "$dir" "$shared" "$@"
+}
+
+# Runs one of RabbitMQ's programs for this node with the environment it needs; further
+# environment (NAME=value) may precede the program's name.
+rabbit() {
+  if [ "$version" = 3.10 ]; then
+    env HOME="$home" "$@"
+  else
+    in_root "$root" "$home" env ERL_EPMD_PORT="$epmd_port" ERL_EPMD_ADDRESS=127.0.0.1 HOME="$home" "$@"
+  fi
+}
+
+ctl() { rabbit "$bin/rabbitmqctl" -n "$node" "$@"; }
 
 case "$cmd" in
   start)
     port=${3:?port required}
-    ensure_installed
+    if [ "$version" = 3.10 ]; then
+      ensure_installed
+    else
+      ensure_root
+    fi
     mkdir -p "$home/mnesia" "$home/log"
     if ctl status >/dev/null 2>&1; then
       echo "broker: $node already running on 127.0.0.1:$port" >&2
@@ -46,7 +169,7 @@ case "$cmd" in
     # timeout, 180 s by default in 3.10, which would hold those retries back for three minutes.
     echo '[{rabbit, [{dead_letter_worker_publisher_confirm_timeout, 10000}]}].' >"$home/advanced.config"
     # The package's service may hold epmd or the default port; our node only needs its own ports.
-    HOME="$home" \
+    rabbit \
       RABBITMQ_NODENAME="$node" \
       RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 \
       RABBITMQ_NODE_PORT="$port" \
@@ -57,6 +180,9 @@ case "$cmd" in
       RABBITMQ_CONFIG_FILE="$home/rabbitmq" \
       RABBITMQ_ADVANCED_CONFIG_FILE="$home/advanced.config" \
       "$bin/rabbitmq-server" -detached
+    if [ "$version" != 3.10 ]; then
+      assert_unmounted "$root"
+    fi
     # await_startup fails at once until the detached node has registered with epmd: poll it.
     deadline=$((SECONDS + 90))
     until ctl await_startup >/dev/null 2>&1; do
@@ -67,10 +193,15 @@ case "$cmd" in
       fi
       sleep 0.5
     done
-    echo "broker: $node running on 127.0.0.1:$port" >&2
+    echo "broker: $node (RabbitMQ $version) running on 127.0.0.1:$port" >&2
     ;;
   stop)
     ctl stop >/dev/null 2>&1 || true
+    if [ "$version" != 3.10 ]; then
+      # The empty folder the node's state was mounted on inside the root (rmdir removes nothing
+      # else, and nothing at all if it is not empty).
+      rmdir "$root$home" 2>/dev/null || true
+    fi
     ;;
   ctl)
     shift 2

@@ -6,21 +6,37 @@
 //! publishing use separate connections because the broker's flow control throttles publishing
 //! connections, and a throttled consumer would stall deliveries that need no publishing at all.
 //!
-//! Queues are declared with explicit arguments rather than broker defaults (RabbitMQ 4 gives
-//! quorum queues a default delivery limit of 20, which would silently drop dead letters).
+//! No broker default decides what is lost. RabbitMQ 4 gives every quorum queue a delivery limit
+//! of 20: a message returned that often (a consumer that crashed holding it, a channel closed with
+//! it unacked, a nack with requeue) is dropped, and every `webhookd dlq list` hands each dead
+//! letter back once. So webhookd reads the version the broker announces and, on 4.x, declares its
+//! quorum queues with `x-delivery-limit = -1`, no limit. 3.x has no default limit and would read
+//! -1 as a limit that drops a message at its first return, so there the argument is left out,
+//! which also keeps the queues of existing deployments equivalent when declared again. A queue
+//! declared without the argument before (by an earlier webhookd, or before the broker's upgrade
+//! to 4.x) cannot be changed by declaring it: webhookd uses it as it is and warns that it keeps
+//! the broker's limit. webhookd protects the work queue from a message that keeps coming back
+//! itself, and parks it with its reason instead of dropping it (see `service`).
+//!
 //! Delay queues are declared lazily, the first time a delay lands in their bucket, so a deployment
-//! only carries the buckets its receivers actually need.
+//! only carries the buckets its receivers actually need. Every declaration runs on a channel of
+//! its own, which a refusal from the broker closes without taking anything else with it.
 
 use std::collections::HashSet;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::{AsyncReadExt, AsyncWriteExt};
 use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
     QueueDeclareOptions,
 };
+use lapin::protocol::{connection, parse_class, AMQPClass};
+use lapin::tcp::{AMQPUriTcpExt, TLSConfig};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use lapin::uri::AMQPUri;
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ErrorKind};
+use tracing::warn;
 
 use crate::config::{BrokerConfig, QueueKind};
 use crate::retry::bucket_queue_name;
@@ -43,6 +59,8 @@ pub enum BrokerError {
     ConnectionLost,
     #[error("publishing failed: the publishing connection or channel is gone")]
     PublisherLost,
+    #[error("reading the broker's greeting (its version): {0}")]
+    Greeting(String),
 }
 
 /// The names and kinds webhookd declares, taken from `[broker]` once.
@@ -56,9 +74,14 @@ pub struct Topology {
     pub binding_keys: Vec<String>,
     pub retry_queue_prefix: String,
     pub dead_letter_queue: String,
+    /// The `x-delivery-limit` quorum queues are declared with, if any: it depends on the broker
+    /// (see [`Topology::on`]).
+    delivery_limit: Option<i64>,
 }
 
 impl Topology {
+    /// The topology as configured, for a broker whose version is not known yet: declaring needs
+    /// [`Topology::on`] first.
     pub fn from_config(broker: &BrokerConfig) -> Topology {
         Topology {
             exchange: broker.exchange.clone(),
@@ -69,6 +92,15 @@ impl Topology {
             binding_keys: broker.binding_keys.clone(),
             retry_queue_prefix: broker.retry_queue_prefix.clone(),
             dead_letter_queue: broker.dead_letter_queue.clone(),
+            delivery_limit: None,
+        }
+    }
+
+    /// The same topology as declared on a broker of `version` (`None`: it did not say).
+    pub fn on(&self, version: Option<Version>) -> Topology {
+        Topology {
+            delivery_limit: delivery_limit(version),
+            ..self.clone()
         }
     }
 
@@ -76,6 +108,86 @@ impl Topology {
     pub fn delay_queue(&self, bucket: Duration) -> String {
         bucket_queue_name(&self.retry_queue_prefix, bucket)
     }
+}
+
+/// A RabbitMQ version, as the broker announces it when a connection opens ("4.0.5" is 4.0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Version {
+    pub major: u32,
+    pub minor: u32,
+}
+
+impl Version {
+    fn parse(text: &str) -> Option<Version> {
+        let mut numbers = text.split(|c: char| !c.is_ascii_digit());
+        Some(Version {
+            major: numbers.next()?.parse().ok()?,
+            minor: numbers.next()?.parse().ok()?,
+        })
+    }
+}
+
+impl std::fmt::Display for Version {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.major, self.minor)
+    }
+}
+
+/// The `x-delivery-limit` for quorum queues on a broker of `version`: -1 (none) on 4.x and later,
+/// where leaving it out means 20; left out on 3.x, which has no default and takes -1 for a limit
+/// that drops a message at its first return; left out too on a broker that does not say.
+fn delivery_limit(version: Option<Version>) -> Option<i64> {
+    version.filter(|v| v.major >= 4).map(|_| -1)
+}
+
+/// The largest `connection.start` frame [`announced_version`] reads: RabbitMQ's is under 1 KiB.
+const GREETING_MAX: usize = 64 * 1024;
+
+/// The version the broker at `url` announces in `connection.start`, the first frame it sends.
+/// lapin reads that frame but keeps none of it, so this opens a connection of its own over the
+/// same transport lapin uses, sends the protocol header, reads the frame and hangs up before
+/// logging in. `None` if the broker announces no version shaped like RabbitMQ's.
+pub async fn announced_version(url: &str) -> Result<Option<Version>, BrokerError> {
+    let failed = |error: &dyn std::fmt::Display| BrokerError::Greeting(error.to_string());
+    let uri: AMQPUri = url.parse().map_err(|e: String| failed(&e))?;
+    let runtime = lapin::runtime::default_runtime()?;
+    let mut stream = uri
+        .connect_with_config_async(TLSConfig::default(), &runtime)
+        .await
+        .map_err(|e| failed(&e))?;
+    stream
+        .write_all(b"AMQP\x00\x00\x09\x01")
+        .await
+        .map_err(|e| failed(&e))?;
+    // A frame: type (1 = method), channel (2 bytes), payload size (4), payload, end marker.
+    let mut header = [0u8; 7];
+    stream
+        .read_exact(&mut header)
+        .await
+        .map_err(|e| failed(&e))?;
+    let [kind, _, _, size @ ..] = header;
+    let size = u32::from_be_bytes(size) as usize;
+    if kind != 1 || size > GREETING_MAX {
+        return Err(failed(&format!(
+            "not an AMQP 0-9-1 method frame (type {kind}, {size} bytes)"
+        )));
+    }
+    let mut payload = vec![0; size];
+    stream
+        .read_exact(&mut payload)
+        .await
+        .map_err(|e| failed(&e))?;
+    let start = match parse_class(payload.as_slice()) {
+        Ok((_, AMQPClass::Connection(connection::AMQPMethod::Start(start)))) => start,
+        _ => return Err(failed(&"the first frame is not connection.start")),
+    };
+    let version = match start.server_properties.inner().get("version") {
+        Some(AMQPValue::LongString(text)) => {
+            Version::parse(&String::from_utf8_lossy(text.as_bytes()))
+        }
+        _ => None,
+    };
+    Ok(version)
 }
 
 /// Opens a connection named for its role (visible in the management UI and `list_connections`),
@@ -109,7 +221,21 @@ fn with_defaults(url: &str, heartbeat: Duration) -> String {
 
 /// Declares the exchange (if configured), the work queue with its bindings, and the dead-letter
 /// queue. Idempotent: the same arguments every time, so a restart or a second instance agrees.
-pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), BrokerError> {
+pub async fn declare(connection: &Connection, topology: &Topology) -> Result<(), BrokerError> {
+    declare_queue(
+        connection,
+        &topology.queue,
+        queue_arguments(topology.queue_kind, topology.delivery_limit),
+    )
+    .await?;
+    // No TTL, no length limit and no delivery limit: a dead letter stays until ops act on it.
+    declare_queue(
+        connection,
+        &topology.dead_letter_queue,
+        queue_arguments(topology.queue_kind, topology.delivery_limit),
+    )
+    .await?;
+    let channel = connection.create_channel().await?;
     if topology.declare_exchange {
         channel
             .exchange_declare(
@@ -123,12 +249,6 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), Broke
             )
             .await?;
     }
-    declare_queue(
-        channel,
-        &topology.queue,
-        queue_arguments(topology.queue_kind),
-    )
-    .await?;
     for key in &topology.binding_keys {
         channel
             .queue_bind(
@@ -140,34 +260,78 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), Broke
             )
             .await?;
     }
-    // No TTL, no length limit and no delivery limit: a dead letter stays until ops act on it.
-    declare_queue(
-        channel,
-        &topology.dead_letter_queue,
-        queue_arguments(topology.queue_kind),
-    )
-    .await?;
+    let _ = channel.close(200, ShortString::from("declared")).await;
     Ok(())
 }
 
+/// Declares a durable queue on a channel of its own. If the queue exists without the delivery
+/// limit asked for, it is used as it is, with a warning: a queue's arguments cannot be changed by
+/// declaring it, and refusing to run would lose more than the broker's limit does.
 async fn declare_queue(
-    channel: &Channel,
+    connection: &Connection,
     name: &str,
     arguments: FieldTable,
 ) -> Result<(), BrokerError> {
-    channel
+    let channel = connection.create_channel().await?;
+    let declared = channel
         .queue_declare(
             ShortString::from(name),
             QueueDeclareOptions::durable(),
             arguments,
         )
-        .await?;
-    Ok(())
+        .await;
+    match declared {
+        Ok(_) => {
+            let _ = channel.close(200, ShortString::from("declared")).await;
+            Ok(())
+        }
+        Err(error) if is_other_delivery_limit(&error) => {
+            warn!(
+                queue = name,
+                broker = %error,
+                "this queue was declared without webhookd's delivery limit (by an earlier \
+                 webhookd, or before the broker was upgraded to 4.x) and keeps the broker's: \
+                 RabbitMQ 4 drops a message returned 20 times; set a policy with \
+                 \"delivery-limit\": -1 on it (see the README)"
+            );
+            // The broker closed that channel; the queue is there, as the passive declare checks.
+            let channel = connection.create_channel().await?;
+            channel
+                .queue_declare(
+                    ShortString::from(name),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+            let _ = channel.close(200, ShortString::from("declared")).await;
+            Ok(())
+        }
+        Err(error) => Err(error.into()),
+    }
 }
 
-fn queue_arguments(kind: QueueKind) -> FieldTable {
+/// Whether the broker refused a declaration because the queue exists with another
+/// `x-delivery-limit` (or none).
+fn is_other_delivery_limit(error: &lapin::Error) -> bool {
+    matches!(
+        error.kind(),
+        ErrorKind::ProtocolError(amqp)
+            if amqp.get_id() == 406 && amqp.get_message().as_str().contains("x-delivery-limit")
+    )
+}
+
+fn queue_arguments(kind: QueueKind, delivery_limit: Option<i64>) -> FieldTable {
     let mut arguments = FieldTable::default();
     put(&mut arguments, "x-queue-type", kind.as_str());
+    if let (QueueKind::Quorum, Some(limit)) = (kind, delivery_limit) {
+        arguments.insert(
+            ShortString::from("x-delivery-limit"),
+            AMQPValue::LongLongInt(limit),
+        );
+    }
     arguments
 }
 
@@ -176,8 +340,13 @@ fn queue_arguments(kind: QueueKind) -> FieldTable {
 /// queue, where a 6 h job would hold back a 5 s one. On quorum queues the dead-lettering is
 /// at-least-once (it needs `reject-publish` overflow); classic queues dead-letter without
 /// confirms, which is why quorum is the default.
-fn delay_queue_arguments(kind: QueueKind, bucket: Duration, work_queue: &str) -> FieldTable {
-    let mut arguments = queue_arguments(kind);
+fn delay_queue_arguments(
+    kind: QueueKind,
+    delivery_limit: Option<i64>,
+    bucket: Duration,
+    work_queue: &str,
+) -> FieldTable {
+    let mut arguments = queue_arguments(kind, delivery_limit);
     arguments.insert(
         ShortString::from("x-message-ttl"),
         AMQPValue::LongLongInt(i64::try_from(bucket.as_millis()).unwrap_or(i64::MAX)),
@@ -201,6 +370,8 @@ fn put(table: &mut FieldTable, key: &str, value: &str) {
 /// Publishes on a confirm-mode channel and waits for each confirm.
 pub struct Publisher {
     channel: Channel,
+    /// The connection the channel is on, where delay queues are declared.
+    connection: Arc<Connection>,
     topology: Topology,
     /// Delay buckets declared on this connection; a reconnect starts empty and declares again.
     declared: Mutex<HashSet<Duration>>,
@@ -208,7 +379,7 @@ pub struct Publisher {
 
 impl Publisher {
     pub async fn open(
-        connection: &Connection,
+        connection: &Arc<Connection>,
         topology: Topology,
     ) -> Result<Publisher, BrokerError> {
         let channel = connection.create_channel().await?;
@@ -217,6 +388,7 @@ impl Publisher {
             .await?;
         Ok(Publisher {
             channel,
+            connection: connection.clone(),
             topology,
             declared: Mutex::new(HashSet::new()),
         })
@@ -273,9 +445,13 @@ impl Publisher {
             .map(|set| set.contains(&bucket))
             .unwrap_or(false);
         if !known {
-            let arguments =
-                delay_queue_arguments(self.topology.queue_kind, bucket, &self.topology.queue);
-            declare_queue(&self.channel, &queue, arguments).await?;
+            let arguments = delay_queue_arguments(
+                self.topology.queue_kind,
+                self.topology.delivery_limit,
+                bucket,
+                &self.topology.queue,
+            );
+            declare_queue(&self.connection, &queue, arguments).await?;
             if let Ok(mut set) = self.declared.lock() {
                 set.insert(bucket);
             }
@@ -326,7 +502,7 @@ mod tests {
     #[test]
     fn quorum_delay_queues_dead_letter_at_least_once_back_to_work() {
         let arguments =
-            delay_queue_arguments(QueueKind::Quorum, Duration::from_millis(250), "work");
+            delay_queue_arguments(QueueKind::Quorum, None, Duration::from_millis(250), "work");
         let get = |k: &str| arguments.inner().get(k).cloned();
         assert_eq!(get("x-message-ttl"), Some(AMQPValue::LongLongInt(250)));
         assert_eq!(
@@ -341,7 +517,49 @@ mod tests {
             get("x-overflow"),
             Some(AMQPValue::LongString("reject-publish".into()))
         );
-        let classic = delay_queue_arguments(QueueKind::Classic, Duration::from_secs(5), "work");
+        let classic =
+            delay_queue_arguments(QueueKind::Classic, None, Duration::from_secs(5), "work");
         assert!(classic.inner().get("x-dead-letter-strategy").is_none());
+    }
+
+    #[test]
+    fn versions_read_as_rabbitmq_announces_them() {
+        let v = |major, minor| Some(Version { major, minor });
+        assert_eq!(Version::parse("4.0.5"), v(4, 0));
+        assert_eq!(Version::parse("3.10.8"), v(3, 10));
+        assert_eq!(Version::parse("4.1.0-rc.1"), v(4, 1));
+        assert_eq!(Version::parse("4"), None);
+        assert_eq!(Version::parse("nightly"), None);
+    }
+
+    #[test]
+    fn only_4_x_quorum_queues_get_an_explicit_unlimited_delivery_limit() {
+        let limit = |kind, version| {
+            queue_arguments(kind, delivery_limit(version))
+                .inner()
+                .get("x-delivery-limit")
+                .cloned()
+        };
+        let v = |major, minor| Some(Version { major, minor });
+        // 4.x would limit quorum queues to 20 without it; -1 is none there.
+        assert_eq!(
+            limit(QueueKind::Quorum, v(4, 0)),
+            Some(AMQPValue::LongLongInt(-1))
+        );
+        assert_eq!(
+            limit(QueueKind::Quorum, v(5, 2)),
+            Some(AMQPValue::LongLongInt(-1))
+        );
+        // 3.x has no default, and would drop a message at its first return with -1; a broker
+        // that does not say is left with its own defaults too.
+        assert_eq!(limit(QueueKind::Quorum, v(3, 13)), None);
+        assert_eq!(limit(QueueKind::Quorum, None), None);
+        // Classic queues have no delivery limit.
+        assert_eq!(limit(QueueKind::Classic, v(4, 0)), None);
+        let delay = delay_queue_arguments(QueueKind::Quorum, Some(-1), Duration::from_secs(5), "w");
+        assert_eq!(
+            delay.inner().get("x-delivery-limit"),
+            Some(&AMQPValue::LongLongInt(-1))
+        );
     }
 }

@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{anyhow, bail, Context as _};
@@ -284,17 +285,13 @@ pub async fn publish(config: &Config, args: PublishArgs) -> anyhow::Result<()> {
     let message_id = args
         .message_id
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let topology = Topology::from_config(&config.broker);
-    let connection = broker::connect(
-        config.broker.url.expose(),
-        config.broker.heartbeat,
-        "publish",
-    )
-    .await?;
-    let channel = connection.create_channel().await?;
+    let url = config.broker.url.expose();
+    let topology = Topology::from_config(&config.broker).on(broker::announced_version(url).await?);
+    let connection = broker::connect(url, config.broker.heartbeat, "publish").await?;
     // Declaring what the daemon declares means an event published before the daemon first
     // starts waits in its queue instead of vanishing.
-    broker::declare(&channel, &topology).await?;
+    broker::declare(&connection, &topology).await?;
+    let channel = connection.create_channel().await?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
@@ -776,8 +773,9 @@ impl Api {
 /// `webhookd dlq …`.
 pub async fn dlq(config: &Config, command: DlqCommand) -> anyhow::Result<()> {
     let topology = Topology::from_config(&config.broker);
-    let connection =
-        broker::connect(config.broker.url.expose(), config.broker.heartbeat, "dlq").await?;
+    let connection = Arc::new(
+        broker::connect(config.broker.url.expose(), config.broker.heartbeat, "dlq").await?,
+    );
     let outcome = dlq_on(config, &connection, &topology, command).await;
     let _ = connection.close(200, ShortString::from("done")).await;
     outcome
@@ -785,7 +783,7 @@ pub async fn dlq(config: &Config, command: DlqCommand) -> anyhow::Result<()> {
 
 async fn dlq_on(
     config: &Config,
-    connection: &lapin::Connection,
+    connection: &Arc<lapin::Connection>,
     topology: &Topology,
     command: DlqCommand,
 ) -> anyhow::Result<()> {
@@ -886,7 +884,7 @@ async fn dlq_on(
 /// reads only headers; a webhook disabled between the passes gets its jobs parked again.
 async fn held_back(
     config: &Config,
-    connection: &lapin::Connection,
+    connection: &Arc<lapin::Connection>,
     topology: &Topology,
     filter: &Filter,
 ) -> anyhow::Result<BTreeMap<String, &'static str>> {

@@ -10,6 +10,7 @@
 //! broker; a crash in between leaves a duplicate, never a loss.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
@@ -239,7 +240,7 @@ pub enum Action {
 /// most `limit`) after applying `action` to each; with `bodies`, each entry carries its body.
 /// Entries not acted on stay in place.
 pub async fn scan(
-    connection: &lapin::Connection,
+    connection: &Arc<lapin::Connection>,
     topology: &Topology,
     filter: &Filter,
     limit: Option<usize>,

@@ -9,7 +9,9 @@
 //! Anything else — a broker nack, a lost channel, a returned publish, a shutdown that ran out of
 //! drain time — leaves the message to the broker, which delivers it again: a duplicate with the
 //! same delivery id, never a loss. A returned publish also ends the session, so the next one
-//! declares the queues again.
+//! declares the queues again. A message that keeps coming back unsettled (it crashes the daemon,
+//! say) is parked in the dead-letter queue as `redelivered` after [`REDELIVERY_LIMIT`] returns,
+//! before it is read again: webhookd's limit replaces RabbitMQ 4's, which would drop it.
 //!
 //! A session is one pair of broker connections (consume, publish) and the message tasks started
 //! on them. When either connection or channel dies, the session abandons its tasks (the broker
@@ -69,6 +71,14 @@ const CLOSE_AFTER_LOSS: Duration = Duration::from_millis(500);
 
 /// How often each buffered attempt record is written to the store (at the latest).
 const ATTEMPT_LOG_PERIOD: Duration = Duration::from_secs(1);
+
+/// How many times a message may have come back to the work queue unsettled before it is parked
+/// in the dead-letter queue as `redelivered` instead of being processed once more: a message that
+/// crashes the daemon (or outlasts every drain) must not hold the queue forever. Quorum queues
+/// count the returns in `x-delivery-count`; RabbitMQ 4's own limit, 20 by default, would drop the
+/// message, so webhookd turns it off (see `broker`) and keeps the same number here, as its own.
+/// Classic queues count nothing, and have no such limit.
+const REDELIVERY_LIMIT: u64 = 20;
 
 /// How often a consuming session checks that both connections and channels are still open.
 /// Most losses show up at once (the consumer stream ends, a publish fails); this catches a
@@ -367,7 +377,7 @@ fn reconnect_delay(failures: u32) -> Duration {
 /// What a session holds open while it consumes.
 struct Link {
     consuming: Connection,
-    publishing: Connection,
+    publishing: Arc<Connection>,
     channel: Channel,
     publisher: Arc<Publisher>,
     tag: String,
@@ -378,10 +388,13 @@ impl Link {
     async fn open(config: &Config, topology: &Topology) -> Result<(Link, Consumer), BrokerError> {
         let url = config.broker.url.expose();
         let heartbeat = config.broker.heartbeat;
+        // Asked at every session: the broker may have been upgraded since the last one.
+        let version = broker::announced_version(url).await?;
+        let topology = topology.on(version);
         let consuming = broker::connect(url, heartbeat, "consumer").await?;
-        let publishing = broker::connect(url, heartbeat, "publisher").await?;
+        let publishing = Arc::new(broker::connect(url, heartbeat, "publisher").await?);
+        broker::declare(&consuming, &topology).await?;
         let channel = consuming.create_channel().await?;
-        broker::declare(&channel, topology).await?;
         let publisher = Arc::new(Publisher::open(&publishing, topology.clone()).await?);
         channel
             .basic_qos(config.broker.prefetch, BasicQosOptions::default())
@@ -569,7 +582,7 @@ async fn handle(
     let settled = tokio::select! {
         () = stops.lost.cancelled() => return,
         () = stops.hand_back.cancelled() => Err(Unsettled::ShuttingDown),
-        result = process(&shared, &live, &publisher, &delivery.properties, body) => result,
+        result = process(&shared, &live, &publisher, &delivery.properties, delivery.redelivered, body) => result,
     };
     let verdict = match settled {
         Ok(()) => Verdict::Ack,
@@ -647,6 +660,7 @@ async fn process(
     live: &Live,
     publisher: &Publisher,
     properties: &BasicProperties,
+    redelivered: bool,
     body: Bytes,
 ) -> Result<(), Unsettled> {
     let message_id = properties.message_id().as_ref().map(|id| id.as_str());
@@ -659,12 +673,35 @@ async fn process(
                 publisher,
                 &body,
                 message_id,
+                None,
                 DeadReason::Malformed,
                 &error,
             )
             .await;
         }
     };
+    // Checked before anything reads the body: it may be what keeps bringing the message back.
+    // Only on a redelivery: a publisher may set the header itself, and RabbitMQ 4 keeps it on
+    // the first delivery.
+    let returns = properties
+        .headers()
+        .as_ref()
+        .filter(|_| redelivered)
+        .and_then(|headers| job::get_u64(headers, "x-delivery-count"))
+        .unwrap_or(0);
+    if returns >= REDELIVERY_LIMIT {
+        let error = format!("came back {returns} times without being settled");
+        return park_unrouted(
+            shared,
+            publisher,
+            &body,
+            message_id,
+            job.as_ref(),
+            DeadReason::Redelivered,
+            &error,
+        )
+        .await;
+    }
     if body.len() > live.max_event_bytes {
         let error = format!(
             "body is {} bytes, over max_event_bytes = {}",
@@ -676,6 +713,7 @@ async fn process(
             publisher,
             &body,
             message_id,
+            None,
             DeadReason::TooLarge,
             &error,
         )
@@ -690,6 +728,7 @@ async fn process(
                 publisher,
                 &body,
                 message_id,
+                None,
                 DeadReason::Malformed,
                 &error,
             )
@@ -767,12 +806,15 @@ async fn process(
     results.into_iter().collect()
 }
 
-/// A message that never reached a webhook (malformed, too large) goes to the DLQ once.
+/// A message that is not delivered at all (malformed, too large, redelivered too often) goes to
+/// the DLQ once. A retry job keeps its webhook and history there, so a replay goes to that webhook
+/// alone.
 async fn park_unrouted(
     shared: &Shared,
     publisher: &Publisher,
     body: &[u8],
     message_id: Option<&str>,
+    job: Option<&Job>,
     reason: DeadReason,
     error: &str,
 ) -> Result<(), Unsettled> {
@@ -784,7 +826,7 @@ async fn park_unrouted(
         account_id: None,
         event: None,
         url: None,
-        job: None,
+        job,
         error: Some(error),
     };
     publisher

@@ -35,9 +35,7 @@ pub async fn connect(url: &str) -> anyhow::Result<Connection> {
 
 /// Declares webhookd's topology (exchange, work queue, bindings, dead-letter queue).
 pub async fn declare(connection: &Connection, topology: &Topology) -> anyhow::Result<()> {
-    let channel = connection.create_channel().await?;
-    webhookd::broker::declare(&channel, topology).await?;
-    close(channel).await;
+    webhookd::broker::declare(connection, topology).await?;
     Ok(())
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use futures_util::StreamExt;
 use tokio::process::{Child, Command};
-use webhookd::broker::Topology;
+use webhookd::broker::{Topology, Version};
 use webhookd::config::Config;
 use webhookd::retry::Schedule;
 use webhookd::store::{NewWebhook, Store};
@@ -52,7 +52,12 @@ pub struct Run {
 impl Run {
     /// Writes the config and loads it back the way webhookd will, so the topology the benchmark
     /// declares and publishes to is exactly the one the daemon expects.
-    pub fn new(url: &str, tag: &str, settings: &Settings<'_>) -> anyhow::Result<Run> {
+    pub fn new(
+        url: &str,
+        version: Option<Version>,
+        tag: &str,
+        settings: &Settings<'_>,
+    ) -> anyhow::Result<Run> {
         let dir = tempfile::tempdir()?;
         let config_path = dir.path().join("webhookd.toml");
         let admin = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
@@ -90,7 +95,7 @@ drain_timeout = "1s"
         );
         std::fs::write(&config_path, text)?;
         let config = Config::load(&config_path)?;
-        let topology = Topology::from_config(&config.broker);
+        let topology = Topology::from_config(&config.broker).on(version);
         let retry = &config.retry;
         let schedule = Schedule::new(
             retry.initial_interval,

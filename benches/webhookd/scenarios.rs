@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, ensure};
 use lapin::uri::AMQPUri;
 use lapin::Connection;
+use webhookd::broker::Version;
 use webhookd::store::NewWebhook;
 
 use crate::amqp::{self, AckStrategy};
@@ -185,6 +186,8 @@ impl Latencies {
 pub struct Bench {
     pub url: String,
     pub amqp: Connection,
+    /// The broker's version, on which the arguments of the queues webhookd declares depend.
+    version: Option<Version>,
     pub log_level: String,
     /// The broker node's process, when it runs on this machine where the benchmark may see it.
     broker_pid: Option<u32>,
@@ -203,6 +206,7 @@ impl Bench {
             .ok();
         Ok(Bench {
             amqp: amqp::connect(&url).await?,
+            version: webhookd::broker::announced_version(&url).await?,
             url,
             log_level,
             broker_pid,
@@ -219,7 +223,7 @@ impl Bench {
             request_timeout: timeout,
             log_level: &self.log_level,
         };
-        Run::new(&self.url, &tag, &settings)
+        Run::new(&self.url, self.version, &tag, &settings)
     }
 
     /// D: the bare consumer drains `events` pre-published events from a fresh queue.

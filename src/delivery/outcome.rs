@@ -45,8 +45,8 @@ pub enum DeadReason {
     /// The job's webhook was disabled (by hand, by a 410) while the job waited; replayable once
     /// the webhook is enabled again.
     WebhookDisabled,
-    /// The broker redelivered the message more often than a healthy consumer ever would: a
-    /// message that keeps ending its consumer's session is parked instead of looping.
+    /// The message came back from the broker too often without being settled (a daemon that
+    /// crashed or was stopped while holding it, again and again).
     Redelivered,
 }
 
@@ -260,7 +260,9 @@ mod tests {
             "blocked_destination",
             "malformed",
             "too_large",
+            "redelivered",
         ];
+        assert_eq!(names.len(), ALL_REASONS.len());
         for (reason, name) in ALL_REASONS.into_iter().zip(names) {
             assert_eq!(reason.as_str(), name);
             assert_eq!(reason.to_string(), name);

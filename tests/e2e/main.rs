@@ -4,6 +4,7 @@
 mod dlq;
 mod faults;
 mod hostile;
+mod limits;
 mod pipeline;
 mod retries;
 mod security;
