@@ -6,7 +6,8 @@
 #
 # Overridable: WEBHOOKD_TEST_BROKER_VERSIONS (which, in order: "3.10 4.0"), WEBHOOKD_TEST_NODE
 # (the 3.10 node's name, webhookd-test; the 4.0 node's is that plus "-4"), and the AMQP ports
-# WEBHOOKD_TEST_BROKER_PORT (3.10's, 5679) and WEBHOOKD_TEST_BROKER_PORT_4 (4.0's, 5680).
+# WEBHOOKD_TEST_BROKER_PORT (3.10's, 5679) and WEBHOOKD_TEST_BROKER_PORT_4 (4.0's, 5681: the
+# benchmark's own node has 5680).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,7 +16,7 @@ pass=0
 for version in ${WEBHOOKD_TEST_BROKER_VERSIONS:-3.10 4.0}; do
   case "$version" in
     3.10) name=$node port=${WEBHOOKD_TEST_BROKER_PORT:-5679} ;;
-    4.0) name=$node-4 port=${WEBHOOKD_TEST_BROKER_PORT_4:-5680} ;;
+    4.0) name=$node-4 port=${WEBHOOKD_TEST_BROKER_PORT_4:-5681} ;;
     *)
       echo "test.sh: no test node for RabbitMQ '$version' (expected 3.10 or 4.0)" >&2
       exit 2
