@@ -57,7 +57,7 @@ impl AttemptLog {
 
     /// The file of `webhook_id`, if the id is one webhookd could have made.
     fn path(&self, webhook_id: &str) -> Option<PathBuf> {
-        let suffix = webhook_id.strip_prefix(super::ID_PREFIX)?;
+        let suffix = webhook_id.strip_prefix(super::webhook::ID_PREFIX)?;
         let plausible = !suffix.is_empty()
             && suffix.len() <= 64
             && suffix
