@@ -260,6 +260,7 @@ mod tests {
             "blocked_destination",
             "malformed",
             "too_large",
+            "webhook_disabled",
             "redelivered",
         ];
         assert_eq!(names.len(), ALL_REASONS.len());
