@@ -32,8 +32,8 @@ use tracing::{debug, info, warn};
 
 use crate::config::{AdminConfig, Secret};
 use crate::delivery::sign::generate_secret;
+use crate::health::Readiness;
 use crate::metrics::Metrics;
-use crate::service::Readiness;
 use crate::store::{NewWebhook, Store, StoreError, WebhookPatch};
 
 /// Request bodies above this are refused: a webhook definition is a few hundred bytes.

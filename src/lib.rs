@@ -27,6 +27,7 @@ pub mod config;
 pub mod delivery;
 pub mod dlq;
 pub mod event;
+pub mod health;
 pub mod job;
 pub mod metrics;
 pub mod retry;

@@ -499,8 +499,10 @@ async fn json_logs_are_one_object_a_line_and_each_outcome_names_its_ids() {
                     lines.push(value);
                 }
                 lines.into_iter().find(|l| {
+                    // The ids are the attempt span's, which every line of the attempt carries.
                     l["fields"]["message"] == "delivery attempt"
-                        && l["fields"]["webhook_id"] == id.as_str()
+                        && l["span"]["name"] == "attempt"
+                        && l["span"]["webhook_id"] == id.as_str()
                         && l["fields"]["outcome"]
                             .as_str()
                             .unwrap_or("")
@@ -512,12 +514,17 @@ async fn json_logs_are_one_object_a_line_and_each_outcome_names_its_ids() {
     };
     let delivered = attempt_line(&ok, "delivered").await;
     assert_eq!(delivered["level"], "DEBUG");
-    assert_eq!(delivered["fields"]["delivery_id"], ok_id.as_str());
-    assert_eq!(delivered["fields"]["account_id"], 7);
+    assert_eq!(delivered["span"]["delivery_id"], ok_id.as_str());
+    assert_eq!(delivered["span"]["account_id"], 7);
+    assert_eq!(delivered["span"]["event"], "message_created");
+    assert_eq!(
+        delivered["spans"][0]["name"], "message",
+        "inside the message's span"
+    );
     assert_eq!(delivered["fields"]["status"], 200);
     let retried = attempt_line(&flaky, "retry").await;
     assert_eq!(retried["level"], "INFO");
-    assert_eq!(retried["fields"]["delivery_id"], flaky_id.as_str());
+    assert_eq!(retried["span"]["delivery_id"], flaky_id.as_str());
     assert_eq!(retried["fields"]["status"], 503);
-    assert_eq!(retried["fields"]["attempt"], 1);
+    assert_eq!(retried["span"]["attempt"], 1);
 }

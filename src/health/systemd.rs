@@ -32,7 +32,7 @@ pub(super) fn announce(state: &State) {
 }
 
 /// Pings the watchdog at half the interval systemd asked for (`WATCHDOG_USEC`), until `stop`.
-pub(super) async fn watchdog(stop: CancellationToken) {
+pub async fn watchdog(stop: CancellationToken) {
     let Some(timeout) = sd_notify::watchdog_enabled().filter(|t| !t.is_zero()) else {
         return;
     };

@@ -1,0 +1,267 @@
+//! One attempt: one event at one webhook → admission → request → outcome → follow-up.
+//!
+//! The follow-up is the one decision of [`Schedule::decide`](crate::retry::Schedule::decide)
+//! carried out: nothing, a confirmed retry job, or a confirmed dead letter. The clock, the
+//! randomness and the broker come in as arguments, so the tests below need no broker.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use tokio::sync::SemaphorePermit;
+use tracing::{debug, warn, Instrument as _};
+
+use super::endpoints::{Refusal, Slot};
+use super::message::Unsettled;
+use super::{Live, Outbox, Shared, Stage};
+use crate::delivery::{self, sign, DeadReason, Outcome, SendError};
+use crate::dlq::Parked;
+use crate::event::Envelope;
+use crate::job::{self, Job};
+use crate::retry::{Next, Turn};
+use crate::store::{NewAttempt, Webhook};
+
+/// One attempt of one event at one webhook, and what follows from its outcome. `Ok` once the
+/// delivery succeeded or its replacement (retry job, dead letter) is confirmed.
+///
+/// Runs in a span with the delivery's ids, so every line it logs, and a log filter such as
+/// `[attempt{delivery_id=…}]=debug`, follows one delivery.
+pub(super) async fn deliver<O: Outbox>(
+    stage: &Stage<'_, O>,
+    event: &EventRef<'_>,
+    webhook: &Webhook,
+    job: Option<&Job>,
+) -> Result<(), Unsettled> {
+    let now = stage.clock.now();
+    let leg = Leg {
+        stage,
+        event,
+        webhook,
+        delivery_id: sign::delivery_id(event.event_id, &webhook.id),
+        now,
+        attempt: job.map_or(0, |j| j.attempts).saturating_add(1),
+        first_attempt_at_ms: job.map_or_else(|| job::unix_ms(now), |j| j.first_attempt_at_ms),
+    };
+    let span = tracing::info_span!(
+        "attempt",
+        delivery_id = %leg.delivery_id,
+        webhook_id = %webhook.id,
+        account_id = webhook.account_id,
+        event = %event.envelope.event,
+        attempt = leg.attempt,
+    );
+    let turn = async {
+        let (state, next) = match admit(stage.shared, stage.live, &webhook.url).await {
+            Err(refusal) => leg.deferral(refusal, job),
+            Ok((permit, slot)) => match leg.send(permit, slot).await {
+                Some(failed) => failed,
+                // Only a retry job or a dead letter carries the job's state: a delivery builds
+                // none.
+                None => return Ok(()),
+            },
+        };
+        leg.follow_up(&state, next).await
+    };
+    turn.instrument(span).await
+}
+
+/// One event at one webhook: what its attempt, or its deferral, and their follow-up read.
+struct Leg<'a, O> {
+    stage: &'a Stage<'a, O>,
+    event: &'a EventRef<'a>,
+    webhook: &'a Webhook,
+    delivery_id: String,
+    now: SystemTime,
+    /// The number this attempt has, or would have: the job's attempts so far, plus one.
+    attempt: u32,
+    first_attempt_at_ms: u64,
+}
+
+impl<O: Outbox> Leg<'_, O> {
+    /// A delivery that admission turned away. Not an attempt: the job keeps its count and
+    /// history, and comes back after the schedule's next delay or, if the circuit is open, once
+    /// its cool-down is over (or is given up once max_elapsed has passed).
+    fn deferral(&self, refusal: Refusal, job: Option<&Job>) -> (Job, Next) {
+        let attempt = self.attempt;
+        let shut_for = match refusal {
+            Refusal::Busy => None,
+            Refusal::Open(left) => Some(left),
+        };
+        let next = self.decide(&Turn::NotAttempted, shut_for);
+        debug!(outcome = %next, ?refusal, "endpoint busy or its circuit open: deferred without an attempt");
+        let state = self.state(
+            attempt - 1,
+            job.and_then(|j| j.last_status),
+            job.and_then(|j| j.last_error.clone()),
+        );
+        (state, next)
+    }
+
+    /// Sends the event, logs and records the attempt; `None` once it was delivered, else the
+    /// job's new state and where it goes next.
+    async fn send(
+        &self,
+        permit: Option<SemaphorePermit<'_>>,
+        slot: Slot<'_>,
+    ) -> Option<(Job, Next)> {
+        let (shared, live) = (self.stage.shared, self.stage.live);
+        let (event, webhook) = (self.event, self.webhook);
+        let (delivery_id, now, attempt) = (&self.delivery_id, self.now, self.attempt);
+        let timestamp = i64::try_from(job::unix_ms(now) / 1000).unwrap_or(i64::MAX);
+        let headers =
+            sign::attempt_headers(delivery_id, timestamp, event.body, webhook.signing(now));
+        let (result, latency) = {
+            let _permit = permit;
+            let _counted = shared.metrics.in_flight();
+            let started = Instant::now();
+            let result = tokio::select! {
+                result = live.client.post(&webhook.url, headers, event.body.clone()) => result,
+                () = slot.cut_off() => Err(SendError::Stalled),
+            };
+            (result, started.elapsed())
+        };
+        let outcome = delivery::classify(&result, self.stage.clock.now());
+        slot.finish(!matches!(outcome, Outcome::Retry { .. }));
+        let status = result.as_ref().ok().map(|r| r.status.as_u16());
+        let error = result.as_ref().err().map(ToString::to_string);
+
+        // A failed attempt may have opened the circuit, or found it opened meanwhile.
+        let shut_for = match outcome {
+            Outcome::Retry { .. } => shared.endpoints.shut_for(&webhook.url),
+            Outcome::Delivered | Outcome::Dead { .. } => None,
+        };
+        let next = self.decide(&Turn::Answered(outcome), shut_for);
+
+        let label = next.label();
+        shared.metrics.delivery(label, latency);
+        // One line per attempt with everything needed to follow a delivery. Successes are
+        // debug: at thousands a second they would drown the journal, and /metrics and the
+        // attempt log already count and keep them.
+        macro_rules! log_attempt {
+            ($level:expr) => {
+                tracing::event!(
+                    $level,
+                    status,
+                    error = error.as_deref(),
+                    latency_ms = latency.as_millis() as u64,
+                    outcome = %next,
+                    "delivery attempt"
+                )
+            };
+        }
+        match next {
+            Next::Done => log_attempt!(tracing::Level::DEBUG),
+            Next::Retry(_) => log_attempt!(tracing::Level::INFO),
+            Next::Dead(_) => log_attempt!(tracing::Level::WARN),
+        }
+        let record = NewAttempt {
+            at: now,
+            delivery_id,
+            attempt,
+            status,
+            error: error.as_deref(),
+            latency_ms: u64::try_from(latency.as_millis()).unwrap_or(u64::MAX),
+            outcome: &next.text(),
+        };
+        shared.store.record_attempt(&webhook.id, &record);
+        match next {
+            Next::Done => None,
+            _ => Some((self.state(attempt, status, error), next)),
+        }
+    }
+
+    /// What follows this turn, by the schedule's one decision, as of now.
+    fn decide(&self, turn: &Turn, shut_for: Option<Duration>) -> Next {
+        let clock = self.stage.clock;
+        let elapsed = job::elapsed_since(self.first_attempt_at_ms, clock.now());
+        self.stage
+            .live
+            .schedule
+            .decide(turn, self.attempt, elapsed, shut_for, clock.unit())
+    }
+
+    /// The job's state as its retry job or dead letter carries it.
+    fn state(&self, attempts: u32, last_status: Option<u16>, last_error: Option<String>) -> Job {
+        Job {
+            webhook_id: self.webhook.id.clone(),
+            event_id: self.event.event_id.to_owned(),
+            attempts,
+            first_attempt_at_ms: self.first_attempt_at_ms,
+            last_status,
+            last_error,
+        }
+    }
+
+    /// Carries out `next`: nothing, a confirmed retry job, or a confirmed dead letter. `Ok` once
+    /// that is done, so the event may be acked.
+    async fn follow_up(&self, state: &Job, next: Next) -> Result<(), Unsettled> {
+        let (shared, outbox) = (self.stage.shared, self.stage.outbox);
+        let (event, webhook) = (self.event, self.webhook);
+        let delivery_id = self.delivery_id.as_str();
+        match next {
+            Next::Done => Ok(()),
+            Next::Retry(bucket) => {
+                outbox
+                    .to_delay_queue(bucket, event.body, state.properties(delivery_id))
+                    .await?;
+                shared.metrics.retry_scheduled(bucket);
+                Ok(())
+            }
+            Next::Dead(reason) => {
+                let parked = Parked {
+                    reason,
+                    message_id: delivery_id,
+                    account_id: Some(event.envelope.account_id),
+                    event: Some(&event.envelope.event),
+                    url: Some(&webhook.url),
+                    job: Some(state),
+                    error: None,
+                };
+                outbox
+                    .to_dead_letters(event.body, parked.properties(self.stage.clock.now()))
+                    .await?;
+                shared.metrics.dead_letter(reason.as_str());
+                // Only once the dead letter is confirmed: disabled first, a failed publish
+                // would bring the event back to a webhook it now skips, and the dead letter
+                // would never be written.
+                if reason == DeadReason::Gone {
+                    shared.store.set_enabled(&webhook.id, false).await?;
+                    warn!("receiver answered 410 Gone: webhook disabled");
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A permit under the global in-flight cap, then a slot at the endpoint, or why not.
+///
+/// The permit comes first: a slot is then only ever held by a request being sent, so an endpoint
+/// whose deliveries merely queue for the global cap (other receivers hold it) never looks
+/// stalled to its circuit. But when the cap is full, an open circuit is asked about before
+/// queueing: a delivery it would turn away anyway must not wait for a permit first, behind the
+/// requests of every other receiver. `None` for the permit only if the semaphore was closed,
+/// which it never is.
+async fn admit<'a>(
+    shared: &'a Shared,
+    live: &'a Live,
+    url: &'a str,
+) -> Result<(Option<SemaphorePermit<'a>>, Slot<'a>), Refusal> {
+    let permit = match live.in_flight.try_acquire() {
+        Ok(permit) => Some(permit),
+        Err(_) => {
+            if let Some(left) = shared.endpoints.shut_for(url) {
+                return Err(Refusal::Open(left));
+            }
+            live.in_flight.acquire().await.ok()
+        }
+    };
+    let slot = shared.endpoints.admit(url)?;
+    Ok((permit, slot))
+}
+
+/// The parts of an event every delivery of it reads.
+pub(super) struct EventRef<'a> {
+    pub(super) body: &'a Bytes,
+    pub(super) envelope: &'a Envelope,
+    pub(super) event_id: &'a str,
+}

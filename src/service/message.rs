@@ -1,0 +1,319 @@
+//! One message: an AMQP delivery → decode → lookup → its deliveries → settle.
+//!
+//! [`process`] decides what happens to one message and returns whether it may be acked;
+//! [`handle`] turns that into the acker's verdict. A message is acked only when each of its
+//! deliveries reached a 2xx, or its replacement (a retry job in a delay queue, a dead letter) has
+//! been confirmed by the broker and taken by a queue (publishes are mandatory: without that, a
+//! publish to a queue deleted under webhookd would be confirmed and dropped). Anything else — a
+//! broker nack, a lost channel, a returned publish, a shutdown that ran out of drain time — leaves
+//! the message to the broker, which delivers it again: a duplicate with the same delivery id,
+//! never a loss. A returned publish also ends the session, so the next one declares the queues
+//! again. A message that keeps coming back unsettled (it crashes the daemon, say) is parked in
+//! the dead-letter queue as `redelivered` after [`REDELIVERY_LIMIT`] returns, before it is read
+//! again: webhookd's limit replaces RabbitMQ 4's, which would drop it.
+//!
+//! The clock, the randomness and the broker come in as arguments ([`Clock`], [`Outbox`]), so the
+//! tests below run a message through without a broker.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream::FuturesUnordered;
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::BasicProperties;
+use tracing::{debug, info, warn, Instrument as _};
+
+use super::acks::{Acks, Verdict};
+use super::attempt::{self, EventRef};
+use super::session::Stops;
+use super::Publisher;
+use super::{Outbox, Shared, Stage, SystemClock};
+use crate::broker::BrokerError;
+use crate::delivery::{sign, DeadReason};
+use crate::dlq::Parked;
+use crate::event;
+use crate::job::{self, Job};
+use crate::retry::Schedule;
+
+/// How many times a message may have come back to the work queue unsettled before it is parked
+/// in the dead-letter queue as `redelivered` instead of being processed once more: a message that
+/// crashes the daemon (or outlasts every drain) must not hold the queue forever. Quorum queues
+/// count the returns in `x-delivery-count`; RabbitMQ 4's own limit, 20 by default, would drop the
+/// message, so webhookd turns it off (see `broker`) and keeps the same number here, as its own.
+/// Classic queues count nothing, and have no such limit.
+const REDELIVERY_LIMIT: u64 = 20;
+
+/// One message, from delivery to its verdict for the acker, in a span that every line logged on
+/// its way carries.
+pub(super) async fn handle(
+    shared: Arc<Shared>,
+    publisher: Arc<Publisher>,
+    acks: Acks,
+    mut delivery: Delivery,
+    stops: Stops,
+) {
+    let body = Bytes::from(std::mem::take(&mut delivery.data));
+    let live = shared.live();
+    let span = tracing::info_span!(
+        "message",
+        message_id = delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|id| id.as_str()),
+        redelivered = delivery.redelivered,
+    );
+    let stage = Stage {
+        shared: &shared,
+        live: &live,
+        outbox: publisher.as_ref(),
+        clock: &SystemClock,
+    };
+    let processing = process(&stage, &delivery.properties, delivery.redelivered, body);
+    let settled = tokio::select! {
+        () = stops.lost.cancelled() => return,
+        () = stops.hand_back.cancelled() => Err(Unsettled::ShuttingDown),
+        result = processing.instrument(span.clone()) => result,
+    };
+    let verdict = match settled {
+        Ok(()) => Verdict::Ack,
+        Err(Unsettled::Broker(BrokerError::Amqp(_))) => {
+            // A publish failed on a dead channel or connection: the whole session is gone, and
+            // the broker requeues everything unacked.
+            stops.lost.cancel();
+            return;
+        }
+        Err(Unsettled::Broker(BrokerError::Unroutable(queue))) => {
+            // A queue webhookd declared was deleted under it. Requeued alone, the message would
+            // come straight back to the same missing queue; a new session declares the queues
+            // again (delay queues on first use), and the broker requeues what this one held. The
+            // supervisor logs the reconnect with the queue's name.
+            stops
+                .gone_queue
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get_or_insert(queue);
+            stops.lost.cancel();
+            return;
+        }
+        Err(Unsettled::ShuttingDown) => Verdict::Requeue,
+        Err(reason) => {
+            // Handed back at once, the message would be redelivered and POSTed again at once:
+            // a hot loop against a receiver (or a broker) that is already failing. It waits
+            // first, longer the more settlements in a row failed; its prefetch slot stays taken
+            // meanwhile, which slows the consumer down as a whole, as it should.
+            let failures = shared.settle_failures.fetch_add(1, Ordering::Relaxed) + 1;
+            let wait = settle_retry_delay(failures, stage.clock.unit());
+            warn!(parent: &span, %reason, retry_in = ?wait, "settling a message failed: handing it back to the broker after a pause");
+            tokio::select! {
+                () = stops.lost.cancelled() => return,
+                () = stops.hand_back.cancelled() => {}
+                () = tokio::time::sleep(wait) => {}
+            }
+            Verdict::Requeue
+        }
+    };
+    if verdict == Verdict::Ack && shared.settle_failures.load(Ordering::Relaxed) != 0 {
+        shared.settle_failures.store(0, Ordering::Relaxed);
+    }
+    acks.settle(delivery.delivery_tag, verdict);
+}
+
+/// The pause before a message whose settlement failed is handed back: 1 s doubling to 30 s
+/// over the failures in a row, with jitter so the messages of one outage do not all return
+/// in the same instant.
+fn settle_retry_delay(failures: u32, unit: f64) -> Duration {
+    Schedule::new(
+        Duration::from_secs(1),
+        2.0,
+        0.2,
+        Duration::from_secs(30),
+        Duration::MAX,
+    )
+    .map(|schedule| schedule.delay(failures, unit))
+    .unwrap_or(Duration::from_secs(1))
+}
+
+/// Why a message is handed back instead of acked.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum Unsettled {
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error("store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("shutting down before it was settled")]
+    ShuttingDown,
+}
+
+/// Decides everything about one message; `Ok` means it may be acked.
+async fn process<O: Outbox>(
+    stage: &Stage<'_, O>,
+    properties: &BasicProperties,
+    redelivered: bool,
+    body: Bytes,
+) -> Result<(), Unsettled> {
+    let (shared, live) = (stage.shared, stage.live);
+    let message_id = properties.message_id().as_ref().map(|id| id.as_str());
+    let job = match Job::from_headers(properties.headers().as_ref()) {
+        Ok(job) => job,
+        Err(error) => {
+            let error = error.to_string();
+            return park_unrouted(
+                stage,
+                &body,
+                message_id,
+                None,
+                DeadReason::Malformed,
+                &error,
+            )
+            .await;
+        }
+    };
+    // Checked before anything reads the body: it may be what keeps bringing the message back.
+    // Only on a redelivery: a publisher may set the header itself, and RabbitMQ 4 keeps it on
+    // the first delivery.
+    let returns = properties
+        .headers()
+        .as_ref()
+        .filter(|_| redelivered)
+        .and_then(|headers| job::get_u64(headers, "x-delivery-count"))
+        .unwrap_or(0);
+    if returns >= REDELIVERY_LIMIT {
+        let error = format!("came back {returns} times without being settled");
+        return park_unrouted(
+            stage,
+            &body,
+            message_id,
+            job.as_ref(),
+            DeadReason::Redelivered,
+            &error,
+        )
+        .await;
+    }
+    if body.len() > live.max_event_bytes {
+        let error = format!(
+            "body is {} bytes, over max_event_bytes = {}",
+            body.len(),
+            live.max_event_bytes
+        );
+        return park_unrouted(stage, &body, message_id, None, DeadReason::TooLarge, &error).await;
+    }
+    let envelope = match event::decode_envelope(&body) {
+        Ok(envelope) => envelope,
+        Err(malformed) => {
+            let error = malformed.to_string();
+            return park_unrouted(
+                stage,
+                &body,
+                message_id,
+                None,
+                DeadReason::Malformed,
+                &error,
+            )
+            .await;
+        }
+    };
+    let event_id = match &job {
+        Some(job) if !job.event_id.is_empty() => job.event_id.clone(),
+        _ => event::event_id(message_id, &body),
+    };
+
+    let targets = match &job {
+        Some(job) => match shared
+            .store
+            .account_webhook(envelope.account_id, &job.webhook_id)?
+        {
+            Some(webhook) if webhook.enabled => vec![webhook],
+            Some(webhook) => {
+                // Disabled, not deleted: whoever disabled it may enable it again, so the job is
+                // kept where ops can replay it rather than dropped.
+                let delivery_id = sign::delivery_id(&event_id, &job.webhook_id);
+                info!(%delivery_id, webhook_id = %job.webhook_id, %event_id, "webhook disabled while its job waited: job dead-lettered");
+                let parked = Parked {
+                    reason: DeadReason::WebhookDisabled,
+                    message_id: &delivery_id,
+                    account_id: Some(envelope.account_id),
+                    event: Some(&envelope.event),
+                    url: Some(&webhook.url),
+                    job: Some(job),
+                    error: None,
+                };
+                stage
+                    .outbox
+                    .to_dead_letters(&body, parked.properties(stage.clock.now()))
+                    .await?;
+                shared
+                    .metrics
+                    .dead_letter(DeadReason::WebhookDisabled.as_str());
+                return Ok(());
+            }
+            None => {
+                shared.metrics.job_dropped();
+                let delivery_id = sign::delivery_id(&event_id, &job.webhook_id);
+                info!(%delivery_id, webhook_id = %job.webhook_id, %event_id, "webhook deleted while its job waited: job dropped");
+                return Ok(());
+            }
+        },
+        None => {
+            shared.metrics.event(&envelope.event);
+            shared
+                .store
+                .matching(envelope.account_id, &envelope.event, envelope.inbox_id)?
+        }
+    };
+    if targets.is_empty() {
+        debug!(account_id = envelope.account_id, event = %envelope.event, "no matching webhook");
+        return Ok(());
+    }
+
+    let event = EventRef {
+        body: &body,
+        envelope: &envelope,
+        event_id: &event_id,
+    };
+    if let [webhook] = targets.as_slice() {
+        return attempt::deliver(stage, &event, webhook, job.as_ref()).await;
+    }
+    // Unordered, so a finished request wakes only its own delivery: `join_all` polls every
+    // delivery of the event each time any one of them is woken.
+    let results: Vec<Result<(), Unsettled>> = targets
+        .iter()
+        .map(|webhook| attempt::deliver(stage, &event, webhook, job.as_ref()))
+        .collect::<FuturesUnordered<_>>()
+        .collect()
+        .await;
+    results.into_iter().collect()
+}
+
+/// A message that is not delivered at all (malformed, too large, redelivered too often) goes to
+/// the DLQ once. A retry job keeps its webhook and history there, so a replay goes to that webhook
+/// alone.
+async fn park_unrouted<O: Outbox>(
+    stage: &Stage<'_, O>,
+    body: &[u8],
+    message_id: Option<&str>,
+    job: Option<&Job>,
+    reason: DeadReason,
+    error: &str,
+) -> Result<(), Unsettled> {
+    let id = event::event_id(message_id, body);
+    warn!(event_id = %id, reason = reason.as_str(), %error, "dead-lettering a message that cannot be delivered");
+    let parked = Parked {
+        reason,
+        message_id: &id,
+        account_id: None,
+        event: None,
+        url: None,
+        job,
+        error: Some(error),
+    };
+    stage
+        .outbox
+        .to_dead_letters(body, parked.properties(stage.clock.now()))
+        .await?;
+    stage.shared.metrics.dead_letter(reason.as_str());
+    Ok(())
+}
