@@ -11,14 +11,25 @@ use tokio::sync::SemaphorePermit;
 use tracing::{debug, warn, Instrument as _};
 
 use super::endpoints::{Refusal, Slot};
-use super::message::Unsettled;
 use super::{Live, Outbox, Shared, Stage};
+use crate::broker::BrokerError;
 use crate::delivery::{self, sign, DeadReason, Outcome, SendError};
 use crate::dlq::Parked;
 use crate::event::Envelope;
 use crate::job::{self, Job};
 use crate::retry::{Next, Turn};
 use crate::store::{NewAttempt, Webhook};
+
+/// Why a message is handed back instead of acked.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum Unsettled {
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error("store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("shutting down before it was settled")]
+    ShuttingDown,
+}
 
 /// One attempt of one event at one webhook, and what follows from its outcome. `Ok` once the
 /// delivery succeeded or its replacement (retry job, dead letter) is confirmed.

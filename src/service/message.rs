@@ -16,7 +16,7 @@
 //! tests below run a message through without a broker.
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -24,11 +24,11 @@ use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::BasicProperties;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument as _};
 
 use super::acks::{Acks, Verdict};
-use super::attempt::{self, EventRef};
-use super::session::Stops;
+use super::attempt::{self, EventRef, Unsettled};
 use super::Publisher;
 use super::{Outbox, Shared, Stage, SystemClock};
 use crate::broker::BrokerError;
@@ -45,6 +45,33 @@ use crate::retry::Schedule;
 /// message, so webhookd turns it off (see `broker`) and keeps the same number here, as its own.
 /// Classic queues count nothing, and have no such limit.
 const REDELIVERY_LIMIT: u64 = 20;
+
+/// How a session's message tasks are told to stop before they settle.
+#[derive(Clone, Default)]
+pub(super) struct Stops {
+    /// Drain time is up: nack and requeue what is unfinished.
+    pub(super) hand_back: CancellationToken,
+    /// The session lost its broker link, or a queue it publishes to: settle nothing (the broker
+    /// requeues it all).
+    pub(super) lost: CancellationToken,
+    /// The queue whose publish came back, when that is why `lost` was cancelled.
+    pub(super) gone_queue: Arc<Mutex<Option<String>>>,
+}
+
+impl Stops {
+    /// Why the session ended when `lost` was cancelled.
+    pub(super) fn loss(&self) -> BrokerError {
+        let gone = self
+            .gone_queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        match gone {
+            Some(queue) => BrokerError::Unroutable(queue),
+            None => BrokerError::PublisherLost,
+        }
+    }
+}
 
 /// One message, from delivery to its verdict for the acker, in a span that every line logged on
 /// its way carries.
@@ -135,17 +162,6 @@ fn settle_retry_delay(failures: u32, unit: f64) -> Duration {
     )
     .map(|schedule| schedule.delay(failures, unit))
     .unwrap_or(Duration::from_secs(1))
-}
-
-/// Why a message is handed back instead of acked.
-#[derive(Debug, thiserror::Error)]
-pub(super) enum Unsettled {
-    #[error(transparent)]
-    Broker(#[from] BrokerError),
-    #[error("store: {0}")]
-    Store(#[from] crate::store::StoreError),
-    #[error("shutting down before it was settled")]
-    ShuttingDown,
 }
 
 /// Decides everything about one message; `Ok` means it may be acked.

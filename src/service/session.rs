@@ -12,7 +12,7 @@
 //! On SIGTERM the session stops consuming, lets the message tasks finish within the drain time
 //! and hands the rest back to the broker ([`drain`]); the acker sends what was settled.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -24,7 +24,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use super::acks::Acks;
-use super::message;
+use super::message::{self, Stops};
 use super::Shared;
 use crate::broker::{self, BrokerError, Publisher, Topology};
 use crate::config::Config;
@@ -173,33 +173,6 @@ async fn close_connection(connection: &Connection, patience: Duration) {
         Ok(Ok(())) => {}
         Ok(Err(error)) => debug!(%error, "closing a broker connection"),
         Err(_) => debug!("closing a broker connection timed out"),
-    }
-}
-
-/// How a session's message tasks are told to stop before they settle.
-#[derive(Clone, Default)]
-pub(super) struct Stops {
-    /// Drain time is up: nack and requeue what is unfinished.
-    pub(super) hand_back: CancellationToken,
-    /// The session lost its broker link, or a queue it publishes to: settle nothing (the broker
-    /// requeues it all).
-    pub(super) lost: CancellationToken,
-    /// The queue whose publish came back, when that is why `lost` was cancelled.
-    pub(super) gone_queue: Arc<Mutex<Option<String>>>,
-}
-
-impl Stops {
-    /// Why the session ended when `lost` was cancelled.
-    fn loss(&self) -> BrokerError {
-        let gone = self
-            .gone_queue
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        match gone {
-            Some(queue) => BrokerError::Unroutable(queue),
-            None => BrokerError::PublisherLost,
-        }
     }
 }
 
