@@ -297,3 +297,160 @@ async fn persist_attempts(store: Store, stopped: CancellationToken) {
         }
     }
 }
+
+/// What the stages' unit tests share: a daemon's state over a temporary store, a fixed clock, a
+/// recording outbox and a receiver on loopback that answers one status.
+#[cfg(test)]
+mod testing {
+    use std::net::SocketAddr;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use hyper::server::conn::http1;
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+    use lapin::types::AMQPValue;
+
+    use super::*;
+    use crate::job::{self, header};
+    use crate::store::{NewWebhook, Webhook};
+
+    pub(super) struct FixedClock(pub(super) SystemTime);
+
+    impl Clock for FixedClock {
+        fn now(&self) -> SystemTime {
+            self.0
+        }
+
+        fn unit(&self) -> f64 {
+            0.5
+        }
+    }
+
+    /// What the stage under test published, in order; `refuse_dead_letters` makes every dead
+    /// letter fail as a broker nack would.
+    #[derive(Default)]
+    pub(super) struct Recorder {
+        pub(super) delayed: Mutex<Vec<(Duration, BasicProperties)>>,
+        pub(super) parked: Mutex<Vec<BasicProperties>>,
+        pub(super) refuse_dead_letters: bool,
+    }
+
+    impl Recorder {
+        /// The `x-webhookd-reason` of each dead letter.
+        pub(super) fn reasons(&self) -> Vec<String> {
+            self.parked
+                .lock()
+                .expect("recorder")
+                .iter()
+                .map(|properties| header_of(properties, header::REASON))
+                .collect()
+        }
+    }
+
+    pub(super) fn header_of(properties: &BasicProperties, key: &str) -> String {
+        let headers = properties.headers().clone().unwrap_or_default();
+        match headers.inner().get(key) {
+            Some(AMQPValue::LongString(text)) => String::from_utf8_lossy(text.as_bytes()).into(),
+            Some(_) => job::get_u64(&headers, key).unwrap_or_default().to_string(),
+            None => String::new(),
+        }
+    }
+
+    impl Outbox for Recorder {
+        async fn to_delay_queue(
+            &self,
+            bucket: Duration,
+            _body: &[u8],
+            properties: BasicProperties,
+        ) -> Result<(), BrokerError> {
+            self.delayed
+                .lock()
+                .expect("recorder")
+                .push((bucket, properties));
+            Ok(())
+        }
+
+        async fn to_dead_letters(
+            &self,
+            _body: &[u8],
+            properties: BasicProperties,
+        ) -> Result<(), BrokerError> {
+            if self.refuse_dead_letters {
+                return Err(BrokerError::Nacked("dead letters".into()));
+            }
+            self.parked.lock().expect("recorder").push(properties);
+            Ok(())
+        }
+    }
+
+    /// A daemon's shared state over a temporary store, delivering to loopback (the tests'
+    /// receivers), with the default retry schedule.
+    pub(super) fn shared() -> Shared {
+        let mut config = Config::default();
+        config.delivery.allow_networks = vec!["127.0.0.0/8".parse().expect("network")];
+        let metrics = Arc::new(Metrics::default());
+        Shared {
+            store: Store::open_temporary().expect("store"),
+            metrics: metrics.clone(),
+            live: RwLock::new(Arc::new(Live::build(&config, None).expect("live"))),
+            endpoints: Arc::new(Endpoints::new(Policy::from(&config.delivery), metrics)),
+            settle_failures: AtomicU32::new(0),
+        }
+    }
+
+    pub(super) async fn webhook(shared: &Shared, account_id: u64, url: &str) -> Webhook {
+        shared
+            .store
+            .create(NewWebhook {
+                account_id,
+                url: url.to_owned(),
+                ..NewWebhook::default()
+            })
+            .await
+            .expect("webhook")
+    }
+
+    /// A receiver on 127.0.0.1 that answers every request with `status`, counting them.
+    pub(super) struct Receiver {
+        pub(super) addr: SocketAddr,
+        pub(super) requests: Arc<AtomicUsize>,
+    }
+
+    impl Receiver {
+        pub(super) async fn answering(status: u16) -> Receiver {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("address");
+            let requests = Arc::new(AtomicUsize::new(0));
+            let counted = requests.clone();
+            tokio::spawn(async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    let counted = counted.clone();
+                    tokio::spawn(async move {
+                        let answer = service_fn(move |_request| {
+                            counted.fetch_add(1, Ordering::SeqCst);
+                            let mut response = http::Response::new(Full::new(Bytes::new()));
+                            *response.status_mut() =
+                                http::StatusCode::from_u16(status).expect("status");
+                            async move { Ok::<_, std::convert::Infallible>(response) }
+                        });
+                        let _ = http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), answer)
+                            .await;
+                    });
+                }
+            });
+            Receiver { addr, requests }
+        }
+
+        pub(super) fn url(&self) -> String {
+            format!("http://{}/hook", self.addr)
+        }
+
+        pub(super) fn count(&self) -> usize {
+            self.requests.load(Ordering::SeqCst)
+        }
+    }
+}

@@ -276,3 +276,122 @@ pub(super) struct EventRef<'a> {
     pub(super) envelope: &'a Envelope,
     pub(super) event_id: &'a str,
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use super::*;
+    use crate::event::decode_envelope;
+    use crate::service::testing::{self, FixedClock, Receiver, Recorder};
+
+    const BODY: &[u8] = br#"{"event":"message_created","id":1,"account":{"id":1}}"#;
+
+    /// One turn of the event at `webhook`, as a message's first delivery.
+    async fn turn(
+        shared: &Shared,
+        outbox: &Recorder,
+        webhook: &Webhook,
+        n: u32,
+    ) -> Result<(), Unsettled> {
+        let live = shared.live();
+        let stage = Stage {
+            shared,
+            live: &live,
+            outbox,
+            clock: &FixedClock(SystemTime::now()),
+        };
+        let body = Bytes::from_static(BODY);
+        let envelope = decode_envelope(&body).expect("an event");
+        let event_id = format!("ev-{n}");
+        let event = EventRef {
+            body: &body,
+            envelope: &envelope,
+            event_id: &event_id,
+        };
+        deliver(&stage, &event, webhook, None).await
+    }
+
+    #[tokio::test]
+    async fn a_2xx_is_delivered_and_publishes_nothing() {
+        let (shared, outbox) = (testing::shared(), Recorder::default());
+        let receiver = Receiver::answering(204).await;
+        let webhook = testing::webhook(&shared, 1, &receiver.url()).await;
+        assert!(turn(&shared, &outbox, &webhook, 1).await.is_ok());
+        assert_eq!(receiver.count(), 1);
+        assert!(outbox.delayed.lock().expect("recorder").is_empty());
+        assert!(outbox.reasons().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_503_becomes_a_retry_job_in_the_first_bucket_carrying_its_state() {
+        let (shared, outbox) = (testing::shared(), Recorder::default());
+        let receiver = Receiver::answering(503).await;
+        let webhook = testing::webhook(&shared, 1, &receiver.url()).await;
+        assert!(turn(&shared, &outbox, &webhook, 1).await.is_ok());
+        let delayed = outbox.delayed.lock().expect("recorder");
+        let [(bucket, properties)] = delayed.as_slice() else {
+            panic!("one retry job, got {}", delayed.len());
+        };
+        // The default schedule's first delay, 5 s, is its own bucket (the fixed clock's unit is
+        // 0.5: no jitter).
+        assert_eq!(*bucket, Duration::from_secs(5));
+        let state = Job::from_headers(properties.headers().as_ref())
+            .expect("short headers")
+            .expect("a job");
+        assert_eq!(state.webhook_id, webhook.id);
+        assert_eq!(state.attempts, 1);
+        assert_eq!(state.last_status, Some(503));
+        assert_eq!(
+            properties.message_id().as_ref().map(|id| id.as_str()),
+            Some(sign::delivery_id("ev-1", &webhook.id).as_str())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_410_is_parked_before_its_webhook_is_disabled() {
+        let shared = testing::shared();
+        let receiver = Receiver::answering(410).await;
+        let webhook = testing::webhook(&shared, 1, &receiver.url()).await;
+        let refusing = Recorder {
+            refuse_dead_letters: true,
+            ..Recorder::default()
+        };
+        let failed = turn(&shared, &refusing, &webhook, 1).await;
+        assert!(matches!(
+            failed,
+            Err(Unsettled::Broker(BrokerError::Nacked(_)))
+        ));
+        let kept = shared.store.get(&webhook.id).expect("read").expect("there");
+        assert!(
+            kept.enabled,
+            "not disabled while its dead letter is unwritten"
+        );
+
+        let outbox = Recorder::default();
+        assert!(turn(&shared, &outbox, &webhook, 1).await.is_ok());
+        assert_eq!(outbox.reasons(), ["gone"]);
+        let gone = shared.store.get(&webhook.id).expect("read").expect("there");
+        assert!(!gone.enabled);
+    }
+
+    #[tokio::test]
+    async fn once_its_circuit_opens_a_delivery_waits_out_the_cool_down_without_a_request() {
+        let (shared, outbox) = (testing::shared(), Recorder::default());
+        let receiver = Receiver::answering(503).await;
+        let webhook = testing::webhook(&shared, 1, &receiver.url()).await;
+        // The default policy opens the circuit after 5 failures in a row, for 30 s.
+        for n in 1..=6 {
+            assert!(turn(&shared, &outbox, &webhook, n).await.is_ok());
+        }
+        assert_eq!(receiver.count(), 5, "the sixth was not sent");
+        let delayed = outbox.delayed.lock().expect("recorder");
+        assert_eq!(delayed.len(), 6);
+        let (bucket, properties) = &delayed[5];
+        assert!(*bucket >= Duration::from_secs(30), "{bucket:?}");
+        let state = Job::from_headers(properties.headers().as_ref())
+            .expect("short headers")
+            .expect("a job");
+        assert_eq!(state.attempts, 0, "a deferral is not an attempt");
+    }
+}

@@ -333,3 +333,118 @@ async fn park_unrouted<O: Outbox>(
     stage.shared.metrics.dead_letter(reason.as_str());
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use lapin::types::{AMQPValue, FieldTable, ShortString};
+
+    use super::*;
+    use crate::service::testing::{self, FixedClock, Receiver, Recorder};
+
+    fn event(account: u64) -> Bytes {
+        Bytes::from(format!(
+            r#"{{"event":"message_created","id":1,"account":{{"id":{account}}}}}"#
+        ))
+    }
+
+    fn named(id: &str) -> BasicProperties {
+        BasicProperties::default().with_message_id(ShortString::from(id))
+    }
+
+    async fn process_one(
+        shared: &Shared,
+        outbox: &Recorder,
+        properties: &BasicProperties,
+        redelivered: bool,
+        body: Bytes,
+    ) -> Result<(), Unsettled> {
+        let live = shared.live();
+        let stage = Stage {
+            shared,
+            live: &live,
+            outbox,
+            clock: &FixedClock(SystemTime::now()),
+        };
+        process(&stage, properties, redelivered, body).await
+    }
+
+    #[tokio::test]
+    async fn a_body_that_is_not_json_is_parked_as_malformed_and_may_be_acked() {
+        let (shared, outbox) = (testing::shared(), Recorder::default());
+        let body = Bytes::from_static(b"{nope");
+        let settled = process_one(&shared, &outbox, &named("m-1"), false, body).await;
+        assert!(settled.is_ok());
+        assert_eq!(outbox.reasons(), ["malformed"]);
+    }
+
+    #[tokio::test]
+    async fn a_message_back_too_often_is_parked_as_redelivered_but_only_on_a_redelivery() {
+        let (shared, outbox) = (testing::shared(), Recorder::default());
+        let receiver = Receiver::answering(200).await;
+        testing::webhook(&shared, 1, &receiver.url()).await;
+        let mut headers = FieldTable::default();
+        headers.insert(
+            ShortString::from("x-delivery-count"),
+            AMQPValue::LongLongInt(i64::try_from(REDELIVERY_LIMIT).expect("small")),
+        );
+        let counted = named("m-2").with_headers(headers);
+        // A publisher may set the header itself: on a first delivery it means nothing.
+        let first = process_one(&shared, &outbox, &counted, false, event(1)).await;
+        assert!(first.is_ok());
+        assert!(outbox.reasons().is_empty());
+        assert_eq!(receiver.count(), 1);
+        let again = process_one(&shared, &outbox, &counted, true, event(1)).await;
+        assert!(again.is_ok());
+        assert_eq!(outbox.reasons(), ["redelivered"]);
+        assert_eq!(receiver.count(), 1, "parked before it is delivered again");
+    }
+
+    #[tokio::test]
+    async fn a_job_of_a_disabled_webhook_is_parked_and_one_of_a_deleted_webhook_dropped() {
+        let (shared, outbox) = (testing::shared(), Recorder::default());
+        let webhook = testing::webhook(&shared, 3, "http://127.0.0.1:9/unused").await;
+        let job = Job {
+            webhook_id: webhook.id.clone(),
+            event_id: "ev-3".into(),
+            attempts: 2,
+            first_attempt_at_ms: 1,
+            last_status: Some(503),
+            last_error: None,
+        };
+        let properties = job.properties("d-3");
+        shared
+            .store
+            .set_enabled(&webhook.id, false)
+            .await
+            .expect("disable");
+        let parked = process_one(&shared, &outbox, &properties, false, event(3)).await;
+        assert!(parked.is_ok());
+        assert_eq!(outbox.reasons(), ["webhook_disabled"]);
+        let letter = outbox.parked.lock().expect("recorder")[0].clone();
+        assert_eq!(testing::header_of(&letter, job::header::ATTEMPTS), "2");
+
+        shared.store.delete(&webhook.id).await.expect("delete");
+        let dropped = process_one(&shared, &outbox, &properties, false, event(3)).await;
+        assert!(dropped.is_ok());
+        assert_eq!(
+            outbox.reasons().len(),
+            1,
+            "a deleted webhook's job is dropped"
+        );
+        assert!(shared
+            .metrics
+            .render()
+            .contains("webhookd_jobs_dropped_total 1"));
+    }
+
+    #[tokio::test]
+    async fn an_event_no_webhook_wants_is_acked_untouched() {
+        let (shared, outbox) = (testing::shared(), Recorder::default());
+        let settled = process_one(&shared, &outbox, &named("m-4"), false, event(4)).await;
+        assert!(settled.is_ok());
+        assert!(outbox.reasons().is_empty());
+        assert!(outbox.delayed.lock().expect("recorder").is_empty());
+    }
+}
