@@ -10,20 +10,32 @@
 //! quorum queues a default delivery limit of 20, which would silently drop dead letters).
 //! Delay queues are declared lazily, the first time a delay lands in their bucket, so a deployment
 //! only carries the buckets its receivers actually need.
+//!
+//! Every connection — the daemon's two, and those of `publish` and `dlq` — is opened by
+//! [`connect`], which builds the transport itself instead of leaving it to lapin's defaults: an
+//! `amqps://` URL always gets a TLS handshake verified against [`crate::tls`]'s roots (the
+//! Mozilla set plus `broker.extra_ca_file`), and a failed handshake fails the connection. There
+//! is no path from `amqps://` to a plain socket, so the password never crosses the network in
+//! clear because of a missing TLS backend or an untrusted certificate.
 
 use std::collections::HashSet;
+use std::io;
+use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use amq_protocol_tcp::{AsyncTcpStream, RustlsConnector};
 use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
     QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::uri::{AMQPScheme, AMQPUri};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 
 use crate::config::{BrokerConfig, QueueKind};
 use crate::retry::bucket_queue_name;
+use crate::tls::{self, TlsSetupError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -43,6 +55,11 @@ pub enum BrokerError {
     ConnectionLost,
     #[error("publishing failed: the publishing connection or channel is gone")]
     PublisherLost,
+    /// The URL is a secret (it holds the password), so the message names the key, not the text.
+    #[error("broker.url is not a valid AMQP URI")]
+    InvalidUrl,
+    #[error("cannot set up TLS for the broker: {0}")]
+    Tls(#[from] TlsSetupError),
 }
 
 /// The names and kinds webhookd declares, taken from `[broker]` once.
@@ -79,16 +96,63 @@ impl Topology {
 }
 
 /// Opens a connection named for its role (visible in the management UI and `list_connections`),
-/// with heartbeats so a dead peer is noticed within two intervals.
-pub async fn connect(
-    url: &str,
-    heartbeat: Duration,
-    role: &str,
-) -> Result<Connection, BrokerError> {
-    let uri = with_defaults(url, heartbeat);
+/// with heartbeats so a dead peer is noticed within two intervals. `amqps://` connects over TLS
+/// verified against the bundled roots and `broker.extra_ca_file`, or not at all.
+pub async fn connect(broker: &BrokerConfig, role: &str) -> Result<Connection, BrokerError> {
+    let uri: AMQPUri = with_defaults(broker.url.expose(), broker.heartbeat)
+        .parse()
+        .map_err(|_| BrokerError::InvalidUrl)?;
+    let tls = match uri.scheme {
+        AMQPScheme::AMQP => None,
+        AMQPScheme::AMQPS => Some(RustlsConnector::from(tls::client_config(
+            "broker.extra_ca_file",
+            broker.extra_ca_file.as_deref(),
+        )?)),
+    };
     let properties = ConnectionProperties::default()
         .with_connection_name(LongString::from(format!("webhookd {role}")));
-    Ok(Connection::connect(&uri, properties).await?)
+    let runtime = lapin::runtime::default_runtime()?;
+    // The socket under the connection: TCP to the URL's host, then, for `amqps://`, the TLS
+    // handshake. A handshake that fails is the connection's error; nothing falls back to plain.
+    let transport = async move |uri: AMQPUri, runtime| {
+        let host = uri.authority.host.as_str();
+        let port = uri.authority.port;
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port)).await?.collect();
+        let stream = AsyncTcpStream::connect(&runtime, addrs).await?;
+        match &tls {
+            None => Ok(stream),
+            Some(connector) => stream
+                .into_rustls(connector, host)
+                .await
+                .map_err(|error| io::Error::other(tls_failure(host, port, &error)).into()),
+        }
+    };
+    Ok(Connection::connector(uri, runtime, transport, properties).await?)
+}
+
+/// A failed handshake in words an operator can act on: an untrusted certificate says so and
+/// names the key that adds a private CA.
+fn tls_failure(host: &str, port: u16, error: &io::Error) -> String {
+    let cause = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    let mut text = match cause {
+        Some(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)) => {
+            format!(
+                "TLS handshake with the broker at {host}:{port} failed: its certificate is not \
+                 trusted (invalid peer certificate: UnknownIssuer); if a private CA signed it, \
+                 name that CA in broker.extra_ca_file"
+            )
+        }
+        Some(rustls::Error::InvalidCertificate(problem)) => format!(
+            "TLS handshake with the broker at {host}:{port} failed: its certificate is not \
+             trusted (invalid peer certificate: {problem:?})"
+        ),
+        Some(other) => format!("TLS handshake with the broker at {host}:{port} failed: {other}"),
+        None => format!("TLS handshake with the broker at {host}:{port} failed: {error}"),
+    };
+    text.retain(|c| c != '\n' && c != '\r');
+    text
 }
 
 /// The largest frame webhookd asks for. lapin keeps a send and a receive buffer of 32 frames

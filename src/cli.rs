@@ -282,12 +282,7 @@ pub async fn publish(config: &Config, args: PublishArgs) -> anyhow::Result<()> {
         .message_id
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let topology = Topology::from_config(&config.broker);
-    let connection = broker::connect(
-        config.broker.url.expose(),
-        config.broker.heartbeat,
-        "publish",
-    )
-    .await?;
+    let connection = broker::connect(&config.broker, "publish").await?;
     let channel = connection.create_channel().await?;
     // Declaring what the daemon declares means an event published before the daemon first
     // starts waits in its queue instead of vanishing.
@@ -756,8 +751,7 @@ impl Api {
 /// `webhookd dlq …`.
 pub async fn dlq(config: &Config, command: DlqCommand) -> anyhow::Result<()> {
     let topology = Topology::from_config(&config.broker);
-    let connection =
-        broker::connect(config.broker.url.expose(), config.broker.heartbeat, "dlq").await?;
+    let connection = broker::connect(&config.broker, "dlq").await?;
     let outcome = dlq_on(&connection, &topology, command).await;
     let _ = connection.close(200, ShortString::from("done")).await;
     outcome

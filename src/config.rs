@@ -74,6 +74,10 @@ pub struct BrokerConfig {
     /// A file whose trimmed content replaces `url` at load time, for systemd `LoadCredential=`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub url_file: Option<PathBuf>,
+    /// A PEM file of private CA certificates trusted for an `amqps://` broker, on top of the
+    /// bundled web PKI roots; checked at load time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub extra_ca_file: Option<PathBuf>,
     /// The exchange publishers send events to.
     pub exchange: String,
     /// The exchange's type, needed to declare it (and to match an existing declaration).
@@ -102,6 +106,7 @@ impl Default for BrokerConfig {
         Self {
             url: Secret::from("amqp://guest:guest@127.0.0.1:5672/%2f".to_owned()),
             url_file: None,
+            extra_ca_file: None,
             exchange: "chatwoot.events".to_owned(),
             exchange_kind: ExchangeKind::Topic,
             declare_exchange: true,
@@ -611,6 +616,18 @@ impl Config {
             url_key,
             "must be an amqp:// or amqps:// URI",
         )?;
+        if let Some(path) = &broker.extra_ca_file {
+            // A CA for a connection that does not use TLS means the operator believes it does.
+            ensure(
+                url.starts_with("amqps://"),
+                "broker.extra_ca_file",
+                format!("is set, but `{url_key}` is not an amqps:// URI: the broker connection would not use TLS"),
+            )?;
+            crate::tls::read_ca_file(path).map_err(|error| Broken {
+                key: "broker.extra_ca_file",
+                rule: format!("must name a PEM file of CA certificates: {error}"),
+            })?;
+        }
         amqp_name("broker.exchange", &broker.exchange)?;
         amqp_name("broker.queue", &broker.queue)?;
         amqp_name("broker.retry_queue_prefix", &broker.retry_queue_prefix)?;
@@ -673,7 +690,7 @@ impl Config {
             format!("must be at least 1, got {}", delivery.max_event_bytes),
         )?;
         if let Some(path) = &delivery.extra_ca_file {
-            crate::delivery::read_ca_file(path).map_err(|error| Broken {
+            crate::tls::read_ca_file(path).map_err(|error| Broken {
                 key: "delivery.extra_ca_file",
                 rule: format!("must name a PEM file of CA certificates: {error}"),
             })?;
@@ -1446,6 +1463,16 @@ mod tests {
                 "[delivery]\nextra_ca_file = \"/nonexistent/ca.pem\"",
                 "delivery.extra_ca_file",
                 "cannot read /nonexistent/ca.pem",
+            ),
+            (
+                "[broker]\nurl = \"amqps://u:p@rabbit/%2f\"\nextra_ca_file = \"/nonexistent/ca.pem\"",
+                "broker.extra_ca_file",
+                "cannot read /nonexistent/ca.pem",
+            ),
+            (
+                "[broker]\nextra_ca_file = \"/nonexistent/ca.pem\"",
+                "broker.extra_ca_file",
+                "`broker.url` is not an amqps:// URI",
             ),
             ("[log]\nlevel = \"\"", "log.level", "must not be empty"),
             (

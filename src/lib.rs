@@ -13,7 +13,8 @@
 //!   turns a response into an [`delivery::Outcome`].
 //! - [`retry`]: the backoff schedule as a pure value, and its delay buckets.
 //! - [`job`]: the `x-webhookd-*` headers a retry job or dead letter carries.
-//! - [`broker`]: AMQP connections, topology, publisher confirms.
+//! - [`broker`]: AMQP connections (plain or over TLS), topology, publisher confirms.
+//! - [`tls`]: the roots deliveries and the broker connection trust, and their TLS settings.
 //! - [`dlq`]: dead-letter headers and the `webhookd dlq` operations.
 //! - [`admin`]: health, readiness, metrics and the `/v1` webhook API.
 //! - [`metrics`]: the counters behind `/metrics`.
@@ -32,3 +33,4 @@ pub mod metrics;
 pub mod retry;
 pub mod service;
 pub mod store;
+pub mod tls;

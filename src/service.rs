@@ -372,10 +372,8 @@ struct Link {
 impl Link {
     /// Connects, declares the topology, applies QoS and registers the consumer.
     async fn open(config: &Config, topology: &Topology) -> Result<(Link, Consumer), BrokerError> {
-        let url = config.broker.url.expose();
-        let heartbeat = config.broker.heartbeat;
-        let consuming = broker::connect(url, heartbeat, "consumer").await?;
-        let publishing = broker::connect(url, heartbeat, "publisher").await?;
+        let consuming = broker::connect(&config.broker, "consumer").await?;
+        let publishing = broker::connect(&config.broker, "publisher").await?;
         let channel = consuming.create_channel().await?;
         broker::declare(&channel, topology).await?;
         let publisher = Arc::new(Publisher::open(&publishing, topology.clone()).await?);
