@@ -7,7 +7,9 @@
 #   scripts/broker.sh stop NAME           stop it
 #   scripts/broker.sh ctl NAME ARGS...    rabbitmqctl against it
 #
-# State lives in $WEBHOOKD_BROKER_HOME (default: .local/rabbitmq-NAME in the repository).
+# State lives in $WEBHOOKD_BROKER_HOME (default: .local/rabbitmq-NAME in the repository). A
+# rabbitmq.conf placed there before the start is the node's config file (the tests add a TLS
+# listener that way).
 set -euo pipefail
 
 cmd=${1:?usage: broker.sh start|stop|ctl NAME [PORT|ARGS...]}
