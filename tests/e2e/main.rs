@@ -1,6 +1,7 @@
 //! End-to-end tests: a real RabbitMQ, real HTTP receivers on loopback, the real binary.
 //! Run them with `scripts/test.sh`, which starts the broker they need.
 
+mod admin;
 mod broker_tls;
 mod dlq;
 mod faults;

@@ -226,6 +226,11 @@ drain_timeout = "{drain_timeout}"
         assert_eq!(runs, self.runs);
     }
 
+    /// The running daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("daemon running").id()
+    }
+
     /// SIGKILL, as a crash would.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
