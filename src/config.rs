@@ -547,12 +547,9 @@ impl Config {
         text: &str,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
-        let mut table: Table =
-            text.parse()
-                .map_err(|error: toml::de::Error| ConfigError::Syntax {
-                    file: None,
-                    message: error.to_string().trim_end().to_owned(),
-                })?;
+        let mut table: Table = text
+            .parse()
+            .map_err(|error: toml::de::Error| syntax_error(text, &error))?;
         check_keys(&table)?;
         let overrides = apply_overrides(&mut table, env)?;
         let mut config = deserialize(table, &overrides)?;
@@ -615,6 +612,13 @@ impl Config {
             url.starts_with("amqp://") || url.starts_with("amqps://"),
             url_key,
             "must be an amqp:// or amqps:// URI",
+        )?;
+        // The parser's message is not shown: it can quote the text, which holds the password.
+        ensure(
+            url.parse::<lapin::uri::AMQPUri>().is_ok(),
+            url_key,
+            "must be a valid AMQP URI: percent-encode `/`, `?`, `#`, `@`, `:` and `%` in the user \
+             name and password (`/` is %2F)",
         )?;
         if let Some(path) = &broker.extra_ca_file {
             // A CA for a connection that does not use TLS means the operator believes it does.
@@ -763,6 +767,28 @@ impl Config {
             });
         }
         Ok(())
+    }
+}
+
+/// A TOML syntax error by its position and the parser's own words. toml's `Display` quotes the
+/// offending line, which may be `url = "amqp://user:password@…"` or the admin token, and this
+/// message goes to stderr and the journal; the line and column are enough to find it.
+fn syntax_error(text: &str, error: &toml::de::Error) -> ConfigError {
+    let position = error
+        .span()
+        .and_then(|span| text.get(..span.start))
+        .map(|before| {
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!(" at line {line}, column {column}")
+        })
+        .unwrap_or_default();
+    ConfigError::Syntax {
+        file: None,
+        message: format!(
+            "TOML parse error{position}: {}",
+            error.message().trim_end().replace('\n', "; ")
+        ),
     }
 }
 
@@ -949,10 +975,23 @@ fn apply_overrides(
                 message: "expected a table".to_owned(),
             });
         };
-        entries.insert(key, override_value(&raw));
+        let value = match override_value(&raw) {
+            Value::String(text) => Value::String(text),
+            _ if is_secret(&path) => Value::String(raw),
+            other => other,
+        };
+        entries.insert(key, value);
         overrides.0.insert(path, var);
     }
     Ok(overrides)
+}
+
+/// The keys whose values are secrets: errors about them never show the value, and an override
+/// of them is always a string (a token of digits is a token, not a number to complain about).
+const SECRET_KEYS: [&str; 2] = ["broker.url", "admin.token"];
+
+fn is_secret(key: &str) -> bool {
+    SECRET_KEYS.contains(&key)
 }
 
 /// An override's value: TOML when it reads as a single TOML value (`10`, `true`,
@@ -976,10 +1015,29 @@ fn deserialize(table: Table, overrides: &Overrides) -> Result<Config, ConfigErro
         Err(whole) => Err(
             blame_key(&table, overrides).unwrap_or_else(|| ConfigError::Syntax {
                 file: None,
-                message: whole.to_string().trim_end().to_owned(),
+                message: without_secrets(whole.to_string().trim_end(), &table),
             }),
         ),
     }
+}
+
+/// `message` with the value of every secret key in `table` replaced by `****`.
+fn without_secrets(message: &str, table: &Table) -> String {
+    let mut message = message.to_owned();
+    for key in SECRET_KEYS {
+        let value = key
+            .split_once('.')
+            .and_then(|(section, key)| table.get(section)?.get(key));
+        let text = match value {
+            Some(Value::String(text)) => text.clone(),
+            Some(other) => other.to_string(),
+            None => continue,
+        };
+        if !text.is_empty() {
+            message = message.replace(&text, MASK);
+        }
+    }
+    message
 }
 
 fn blame_key(table: &Table, overrides: &Overrides) -> Option<ConfigError> {
@@ -992,11 +1050,20 @@ fn blame_key(table: &Table, overrides: &Overrides) -> Option<ConfigError> {
             let outer = Table::from_iter([(section.clone(), Value::Table(alone))]);
             let error = Config::deserialize(Value::Table(outer)).err()?;
             let path = format!("{section}.{key}");
+            // serde's message quotes the value (`invalid type: integer `123…``).
+            let message = if is_secret(&path) {
+                format!(
+                    "expected a string, found {} (the value is a secret and is not shown)",
+                    value.type_str()
+                )
+            } else {
+                error.message().to_owned()
+            };
             Some(ConfigError::BadValue {
                 file: None,
                 var: overrides.var(&path),
                 key: path,
-                message: error.message().to_owned(),
+                message,
             })
         })
     })
@@ -1027,19 +1094,19 @@ fn read_secret_file(
 }
 
 /// The URL with the password of its userinfo replaced by `****`; user, host and vhost stay
-/// visible because they are what an operator checks. Text that is not `scheme://…` is masked
-/// whole, as it cannot be taken apart safely.
+/// visible because they are what an operator checks. The userinfo ends at the last `@`, not at
+/// the first `/`, `?` or `#`: a password holding one of those (not percent-encoded) must not show
+/// either, and a URL with an `@` elsewhere is masked too much rather than too little. Text that is
+/// not `scheme://…` is masked whole, as it cannot be taken apart safely.
 fn masked_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return MASK.to_owned();
     };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    let Some((userinfo, host)) = authority.rsplit_once('@') else {
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
         return url.to_owned();
     };
     match userinfo.split_once(':') {
-        Some((user, _password)) => format!("{scheme}://{user}:{MASK}@{host}{tail}"),
+        Some((user, _password)) => format!("{scheme}://{user}:{MASK}@{host}"),
         None => url.to_owned(),
     }
 }
@@ -1300,7 +1367,16 @@ mod tests {
                 "delivery.allow_networks",
                 "invalid type",
             ),
-            ("[broker]\nurl = 5", "broker.url", "invalid type"),
+            (
+                "[broker]\nurl = 5",
+                "broker.url",
+                "expected a string, found integer",
+            ),
+            (
+                "[admin]\ntoken = 1234567890123456",
+                "admin.token",
+                "found integer",
+            ),
             ("broker = 5", "broker", "expected a table `[broker]`"),
         ];
         for (text, want_key, want_message) in cases {
@@ -1566,6 +1642,83 @@ mod tests {
                 .to_string()
                 .starts_with("config: TOML parse error at line 1"),
             "{error}"
+        );
+    }
+
+    #[test]
+    fn errors_never_show_a_secret_but_name_its_key_or_line() {
+        let secret = "S3cr3t-in-the-config";
+        let cases = [
+            // A syntax error on the URL's line: toml would quote the whole line.
+            (
+                format!("[broker]\nprefetch = 1\nurl = \"amqp://u:{secret}@h/%2f\n"),
+                "line 3, column",
+            ),
+            (
+                format!("[broker]\nurl = amqp://u:{secret}@h/%2f\n"),
+                "line 2, column",
+            ),
+            (format!("[admin]\ntoken = '{secret}\n"), "line 2, column"),
+            // Unencoded `/`, `?` or `#` in the password: not a URI lapin can use.
+            (
+                format!("[broker]\nurl = \"amqp://u:a/{secret}@h/%2f\"\n"),
+                "`broker.url` must be a valid AMQP URI",
+            ),
+            (
+                format!("[broker]\nurl = \"amqp://u:{secret}?x@h/%2f\"\n"),
+                "`broker.url` must be a valid AMQP URI",
+            ),
+            (
+                format!("[broker]\nurl = \"amqps://u:{secret}#x@h\"\n"),
+                "`broker.url` must be a valid AMQP URI",
+            ),
+        ];
+        for (text, named) in cases {
+            let message = load_err(&text).to_string();
+            assert!(!message.contains(secret), "{message}");
+            assert!(message.contains(named), "{named:?} not in {message}");
+        }
+
+        let number = "1234567890123456";
+        let message = load_err(&format!("[admin]\ntoken = {number}\n")).to_string();
+        assert!(
+            !message.contains(number) && message.contains("`admin.token`"),
+            "{message}"
+        );
+        let error = match Config::from_toml("", env(&[("WEBHOOKD_BROKER__URL", number)])) {
+            Ok(_) => panic!("a number accepted as the broker URL"),
+            Err(error) => error.to_string(),
+        };
+        assert!(!error.contains(number), "{error}");
+        assert!(
+            error.contains("`broker.url` (set by WEBHOOKD_BROKER__URL)"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_secret_override_that_reads_as_a_number_is_a_string() {
+        let config = load_ok("", env(&[("WEBHOOKD_ADMIN__TOKEN", "1234567890123456")]));
+        assert_eq!(
+            config.admin.token().map(Secret::expose),
+            Some("1234567890123456")
+        );
+        let quoted = load_ok(
+            "",
+            env(&[("WEBHOOKD_ADMIN__TOKEN", "\"quoted-token-of-16\"")]),
+        );
+        assert_eq!(
+            quoted.admin.token().map(Secret::expose),
+            Some("quoted-token-of-16")
+        );
+    }
+
+    #[test]
+    fn syntax_errors_give_line_and_column() {
+        let error = load_err("[broker]\n\nurl = \"amqp://x\" junk\n");
+        assert_eq!(
+            error.to_string(),
+            "config: TOML parse error at line 3, column 18: expected newline, `#`"
         );
     }
 
@@ -1866,6 +2019,13 @@ mod tests {
             ("amqp://user@host/", "amqp://user@host/"),
             ("amqp://host:5672/%2f", "amqp://host:5672/%2f"),
             ("amqp://u:p@host", "amqp://u:****@host"),
+            ("amqp://u:pa/ss@host/v", "amqp://u:****@host/v"),
+            ("amqp://u:pa?ss@host", "amqp://u:****@host"),
+            (
+                "amqp://u:pa#ss@host:5672/%2f",
+                "amqp://u:****@host:5672/%2f",
+            ),
+            ("amqp://u:a/b?c#d@e@host/v", "amqp://u:****@host/v"),
             ("not a url with p@ssword", MASK),
         ];
         for (url, want) in cases {
