@@ -40,6 +40,10 @@ const ENV_PREFIX: &str = "WEBHOOKD_";
 /// What a secret looks like wherever it is shown.
 const MASK: &str = "****";
 
+/// The shortest admin token accepted: 16 characters of a random token are beyond guessing
+/// through the API, and a shorter one is more likely a placeholder than a secret.
+const MIN_TOKEN_CHARS: usize = 16;
+
 /// AMQP names (exchanges, queues) are short strings on the wire.
 const MAX_AMQP_NAME: usize = 255;
 
@@ -554,6 +558,14 @@ impl Config {
         let overrides = apply_overrides(&mut table, env)?;
         let mut config = deserialize(table, &overrides)?;
         config.resolve_secret_files(&overrides)?;
+        // As a token file's content is: surrounding whitespace could never match anyway, since
+        // HTTP drops it around a header value.
+        if let Some(token) = &mut config.admin.token {
+            let trimmed = token.expose().trim();
+            if trimmed.len() != token.expose().len() {
+                *token = Secret(trimmed.to_owned());
+            }
+        }
         config.validate().map_err(|broken| ConfigError::Rule {
             file: None,
             var: overrides.var(broken.key),
@@ -578,6 +590,28 @@ impl Config {
             // holds; this arm exists so that a future field cannot turn into a panic.
             Err(error) => format!("# cannot show the configuration as TOML: {error}\n"),
         }
+    }
+
+    /// The secret files (`admin.token_file`, `broker.url_file`) that their group or others may
+    /// read. Not an error: the file may sit in a directory only its owner can enter. The binary
+    /// logs each one once logging is up.
+    pub fn readable_secret_files(&self) -> Vec<ReadableSecretFile> {
+        use std::os::unix::fs::PermissionsExt as _;
+        [
+            ("admin.token_file", &self.admin.token_file),
+            ("broker.url_file", &self.broker.url_file),
+        ]
+        .into_iter()
+        .filter_map(|(key, path)| {
+            let path = path.as_ref()?;
+            let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o7777;
+            (mode & 0o044 != 0).then(|| ReadableSecretFile {
+                key,
+                path: path.clone(),
+                mode,
+            })
+        })
+        .collect()
     }
 
     /// Replaces secrets with the content of their `*_file`, as systemd credentials are passed.
@@ -728,10 +762,31 @@ impl Config {
         }
 
         if let Some(token) = &self.admin.token {
+            let key = if self.admin.token_file.is_some() {
+                "admin.token_file"
+            } else {
+                "admin.token"
+            };
+            // Trimmed at load time. The rules never quote the token, nor its length.
+            let token = token.expose();
             ensure(
-                !token.expose().is_empty(),
-                "admin.token",
-                "must not be empty",
+                !token.is_empty(),
+                key,
+                "must not be empty or only whitespace",
+            )?;
+            ensure(
+                token.chars().count() >= MIN_TOKEN_CHARS,
+                key,
+                format!(
+                    "must be at least {MIN_TOKEN_CHARS} characters after trimming whitespace \
+                     (e.g. `head -c 32 /dev/urandom | base64`)"
+                ),
+            )?;
+            ensure(
+                token.bytes().all(|b| b.is_ascii_graphic() || b == b' '),
+                key,
+                "must be printable ASCII: it travels in an HTTP header, where nothing else \
+                 could match it",
             )?;
         }
         if self.admin.insecure_no_auth {
@@ -789,6 +844,28 @@ fn syntax_error(text: &str, error: &toml::de::Error) -> ConfigError {
             "TOML parse error{position}: {}",
             error.message().trim_end().replace('\n', "; ")
         ),
+    }
+}
+
+/// A secret file that its group or others may read (see [`Config::readable_secret_files`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadableSecretFile {
+    pub key: &'static str,
+    pub path: PathBuf,
+    /// The permission bits, e.g. `0o644`.
+    pub mode: u32,
+}
+
+impl fmt::Display for ReadableSecretFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "`{}` {} can be read by its group or by others (mode {:04o}): make it readable by \
+             its owner only (chmod 600)",
+            self.key,
+            self.path.display(),
+            self.mode
+        )
     }
 }
 
@@ -1521,6 +1598,21 @@ mod tests {
             ),
             ("[admin]\ntoken = \"\"", "admin.token", "must not be empty"),
             (
+                "[admin]\ntoken = \"   \\t  \"",
+                "admin.token",
+                "must not be empty or only whitespace",
+            ),
+            (
+                "[admin]\ntoken = \"  fifteen-chars-x  \"",
+                "admin.token",
+                "must be at least 16 characters",
+            ),
+            (
+                "[admin]\ntoken = \"sixteen-chars-é-x\"",
+                "admin.token",
+                "printable ASCII",
+            ),
+            (
                 "[admin]\ninsecure_no_auth = true\nlisten = \"0.0.0.0:8089\"",
                 "admin.insecure_no_auth",
                 "only with a loopback `admin.listen`",
@@ -1531,7 +1623,7 @@ mod tests {
                 "got 192.168.1.5:8089",
             ),
             (
-                "[admin]\ninsecure_no_auth = true\ntoken = \"abc\"",
+                "[admin]\ninsecure_no_auth = true\ntoken = \"abcdefghijklmnop\"",
                 "admin.insecure_no_auth",
                 "must not be true while a token is set",
             ),
@@ -1733,7 +1825,7 @@ mod tests {
             ("WEBHOOKD_RETRY__JITTER", "0.5"),
             ("WEBHOOKD_BROKER__QUEUE", "\"12345\""),
             ("WEBHOOKD_LOG__LEVEL", "debug,lapin=warn"),
-            ("WEBHOOKD_ADMIN__TOKEN", "s3cret"),
+            ("WEBHOOKD_ADMIN__TOKEN", "s3cret-of-16-chars"),
             ("WEBHOOKD_ADMIN__LISTEN", "127.0.0.1:0"),
         ]);
         let config = load_ok("", vars);
@@ -1748,7 +1840,10 @@ mod tests {
         assert_eq!(config.retry.jitter, 0.5);
         assert_eq!(config.broker.queue, "12345");
         assert_eq!(config.log.level, "debug,lapin=warn");
-        assert_eq!(config.admin.token().map(Secret::expose), Some("s3cret"));
+        assert_eq!(
+            config.admin.token().map(Secret::expose),
+            Some("s3cret-of-16-chars")
+        );
         assert_eq!(config.admin.listen.port(), 0);
     }
 
@@ -1867,12 +1962,12 @@ mod tests {
     fn token_file_is_read_and_trimmed() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("admin-token");
-        std::fs::write(&path, "  t0ken-from-file\n\n").unwrap();
+        std::fs::write(&path, "  t0ken-from-the-file\n\n").unwrap();
         let text = format!("[admin]\ntoken_file = {:?}\n", path.display().to_string());
         let config = load_ok(&text, no_env());
         assert_eq!(
             config.admin.token().map(Secret::expose),
-            Some("t0ken-from-file")
+            Some("t0ken-from-the-file")
         );
         assert_eq!(config.admin.token_file.as_deref(), Some(path.as_path()));
 
@@ -1882,7 +1977,68 @@ mod tests {
         );
         assert_eq!(
             via_env.admin.token().map(Secret::expose),
-            Some("t0ken-from-file")
+            Some("t0ken-from-the-file")
+        );
+    }
+
+    #[test]
+    fn an_inline_token_is_trimmed_and_a_short_token_file_is_named() {
+        let config = load_ok("[admin]\ntoken = \"  sixteen-chars-ok\t \"\n", no_env());
+        assert_eq!(
+            config.admin.token().map(Secret::expose),
+            Some("sixteen-chars-ok")
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin-token");
+        std::fs::write(&path, "  short-token \n").unwrap();
+        let error = load_err(&format!(
+            "[admin]\ntoken_file = {:?}\n",
+            path.display().to_string()
+        ));
+        assert!(
+            matches!(&error, ConfigError::Rule { key, .. } if key == "admin.token_file"),
+            "{error:?}"
+        );
+        assert!(!error.to_string().contains("short-token"), "{error}");
+    }
+
+    #[test]
+    fn secret_files_readable_by_group_or_others_are_reported() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("admin-token");
+        let url = dir.path().join("broker-url");
+        std::fs::write(&token, "a-token-of-sixteen-chars").unwrap();
+        std::fs::write(&url, "amqp://u:p@h/%2f").unwrap();
+        let text = format!(
+            "[broker]\nurl_file = {:?}\n[admin]\ntoken_file = {:?}\n",
+            url.display().to_string(),
+            token.display().to_string()
+        );
+        let mode = |path: &Path, mode: u32| {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+        };
+        for (token_mode, url_mode, reported) in [
+            (0o600, 0o400, vec![]),
+            (0o640, 0o600, vec!["admin.token_file"]),
+            (0o604, 0o644, vec!["admin.token_file", "broker.url_file"]),
+            (0o620, 0o602, vec![]),
+        ] {
+            mode(&token, token_mode);
+            mode(&url, url_mode);
+            let found = load_ok(&text, no_env()).readable_secret_files();
+            let keys: Vec<&str> = found.iter().map(|f| f.key).collect();
+            assert_eq!(keys, reported, "{token_mode:o} {url_mode:o}");
+        }
+        mode(&token, 0o644);
+        let found = load_ok(&text, no_env()).readable_secret_files();
+        assert_eq!(
+            found.first().map(ToString::to_string).unwrap_or_default(),
+            format!(
+                "`admin.token_file` {} can be read by its group or by others (mode 0644): make \
+                 it readable by its owner only (chmod 600)",
+                token.display()
+            )
         );
     }
 
@@ -1956,7 +2112,7 @@ mod tests {
                 "WEBHOOKD_BROKER__URL",
                 "amqp://webhookd:br0ker-pw@rabbit:5672/prod",
             ),
-            ("WEBHOOKD_ADMIN__TOKEN", "adm1n-t0ken"),
+            ("WEBHOOKD_ADMIN__TOKEN", "adm1n-t0ken-of-16"),
             (
                 "WEBHOOKD_DELIVERY__ALLOW_NETWORKS",
                 "[\"10.0.0.0/8\", \"::1\"]",
@@ -1967,19 +2123,25 @@ mod tests {
         let config = load_ok("", vars);
         let shown = config.to_masked_toml();
         assert!(!shown.contains("br0ker-pw"), "{shown}");
-        assert!(!shown.contains("adm1n-t0ken"), "{shown}");
+        assert!(!shown.contains("adm1n-t0ken-of-16"), "{shown}");
         assert!(
             shown.contains("amqp://webhookd:****@rabbit:5672/prod"),
             "{shown}"
         );
         assert!(shown.contains("token = \"****\""), "{shown}");
 
-        let mut reloaded = load_ok(&shown, no_env());
+        // A masked token is never taken for a real one: too short to pass.
+        let error = load_err(&shown);
+        assert!(
+            matches!(&error, ConfigError::Rule { key, .. } if key == "admin.token"),
+            "{error:?}"
+        );
+        let without_token = shown.replace("token = \"****\"\n", "");
+        let mut reloaded = load_ok(&without_token, no_env());
         assert_eq!(
             reloaded.broker.url.expose(),
             "amqp://webhookd:****@rabbit:5672/prod"
         );
-        assert_eq!(reloaded.admin.token().map(Secret::expose), Some(MASK));
         reloaded.broker.url = config.broker.url.clone();
         reloaded.admin.token = config.admin.token.clone();
         assert_eq!(reloaded, config);
@@ -1989,16 +2151,16 @@ mod tests {
     fn masked_toml_shows_a_token_file_not_its_token() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("admin-token");
-        std::fs::write(&path, "fr0m-file").unwrap();
+        std::fs::write(&path, "fr0m-file-with-16").unwrap();
         let text = format!("[admin]\ntoken_file = {:?}\n", path.display().to_string());
         let config = load_ok(&text, no_env());
         let shown = config.to_masked_toml();
-        assert!(!shown.contains("fr0m-file"), "{shown}");
+        assert!(!shown.contains("fr0m-file-with-16"), "{shown}");
         assert!(!shown.contains("token = "), "{shown}");
         let mut reloaded = load_ok(&shown, no_env());
         assert_eq!(
             reloaded.admin.token().map(Secret::expose),
-            Some("fr0m-file")
+            Some("fr0m-file-with-16")
         );
         // The broker URL comes back with its password masked; everything else is equal.
         reloaded.broker.url = config.broker.url.clone();
@@ -2042,7 +2204,7 @@ mod tests {
         let config = load_ok(
             "",
             env(&[
-                ("WEBHOOKD_ADMIN__TOKEN", "hunter2"),
+                ("WEBHOOKD_ADMIN__TOKEN", "hunter2-hunter2-hunter2"),
                 ("WEBHOOKD_BROKER__URL", "amqp://u:hunter3@h/%2f"),
             ]),
         );

@@ -36,6 +36,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    warn_of_readable_secret_files(&config);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -92,6 +93,14 @@ fn init_logging(
         handle,
         from_env: from_env.is_some(),
     })
+}
+
+/// A secret file others can read is logged, not refused: it is worth fixing, but the daemon can
+/// still run safely if the directory around it is closed.
+fn warn_of_readable_secret_files(config: &Config) {
+    for file in config.readable_secret_files() {
+        tracing::warn!("{file}");
+    }
 }
 
 /// Changes the log filter of the running process.
@@ -162,6 +171,7 @@ fn reload(path: &Path, log: &LogLevel, reloads: &watch::Sender<Config>) {
     match Config::load(path) {
         Ok(config) => {
             log.set(&config.log.level);
+            warn_of_readable_secret_files(&config);
             reloads.send_replace(config);
         }
         Err(error) => {
