@@ -648,8 +648,10 @@ impl Config {
             "must be an amqp:// or amqps:// URI",
         )?;
         // The parser's message is not shown: it can quote the text, which holds the password.
+        // An AMQP URI has no fragment, so a `#` can only be an unencoded character of the
+        // password, which the parser would silently cut the URL at.
         ensure(
-            url.parse::<lapin::uri::AMQPUri>().is_ok(),
+            url.parse::<lapin::uri::AMQPUri>().is_ok() && !url.contains('#'),
             url_key,
             "must be a valid AMQP URI: percent-encode `/`, `?`, `#`, `@`, `:` and `%` in the user \
              name and password (`/` is %2F)",

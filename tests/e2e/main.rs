@@ -3,6 +3,7 @@
 
 mod admin;
 mod broker_tls;
+mod config;
 mod dlq;
 mod faults;
 mod pipeline;
