@@ -3,7 +3,8 @@
 //! These are edges of the program (they print for people and exit), so they use `anyhow` for
 //! errors and say what went wrong in words an operator can act on. `webhooks …` talks to the
 //! running daemon's admin API, because the daemon holds sled's exclusive lock; with no daemon
-//! listening it opens the store itself. `dlq …` and `publish` talk to the broker directly, so they
+//! listening it opens the store itself (run as root, as the store's owner: `main` switches user
+//! through `privilege` before the runtime starts). `dlq …` and `publish` talk to the broker directly, so they
 //! work whether or not the daemon runs.
 
 use std::path::PathBuf;

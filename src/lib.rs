@@ -20,6 +20,7 @@
 //! - [`metrics`]: the counters behind `/metrics`.
 //! - [`service`]: wiring, the consumer loop, settling each message, and shutdown.
 //! - [`cli`]: the command-line operations that are not the daemon itself.
+//! - [`privilege`]: `webhooks` run as root acts as the owner of the store it opens.
 
 pub mod admin;
 pub mod broker;
@@ -30,6 +31,7 @@ pub mod dlq;
 pub mod event;
 pub mod job;
 pub mod metrics;
+pub mod privilege;
 pub mod retry;
 pub mod service;
 pub mod store;

@@ -15,6 +15,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter, Registry};
 use webhookd::cli::{self, Cli, Command};
 use webhookd::config::{Config, LogFormat};
+use webhookd::privilege;
 
 const EXIT_FAILURE: u8 = 1;
 const EXIT_CONFIG: u8 = 64;
@@ -37,6 +38,21 @@ fn main() -> ExitCode {
         }
     };
     warn_of_readable_secret_files(&config);
+    // Before the runtime starts threads: the whole process changes user at once.
+    if matches!(cli.command, Command::Webhooks(_)) {
+        match privilege::act_as_store_owner(&config.store.path) {
+            Ok(Some(owner)) => tracing::info!(
+                uid = owner.uid,
+                gid = owner.gid,
+                "running as the store's owner"
+            ),
+            Ok(None) => {}
+            Err(error) => {
+                eprintln!("webhookd: {error}");
+                return ExitCode::from(EXIT_FAILURE);
+            }
+        }
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
