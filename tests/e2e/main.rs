@@ -6,6 +6,7 @@ mod broker_tls;
 mod config;
 mod dlq;
 mod faults;
+mod ownership;
 mod pipeline;
 mod retries;
 mod security;
