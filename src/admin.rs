@@ -54,7 +54,7 @@ const MAX_REQUEST_BYTES: usize = 64 * 1024;
 /// previous response. A local client (a probe, the CLI) needs milliseconds.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long a client has to send a whole request body (at most [`MAX_REQUEST_BYTES`]).
+/// How long a client has to send a whole request body (at most 64 KiB).
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Connections served at once. Probes, Prometheus and the CLI use a handful; the rest of the
