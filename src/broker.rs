@@ -115,7 +115,12 @@ pub async fn connect(broker: &BrokerConfig, role: &str) -> Result<Connection, Br
     // The socket under the connection: TCP to the URL's host, then, for `amqps://`, the TLS
     // handshake. A handshake that fails is the connection's error; nothing falls back to plain.
     let transport = async move |uri: AMQPUri, runtime| {
-        let host = uri.authority.host.as_str();
+        // An IPv6 literal comes bracketed from the URL; resolving and SNI want it bare.
+        let host = uri
+            .authority
+            .host
+            .trim_start_matches('[')
+            .trim_end_matches(']');
         let port = uri.authority.port;
         let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port)).await?.collect();
         let stream = AsyncTcpStream::connect(&runtime, addrs).await?;
