@@ -90,7 +90,14 @@ pub struct PrivateNode {
 impl PrivateNode {
     /// Starts the node (about 8 s, more on a loaded machine) and waits until it accepts AMQP.
     pub async fn start(prefix: &str) -> PrivateNode {
+        PrivateNode::start_with_conf(prefix, "").await
+    }
+
+    /// Starts the node with `conf` as its `rabbitmq.conf` (e.g. a TLS listener), which
+    /// `scripts/broker.sh` reads from the node's home.
+    pub async fn start_with_conf(prefix: &str, conf: &str) -> PrivateNode {
         let node = PrivateNode::reserve(prefix);
+        std::fs::write(node.home().join("rabbitmq.conf"), conf).expect("write rabbitmq.conf");
         let port = node.port.to_string();
         node.script(&["start", &node.name, &port]).await;
         node
