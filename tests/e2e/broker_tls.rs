@@ -23,15 +23,14 @@ struct TlsBroker {
     tls_port: u16,
     password: String,
     ca_file: PathBuf,
-    _pki_dir: tempfile::TempDir,
 }
 
 impl TlsBroker {
     async fn start() -> TlsBroker {
         let pki = TestPki::new();
-        let dir = tempfile::tempdir().expect("temp dir");
+        let node = PrivateNode::reserve("tls");
         let write = |name: &str, text: &str| {
-            let path = dir.path().join(name);
+            let path = node.home().join(name);
             std::fs::write(&path, text).expect("write PEM");
             path
         };
@@ -50,7 +49,7 @@ impl TlsBroker {
             cert.display(),
             key.display()
         );
-        let node = PrivateNode::start_with_conf("tls", &conf).await;
+        node.start_with_conf(&conf).await;
         let password = unique("amqps-pw");
         node.ctl(&["add_user", "hooks", &password]).await;
         node.ctl(&["set_permissions", "-p", "/", "hooks", ".*", ".*", ".*"])
@@ -60,7 +59,6 @@ impl TlsBroker {
             tls_port,
             password,
             ca_file,
-            _pki_dir: dir,
         }
     }
 
