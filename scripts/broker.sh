@@ -17,6 +17,9 @@
 #                   folder are mounted only in a private mount namespace of the node's own: none
 #                   of it is ever mounted on the host, where deleting the repository would follow
 #                   a mount into the machine's /dev.
+#
+# A rabbitmq.conf placed in the node's home before the start is the node's config file (the
+# tests add a TLS listener that way).
 set -euo pipefail
 
 cmd=${1:?usage: broker.sh start|stop|ctl NAME [PORT|ARGS...]}

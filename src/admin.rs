@@ -10,10 +10,20 @@
 //! token (compared in constant time); without one `/v1` refuses everything, unless
 //! `admin.insecure_no_auth` is set, which config validation accepts on a loopback listener only.
 //! Bodies are capped, and every refusal is JSON whose `field` names what to fix.
+//!
+//! The listener must survive clients that never finish: each one holds a file descriptor, and a
+//! daemon out of descriptors can no longer open delivery connections either. So request headers
+//! must arrive within [`HEADER_READ_TIMEOUT`] (an idle keep-alive connection gets the same time
+//! for its next request) and a body within [`BODY_READ_TIMEOUT`], or the connection is closed; at
+//! most [`MAX_CONNECTIONS`] are served at once, and one over that is closed as soon as it is
+//! accepted (with a 503 if its socket takes it) rather than left waiting in the kernel's backlog,
+//! where it would still count against the descriptor limit once accepted. A failing `accept` (out
+//! of descriptors) pauses accepting with a growing delay and is logged once per episode, instead
+//! of spinning on the error and flooding the journal.
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
@@ -21,12 +31,13 @@ use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 use subtle::ConstantTimeEq;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -38,6 +49,25 @@ use crate::store::{NewWebhook, Store, StoreError, WebhookPatch};
 
 /// Request bodies above this are refused: a webhook definition is a few hundred bytes.
 const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// How long a client has to send a request's headers, from connecting or from the end of the
+/// previous response. A local client (a probe, the CLI) needs milliseconds.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a client has to send a whole request body (at most 64 KiB).
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connections served at once. Probes, Prometheus and the CLI use a handful; the rest of the
+/// daemon's descriptors belong to deliveries.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// The pause after the first failed `accept`; it doubles on each failure in a row.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(20);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// What a connection over [`MAX_CONNECTIONS`] is told before it is closed.
+const BUSY_REPLY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n\
+    content-length: 27\r\nconnection: close\r\n\r\ntoo many admin connections\n";
 
 pub struct AdminState {
     pub store: Store,
@@ -80,17 +110,41 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, shutdown: Canc
             warn!("admin /v1 API requires no token (admin.insecure_no_auth = true): anyone who can reach the listener can register webhooks");
         }
     }
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut failing = AcceptFailures::default();
+    let mut refusing = false;
     loop {
         let stream = tokio::select! {
             () = shutdown.cancelled() => return,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok((stream, _)) => {
+                    failing.recovered();
+                    stream
+                }
                 Err(error) => {
-                    warn!(%error, "admin accept failed");
-                    continue;
+                    let pause = failing.failed(&error);
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(pause) => continue,
+                    }
                 }
             },
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            if !refusing {
+                warn!(
+                    max = MAX_CONNECTIONS,
+                    "admin connections at their cap: closing new ones until some finish"
+                );
+                refusing = true;
+            }
+            refuse(&stream);
+            continue;
+        };
+        if refusing {
+            info!("admin connections below their cap again");
+            refusing = false;
+        }
         let state = state.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request| {
@@ -98,12 +152,54 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, shutdown: Canc
                 async move { Ok::<_, Infallible>(route(&state, request).await) }
             });
             if let Err(error) = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service)
                 .await
             {
                 debug!(%error, "admin connection ended with an error");
             }
+            drop(slot);
         });
+    }
+}
+
+/// Tells a connection over the cap why it is closed, if its socket takes the few bytes at once;
+/// it is closed either way, without waiting for it.
+fn refuse(stream: &TcpStream) {
+    let _ = stream.try_write(BUSY_REPLY);
+}
+
+/// A run of failed `accept`s: the first is logged, each one pauses accepting for twice as long
+/// as the one before (up to [`ACCEPT_BACKOFF_MAX`]), and the first success afterwards logs how
+/// long it lasted.
+#[derive(Default)]
+struct AcceptFailures {
+    count: u32,
+    since: Option<Instant>,
+}
+
+impl AcceptFailures {
+    /// Records a failure and returns how long to pause before accepting again.
+    fn failed(&mut self, error: &std::io::Error) -> Duration {
+        if self.count == 0 {
+            warn!(%error, "admin accept failed (out of file descriptors?); pausing accepts with backoff until it succeeds");
+            self.since = Some(Instant::now());
+        }
+        self.count = self.count.saturating_add(1);
+        let doublings = self.count.saturating_sub(1).min(16);
+        (ACCEPT_BACKOFF_MIN * 2u32.pow(doublings)).min(ACCEPT_BACKOFF_MAX)
+    }
+
+    fn recovered(&mut self) {
+        if let Some(since) = self.since.take() {
+            info!(
+                failed_accepts = self.count,
+                lasted = ?since.elapsed(),
+                "admin accepting connections again"
+            );
+        }
+        self.count = 0;
     }
 }
 
@@ -188,6 +284,8 @@ fn bearer_token(value: &str) -> Option<&str> {
 enum ApiError {
     BadRequest(String, Option<String>),
     TooLarge,
+    /// The body did not arrive within [`BODY_READ_TIMEOUT`].
+    BodyTimeout,
     NotFound,
     Internal(String),
 }
@@ -218,6 +316,22 @@ impl ApiError {
                 &format!("request body is over {MAX_REQUEST_BYTES} bytes"),
                 None,
             ),
+            ApiError::BodyTimeout => {
+                let mut reply = json_error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    &format!(
+                        "request body not received within {}",
+                        humantime::format_duration(BODY_READ_TIMEOUT)
+                    ),
+                    None,
+                );
+                // The rest of the body may still be on its way: the connection cannot be reused.
+                reply.headers_mut().insert(
+                    header::CONNECTION,
+                    header::HeaderValue::from_static("close"),
+                );
+                reply
+            }
             ApiError::NotFound => json_error(StatusCode::NOT_FOUND, "no such webhook", None),
             ApiError::Internal(message) => {
                 warn!(%message, "admin API request failed");
@@ -336,9 +450,10 @@ fn from_fields<T: DeserializeOwned>(
 async fn read_json(
     request: Request<Incoming>,
 ) -> Result<(serde_json::Map<String, Value>, bool), ApiError> {
-    let bytes = Limited::new(request.into_body(), MAX_REQUEST_BYTES)
-        .collect()
+    let reading = Limited::new(request.into_body(), MAX_REQUEST_BYTES).collect();
+    let bytes = tokio::time::timeout(BODY_READ_TIMEOUT, reading)
         .await
+        .map_err(|_| ApiError::BodyTimeout)?
         .map_err(|e| {
             if e.is::<LengthLimitError>() {
                 ApiError::TooLarge
@@ -488,6 +603,28 @@ mod tests {
         assert_eq!(bearer_token("bearer  abc"), Some("abc"));
         assert_eq!(bearer_token("Basic abc"), None);
         assert_eq!(bearer_token("Bearerabc"), None);
+    }
+
+    #[test]
+    fn failed_accepts_back_off_doubling_to_a_cap_and_start_over_after_a_success() {
+        let error = std::io::Error::from_raw_os_error(24);
+        let mut failures = AcceptFailures::default();
+        let pauses: Vec<Duration> = (0..8).map(|_| failures.failed(&error)).collect();
+        let millis: Vec<u128> = pauses.iter().map(Duration::as_millis).collect();
+        assert_eq!(millis, [20, 40, 80, 160, 320, 640, 1000, 1000]);
+        failures.recovered();
+        assert_eq!(failures.failed(&error), ACCEPT_BACKOFF_MIN);
+    }
+
+    #[test]
+    fn the_busy_reply_is_one_complete_response() {
+        let text = std::str::from_utf8(BUSY_REPLY).expect("ascii");
+        let (head, body) = text.split_once("\r\n\r\n").expect("head and body");
+        assert!(head.starts_with("HTTP/1.1 503 "), "{head}");
+        assert!(
+            head.contains(&format!("content-length: {}", body.len())),
+            "{head}"
+        );
     }
 
     #[test]

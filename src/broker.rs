@@ -21,25 +21,36 @@
 //! Delay queues are declared lazily, the first time a delay lands in their bucket, so a deployment
 //! only carries the buckets its receivers actually need. Every declaration runs on a channel of
 //! its own, which a refusal from the broker closes without taking anything else with it.
+//!
+//! Every connection — the daemon's two, and those of `publish` and `dlq` — is opened by
+//! [`connect`], which builds the transport itself instead of leaving it to lapin's defaults: an
+//! `amqps://` URL always gets a TLS handshake verified against [`crate::tls`]'s roots (the
+//! Mozilla set plus `broker.extra_ca_file`), and a failed handshake fails the connection. There
+//! is no path from `amqps://` to a plain socket, so the password never crosses the network in
+//! clear because of a missing TLS backend or an untrusted certificate.
 
 use std::collections::HashSet;
+use std::io;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use amq_protocol_tcp::{AsyncTcpStream, RustlsConnector};
+use async_rs::traits::Reactor;
 use futures_util::{AsyncReadExt, AsyncWriteExt};
 use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
     QueueDeclareOptions,
 };
 use lapin::protocol::{connection, parse_class, AMQPClass};
-use lapin::tcp::{AMQPUriTcpExt, TLSConfig};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::uri::AMQPUri;
+use lapin::uri::{AMQPScheme, AMQPUri};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ErrorKind};
 use tracing::warn;
 
 use crate::config::{BrokerConfig, QueueKind};
 use crate::retry::bucket_queue_name;
+use crate::tls::{self, TlsSetupError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -61,6 +72,11 @@ pub enum BrokerError {
     PublisherLost,
     #[error("reading the broker's greeting (its version): {0}")]
     Greeting(String),
+    /// The URL is a secret (it holds the password), so the message names the key, not the text.
+    #[error("broker.url is not a valid AMQP URI")]
+    InvalidUrl,
+    #[error("cannot set up TLS for the broker: {0}")]
+    Tls(#[from] TlsSetupError),
 }
 
 /// The names and kinds webhookd declares, taken from `[broker]` once.
@@ -143,16 +159,15 @@ fn delivery_limit(version: Option<Version>) -> Option<i64> {
 /// The largest `connection.start` frame [`announced_version`] reads: RabbitMQ's is under 1 KiB.
 const GREETING_MAX: usize = 64 * 1024;
 
-/// The version the broker at `url` announces in `connection.start`, the first frame it sends.
-/// lapin reads that frame but keeps none of it, so this opens a connection of its own over the
-/// same transport lapin uses, sends the protocol header, reads the frame and hangs up before
-/// logging in. `None` if the broker announces no version shaped like RabbitMQ's.
-pub async fn announced_version(url: &str) -> Result<Option<Version>, BrokerError> {
+/// The version the broker announces in `connection.start`, the first frame it sends. lapin reads
+/// that frame but keeps none of it, so this opens a connection of its own over the same transport
+/// [`connect`] uses (TLS for `amqps://`), sends the protocol header, reads the frame and hangs up
+/// before logging in. `None` if the broker announces no version shaped like RabbitMQ's.
+pub async fn announced_version(broker: &BrokerConfig) -> Result<Option<Version>, BrokerError> {
     let failed = |error: &dyn std::fmt::Display| BrokerError::Greeting(error.to_string());
-    let uri: AMQPUri = url.parse().map_err(|e: String| failed(&e))?;
+    let (uri, tls) = parse(broker)?;
     let runtime = lapin::runtime::default_runtime()?;
-    let mut stream = uri
-        .connect_with_config_async(TLSConfig::default(), &runtime)
+    let mut stream = transport(uri, runtime, tls.as_ref())
         .await
         .map_err(|e| failed(&e))?;
     stream
@@ -190,17 +205,85 @@ pub async fn announced_version(url: &str) -> Result<Option<Version>, BrokerError
     Ok(version)
 }
 
+/// The broker URL with webhookd's defaults, and the TLS connector an `amqps://` URL needs.
+fn parse(broker: &BrokerConfig) -> Result<(AMQPUri, Option<RustlsConnector>), BrokerError> {
+    let uri: AMQPUri = with_defaults(broker.url.expose(), broker.heartbeat)
+        .parse()
+        .map_err(|_| BrokerError::InvalidUrl)?;
+    let tls = match uri.scheme {
+        AMQPScheme::AMQP => None,
+        AMQPScheme::AMQPS => Some(RustlsConnector::from(tls::client_config(
+            "broker.extra_ca_file",
+            broker.extra_ca_file.as_deref(),
+        )?)),
+    };
+    Ok((uri, tls))
+}
+
+/// The socket under a connection: TCP to the URL's host, then, with a connector, the TLS
+/// handshake. A handshake that fails is the connection's error; nothing falls back to plain.
+async fn transport<R: Reactor + Sync>(
+    uri: AMQPUri,
+    runtime: R,
+    tls: Option<&RustlsConnector>,
+) -> io::Result<AsyncTcpStream<R::TcpStream>> {
+    // An IPv6 literal comes bracketed from the URL; resolving and SNI want it bare.
+    let host = uri
+        .authority
+        .host
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let port = uri.authority.port;
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port)).await?.collect();
+    let stream = AsyncTcpStream::connect(&runtime, addrs).await?;
+    match tls {
+        None => Ok(stream),
+        Some(connector) => stream
+            .into_rustls(connector, host)
+            .await
+            .map_err(|error| io::Error::other(tls_failure(host, port, &error))),
+    }
+}
+
 /// Opens a connection named for its role (visible in the management UI and `list_connections`),
-/// with heartbeats so a dead peer is noticed within two intervals.
-pub async fn connect(
-    url: &str,
-    heartbeat: Duration,
-    role: &str,
-) -> Result<Connection, BrokerError> {
-    let uri = with_defaults(url, heartbeat);
+/// with heartbeats so a dead peer is noticed within two intervals. `amqps://` connects over TLS
+/// verified against the bundled roots and `broker.extra_ca_file`, or not at all.
+pub async fn connect(broker: &BrokerConfig, role: &str) -> Result<Connection, BrokerError> {
+    let (uri, tls) = parse(broker)?;
     let properties = ConnectionProperties::default()
         .with_connection_name(LongString::from(format!("webhookd {role}")));
-    Ok(Connection::connect(&uri, properties).await?)
+    let runtime = lapin::runtime::default_runtime()?;
+    let transport = async move |uri: AMQPUri, runtime| {
+        transport(uri, runtime, tls.as_ref())
+            .await
+            .map_err(Into::into)
+    };
+    Ok(Connection::connector(uri, runtime, transport, properties).await?)
+}
+
+/// A failed handshake in words an operator can act on: an untrusted certificate says so and
+/// names the key that adds a private CA.
+fn tls_failure(host: &str, port: u16, error: &io::Error) -> String {
+    let cause = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    let mut text = match cause {
+        Some(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)) => {
+            format!(
+                "TLS handshake with the broker at {host}:{port} failed: its certificate is not \
+                 trusted (invalid peer certificate: UnknownIssuer); if a private CA signed it, \
+                 name that CA in broker.extra_ca_file"
+            )
+        }
+        Some(rustls::Error::InvalidCertificate(problem)) => format!(
+            "TLS handshake with the broker at {host}:{port} failed: its certificate is not \
+             trusted (invalid peer certificate: {problem:?})"
+        ),
+        Some(other) => format!("TLS handshake with the broker at {host}:{port} failed: {other}"),
+        None => format!("TLS handshake with the broker at {host}:{port} failed: {error}"),
+    };
+    text.retain(|c| c != '\n' && c != '\r');
+    text
 }
 
 /// Adds `heartbeat=N` to the URL's query unless the operator set it there.

@@ -3,7 +3,8 @@
 //! These are edges of the program (they print for people and exit), so they use `anyhow` for
 //! errors and say what went wrong in words an operator can act on. `webhooks …` talks to the
 //! running daemon's admin API, because the daemon holds sled's exclusive lock; with no daemon
-//! listening it opens the store itself. `dlq …` and `publish` talk to the broker directly, so they
+//! listening it opens the store itself (run as root, as the store's owner: `main` switches user
+//! through `privilege` before the runtime starts). `dlq …` and `publish` talk to the broker directly, so they
 //! work whether or not the daemon runs.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -285,9 +286,9 @@ pub async fn publish(config: &Config, args: PublishArgs) -> anyhow::Result<()> {
     let message_id = args
         .message_id
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let url = config.broker.url.expose();
-    let topology = Topology::from_config(&config.broker).on(broker::announced_version(url).await?);
-    let connection = broker::connect(url, config.broker.heartbeat, "publish").await?;
+    let topology =
+        Topology::from_config(&config.broker).on(broker::announced_version(&config.broker).await?);
+    let connection = broker::connect(&config.broker, "publish").await?;
     // Declaring what the daemon declares means an event published before the daemon first
     // starts waits in its queue instead of vanishing.
     broker::declare(&connection, &topology).await?;
@@ -773,9 +774,7 @@ impl Api {
 /// `webhookd dlq …`.
 pub async fn dlq(config: &Config, command: DlqCommand) -> anyhow::Result<()> {
     let topology = Topology::from_config(&config.broker);
-    let connection = Arc::new(
-        broker::connect(config.broker.url.expose(), config.broker.heartbeat, "dlq").await?,
-    );
+    let connection = Arc::new(broker::connect(&config.broker, "dlq").await?);
     let outcome = dlq_on(config, &connection, &topology, command).await;
     let _ = connection.close(200, ShortString::from("done")).await;
     outcome

@@ -40,6 +40,10 @@ const ENV_PREFIX: &str = "WEBHOOKD_";
 /// What a secret looks like wherever it is shown.
 const MASK: &str = "****";
 
+/// The shortest admin token accepted: 16 characters of a random token are beyond guessing
+/// through the API, and a shorter one is more likely a placeholder than a secret.
+const MIN_TOKEN_CHARS: usize = 16;
+
 /// AMQP names (exchanges, queues) are short strings on the wire.
 const MAX_AMQP_NAME: usize = 255;
 
@@ -74,6 +78,10 @@ pub struct BrokerConfig {
     /// A file whose trimmed content replaces `url` at load time, for systemd `LoadCredential=`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub url_file: Option<PathBuf>,
+    /// A PEM file of private CA certificates trusted for an `amqps://` broker, on top of the
+    /// bundled web PKI roots; checked at load time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub extra_ca_file: Option<PathBuf>,
     /// The exchange publishers send events to.
     pub exchange: String,
     /// The exchange's type, needed to declare it (and to match an existing declaration).
@@ -102,6 +110,7 @@ impl Default for BrokerConfig {
         Self {
             url: Secret::from("amqp://guest:guest@127.0.0.1:5672/%2f".to_owned()),
             url_file: None,
+            extra_ca_file: None,
             exchange: "chatwoot.events".to_owned(),
             exchange_kind: ExchangeKind::Topic,
             declare_exchange: true,
@@ -542,16 +551,21 @@ impl Config {
         text: &str,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
-        let mut table: Table =
-            text.parse()
-                .map_err(|error: toml::de::Error| ConfigError::Syntax {
-                    file: None,
-                    message: error.to_string().trim_end().to_owned(),
-                })?;
+        let mut table: Table = text
+            .parse()
+            .map_err(|error: toml::de::Error| syntax_error(text, &error))?;
         check_keys(&table)?;
         let overrides = apply_overrides(&mut table, env)?;
         let mut config = deserialize(table, &overrides)?;
         config.resolve_secret_files(&overrides)?;
+        // As a token file's content is: surrounding whitespace could never match anyway, since
+        // HTTP drops it around a header value.
+        if let Some(token) = &mut config.admin.token {
+            let trimmed = token.expose().trim();
+            if trimmed.len() != token.expose().len() {
+                *token = Secret(trimmed.to_owned());
+            }
+        }
         config.validate().map_err(|broken| ConfigError::Rule {
             file: None,
             var: overrides.var(broken.key),
@@ -576,6 +590,28 @@ impl Config {
             // holds; this arm exists so that a future field cannot turn into a panic.
             Err(error) => format!("# cannot show the configuration as TOML: {error}\n"),
         }
+    }
+
+    /// The secret files (`admin.token_file`, `broker.url_file`) that their group or others may
+    /// read. Not an error: the file may sit in a directory only its owner can enter. The binary
+    /// logs each one once logging is up.
+    pub fn readable_secret_files(&self) -> Vec<ReadableSecretFile> {
+        use std::os::unix::fs::PermissionsExt as _;
+        [
+            ("admin.token_file", &self.admin.token_file),
+            ("broker.url_file", &self.broker.url_file),
+        ]
+        .into_iter()
+        .filter_map(|(key, path)| {
+            let path = path.as_ref()?;
+            let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o7777;
+            (mode & 0o044 != 0).then(|| ReadableSecretFile {
+                key,
+                path: path.clone(),
+                mode,
+            })
+        })
+        .collect()
     }
 
     /// Replaces secrets with the content of their `*_file`, as systemd credentials are passed.
@@ -611,6 +647,27 @@ impl Config {
             url_key,
             "must be an amqp:// or amqps:// URI",
         )?;
+        // The parser's message is not shown: it can quote the text, which holds the password.
+        // An AMQP URI has no fragment, so a `#` can only be an unencoded character of the
+        // password, which the parser would silently cut the URL at.
+        ensure(
+            url.parse::<lapin::uri::AMQPUri>().is_ok() && !url.contains('#'),
+            url_key,
+            "must be a valid AMQP URI: percent-encode `/`, `?`, `#`, `@`, `:` and `%` in the user \
+             name and password (`/` is %2F)",
+        )?;
+        if let Some(path) = &broker.extra_ca_file {
+            // A CA for a connection that does not use TLS means the operator believes it does.
+            ensure(
+                url.starts_with("amqps://"),
+                "broker.extra_ca_file",
+                format!("is set, but `{url_key}` is not an amqps:// URI: the broker connection would not use TLS"),
+            )?;
+            crate::tls::read_ca_file(path).map_err(|error| Broken {
+                key: "broker.extra_ca_file",
+                rule: format!("must name a PEM file of CA certificates: {error}"),
+            })?;
+        }
         amqp_name("broker.exchange", &broker.exchange)?;
         amqp_name("broker.queue", &broker.queue)?;
         amqp_name("broker.retry_queue_prefix", &broker.retry_queue_prefix)?;
@@ -751,7 +808,7 @@ impl Config {
             format!("must be at least 1, got {}", delivery.max_event_bytes),
         )?;
         if let Some(path) = &delivery.extra_ca_file {
-            crate::delivery::read_ca_file(path).map_err(|error| Broken {
+            crate::tls::read_ca_file(path).map_err(|error| Broken {
                 key: "delivery.extra_ca_file",
                 rule: format!("must name a PEM file of CA certificates: {error}"),
             })?;
@@ -772,10 +829,31 @@ impl Config {
         })?;
 
         if let Some(token) = &self.admin.token {
+            let key = if self.admin.token_file.is_some() {
+                "admin.token_file"
+            } else {
+                "admin.token"
+            };
+            // Trimmed at load time. The rules never quote the token, nor its length.
+            let token = token.expose();
             ensure(
-                !token.expose().is_empty(),
-                "admin.token",
-                "must not be empty",
+                !token.is_empty(),
+                key,
+                "must not be empty or only whitespace",
+            )?;
+            ensure(
+                token.chars().count() >= MIN_TOKEN_CHARS,
+                key,
+                format!(
+                    "must be at least {MIN_TOKEN_CHARS} characters after trimming whitespace \
+                     (e.g. `head -c 32 /dev/urandom | base64`)"
+                ),
+            )?;
+            ensure(
+                token.bytes().all(|b| b.is_ascii_graphic() || b == b' '),
+                key,
+                "must be printable ASCII: it travels in an HTTP header, where nothing else \
+                 could match it",
             )?;
         }
         if self.admin.insecure_no_auth {
@@ -811,6 +889,50 @@ impl Config {
             });
         }
         Ok(())
+    }
+}
+
+/// A TOML syntax error by its position and the parser's own words. toml's `Display` quotes the
+/// offending line, which may be `url = "amqp://user:password@…"` or the admin token, and this
+/// message goes to stderr and the journal; the line and column are enough to find it.
+fn syntax_error(text: &str, error: &toml::de::Error) -> ConfigError {
+    let position = error
+        .span()
+        .and_then(|span| text.get(..span.start))
+        .map(|before| {
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!(" at line {line}, column {column}")
+        })
+        .unwrap_or_default();
+    ConfigError::Syntax {
+        file: None,
+        message: format!(
+            "TOML parse error{position}: {}",
+            error.message().trim_end().replace('\n', "; ")
+        ),
+    }
+}
+
+/// A secret file that its group or others may read (see [`Config::readable_secret_files`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadableSecretFile {
+    pub key: &'static str,
+    pub path: PathBuf,
+    /// The permission bits, e.g. `0o644`.
+    pub mode: u32,
+}
+
+impl fmt::Display for ReadableSecretFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "`{}` {} can be read by its group or by others (mode {:04o}): make it readable by \
+             its owner only (chmod 600)",
+            self.key,
+            self.path.display(),
+            self.mode
+        )
     }
 }
 
@@ -997,10 +1119,23 @@ fn apply_overrides(
                 message: "expected a table".to_owned(),
             });
         };
-        entries.insert(key, override_value(&raw));
+        let value = match override_value(&raw) {
+            Value::String(text) => Value::String(text),
+            _ if is_secret(&path) => Value::String(raw),
+            other => other,
+        };
+        entries.insert(key, value);
         overrides.0.insert(path, var);
     }
     Ok(overrides)
+}
+
+/// The keys whose values are secrets: errors about them never show the value, and an override
+/// of them is always a string (a token of digits is a token, not a number to complain about).
+const SECRET_KEYS: [&str; 2] = ["broker.url", "admin.token"];
+
+fn is_secret(key: &str) -> bool {
+    SECRET_KEYS.contains(&key)
 }
 
 /// An override's value: TOML when it reads as a single TOML value (`10`, `true`,
@@ -1024,10 +1159,29 @@ fn deserialize(table: Table, overrides: &Overrides) -> Result<Config, ConfigErro
         Err(whole) => Err(
             blame_key(&table, overrides).unwrap_or_else(|| ConfigError::Syntax {
                 file: None,
-                message: whole.to_string().trim_end().to_owned(),
+                message: without_secrets(whole.to_string().trim_end(), &table),
             }),
         ),
     }
+}
+
+/// `message` with the value of every secret key in `table` replaced by `****`.
+fn without_secrets(message: &str, table: &Table) -> String {
+    let mut message = message.to_owned();
+    for key in SECRET_KEYS {
+        let value = key
+            .split_once('.')
+            .and_then(|(section, key)| table.get(section)?.get(key));
+        let text = match value {
+            Some(Value::String(text)) => text.clone(),
+            Some(other) => other.to_string(),
+            None => continue,
+        };
+        if !text.is_empty() {
+            message = message.replace(&text, MASK);
+        }
+    }
+    message
 }
 
 fn blame_key(table: &Table, overrides: &Overrides) -> Option<ConfigError> {
@@ -1040,11 +1194,20 @@ fn blame_key(table: &Table, overrides: &Overrides) -> Option<ConfigError> {
             let outer = Table::from_iter([(section.clone(), Value::Table(alone))]);
             let error = Config::deserialize(Value::Table(outer)).err()?;
             let path = format!("{section}.{key}");
+            // serde's message quotes the value (`invalid type: integer `123…``).
+            let message = if is_secret(&path) {
+                format!(
+                    "expected a string, found {} (the value is a secret and is not shown)",
+                    value.type_str()
+                )
+            } else {
+                error.message().to_owned()
+            };
             Some(ConfigError::BadValue {
                 file: None,
                 var: overrides.var(&path),
                 key: path,
-                message: error.message().to_owned(),
+                message,
             })
         })
     })
@@ -1075,19 +1238,19 @@ fn read_secret_file(
 }
 
 /// The URL with the password of its userinfo replaced by `****`; user, host and vhost stay
-/// visible because they are what an operator checks. Text that is not `scheme://…` is masked
-/// whole, as it cannot be taken apart safely.
+/// visible because they are what an operator checks. The userinfo ends at the last `@`, not at
+/// the first `/`, `?` or `#`: a password holding one of those (not percent-encoded) must not show
+/// either, and a URL with an `@` elsewhere is masked too much rather than too little. Text that is
+/// not `scheme://…` is masked whole, as it cannot be taken apart safely.
 fn masked_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return MASK.to_owned();
     };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    let Some((userinfo, host)) = authority.rsplit_once('@') else {
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
         return url.to_owned();
     };
     match userinfo.split_once(':') {
-        Some((user, _password)) => format!("{scheme}://{user}:{MASK}@{host}{tail}"),
+        Some((user, _password)) => format!("{scheme}://{user}:{MASK}@{host}"),
         None => url.to_owned(),
     }
 }
@@ -1348,7 +1511,16 @@ mod tests {
                 "delivery.allow_networks",
                 "invalid type",
             ),
-            ("[broker]\nurl = 5", "broker.url", "invalid type"),
+            (
+                "[broker]\nurl = 5",
+                "broker.url",
+                "expected a string, found integer",
+            ),
+            (
+                "[admin]\ntoken = 1234567890123456",
+                "admin.token",
+                "found integer",
+            ),
             ("broker = 5", "broker", "expected a table `[broker]`"),
         ];
         for (text, want_key, want_message) in cases {
@@ -1513,6 +1685,21 @@ mod tests {
             ),
             ("[admin]\ntoken = \"\"", "admin.token", "must not be empty"),
             (
+                "[admin]\ntoken = \"   \\t  \"",
+                "admin.token",
+                "must not be empty or only whitespace",
+            ),
+            (
+                "[admin]\ntoken = \"  fifteen-chars-x  \"",
+                "admin.token",
+                "must be at least 16 characters",
+            ),
+            (
+                "[admin]\ntoken = \"sixteen-chars-é-x\"",
+                "admin.token",
+                "printable ASCII",
+            ),
+            (
                 "[admin]\ninsecure_no_auth = true\nlisten = \"0.0.0.0:8089\"",
                 "admin.insecure_no_auth",
                 "only with a loopback `admin.listen`",
@@ -1523,7 +1710,7 @@ mod tests {
                 "got 192.168.1.5:8089",
             ),
             (
-                "[admin]\ninsecure_no_auth = true\ntoken = \"abc\"",
+                "[admin]\ninsecure_no_auth = true\ntoken = \"abcdefghijklmnop\"",
                 "admin.insecure_no_auth",
                 "must not be true while a token is set",
             ),
@@ -1531,6 +1718,16 @@ mod tests {
                 "[delivery]\nextra_ca_file = \"/nonexistent/ca.pem\"",
                 "delivery.extra_ca_file",
                 "cannot read /nonexistent/ca.pem",
+            ),
+            (
+                "[broker]\nurl = \"amqps://u:p@rabbit/%2f\"\nextra_ca_file = \"/nonexistent/ca.pem\"",
+                "broker.extra_ca_file",
+                "cannot read /nonexistent/ca.pem",
+            ),
+            (
+                "[broker]\nextra_ca_file = \"/nonexistent/ca.pem\"",
+                "broker.extra_ca_file",
+                "`broker.url` is not an amqps:// URI",
             ),
             ("[log]\nlevel = \"\"", "log.level", "must not be empty"),
             (
@@ -1628,6 +1825,83 @@ mod tests {
     }
 
     #[test]
+    fn errors_never_show_a_secret_but_name_its_key_or_line() {
+        let secret = "S3cr3t-in-the-config";
+        let cases = [
+            // A syntax error on the URL's line: toml would quote the whole line.
+            (
+                format!("[broker]\nprefetch = 1\nurl = \"amqp://u:{secret}@h/%2f\n"),
+                "line 3, column",
+            ),
+            (
+                format!("[broker]\nurl = amqp://u:{secret}@h/%2f\n"),
+                "line 2, column",
+            ),
+            (format!("[admin]\ntoken = '{secret}\n"), "line 2, column"),
+            // Unencoded `/`, `?` or `#` in the password: not a URI lapin can use.
+            (
+                format!("[broker]\nurl = \"amqp://u:a/{secret}@h/%2f\"\n"),
+                "`broker.url` must be a valid AMQP URI",
+            ),
+            (
+                format!("[broker]\nurl = \"amqp://u:{secret}?x@h/%2f\"\n"),
+                "`broker.url` must be a valid AMQP URI",
+            ),
+            (
+                format!("[broker]\nurl = \"amqps://u:{secret}#x@h\"\n"),
+                "`broker.url` must be a valid AMQP URI",
+            ),
+        ];
+        for (text, named) in cases {
+            let message = load_err(&text).to_string();
+            assert!(!message.contains(secret), "{message}");
+            assert!(message.contains(named), "{named:?} not in {message}");
+        }
+
+        let number = "1234567890123456";
+        let message = load_err(&format!("[admin]\ntoken = {number}\n")).to_string();
+        assert!(
+            !message.contains(number) && message.contains("`admin.token`"),
+            "{message}"
+        );
+        let error = match Config::from_toml("", env(&[("WEBHOOKD_BROKER__URL", number)])) {
+            Ok(_) => panic!("a number accepted as the broker URL"),
+            Err(error) => error.to_string(),
+        };
+        assert!(!error.contains(number), "{error}");
+        assert!(
+            error.contains("`broker.url` (set by WEBHOOKD_BROKER__URL)"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_secret_override_that_reads_as_a_number_is_a_string() {
+        let config = load_ok("", env(&[("WEBHOOKD_ADMIN__TOKEN", "1234567890123456")]));
+        assert_eq!(
+            config.admin.token().map(Secret::expose),
+            Some("1234567890123456")
+        );
+        let quoted = load_ok(
+            "",
+            env(&[("WEBHOOKD_ADMIN__TOKEN", "\"quoted-token-of-16\"")]),
+        );
+        assert_eq!(
+            quoted.admin.token().map(Secret::expose),
+            Some("quoted-token-of-16")
+        );
+    }
+
+    #[test]
+    fn syntax_errors_give_line_and_column() {
+        let error = load_err("[broker]\n\nurl = \"amqp://x\" junk\n");
+        assert_eq!(
+            error.to_string(),
+            "config: TOML parse error at line 3, column 18: expected newline, `#`"
+        );
+    }
+
+    #[test]
     fn env_overrides_set_strings_numbers_and_arrays() {
         let vars = env(&[
             ("WEBHOOKD_BROKER__URL", "amqp://u:p@rabbit:5672/%2f"),
@@ -1638,7 +1912,7 @@ mod tests {
             ("WEBHOOKD_RETRY__JITTER", "0.5"),
             ("WEBHOOKD_BROKER__QUEUE", "\"12345\""),
             ("WEBHOOKD_LOG__LEVEL", "debug,lapin=warn"),
-            ("WEBHOOKD_ADMIN__TOKEN", "s3cret"),
+            ("WEBHOOKD_ADMIN__TOKEN", "s3cret-of-16-chars"),
             ("WEBHOOKD_ADMIN__LISTEN", "127.0.0.1:0"),
         ]);
         let config = load_ok("", vars);
@@ -1653,7 +1927,10 @@ mod tests {
         assert_eq!(config.retry.jitter, 0.5);
         assert_eq!(config.broker.queue, "12345");
         assert_eq!(config.log.level, "debug,lapin=warn");
-        assert_eq!(config.admin.token().map(Secret::expose), Some("s3cret"));
+        assert_eq!(
+            config.admin.token().map(Secret::expose),
+            Some("s3cret-of-16-chars")
+        );
         assert_eq!(config.admin.listen.port(), 0);
     }
 
@@ -1772,12 +2049,12 @@ mod tests {
     fn token_file_is_read_and_trimmed() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("admin-token");
-        std::fs::write(&path, "  t0ken-from-file\n\n").unwrap();
+        std::fs::write(&path, "  t0ken-from-the-file\n\n").unwrap();
         let text = format!("[admin]\ntoken_file = {:?}\n", path.display().to_string());
         let config = load_ok(&text, no_env());
         assert_eq!(
             config.admin.token().map(Secret::expose),
-            Some("t0ken-from-file")
+            Some("t0ken-from-the-file")
         );
         assert_eq!(config.admin.token_file.as_deref(), Some(path.as_path()));
 
@@ -1787,7 +2064,68 @@ mod tests {
         );
         assert_eq!(
             via_env.admin.token().map(Secret::expose),
-            Some("t0ken-from-file")
+            Some("t0ken-from-the-file")
+        );
+    }
+
+    #[test]
+    fn an_inline_token_is_trimmed_and_a_short_token_file_is_named() {
+        let config = load_ok("[admin]\ntoken = \"  sixteen-chars-ok\t \"\n", no_env());
+        assert_eq!(
+            config.admin.token().map(Secret::expose),
+            Some("sixteen-chars-ok")
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin-token");
+        std::fs::write(&path, "  short-token \n").unwrap();
+        let error = load_err(&format!(
+            "[admin]\ntoken_file = {:?}\n",
+            path.display().to_string()
+        ));
+        assert!(
+            matches!(&error, ConfigError::Rule { key, .. } if key == "admin.token_file"),
+            "{error:?}"
+        );
+        assert!(!error.to_string().contains("short-token"), "{error}");
+    }
+
+    #[test]
+    fn secret_files_readable_by_group_or_others_are_reported() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("admin-token");
+        let url = dir.path().join("broker-url");
+        std::fs::write(&token, "a-token-of-sixteen-chars").unwrap();
+        std::fs::write(&url, "amqp://u:p@h/%2f").unwrap();
+        let text = format!(
+            "[broker]\nurl_file = {:?}\n[admin]\ntoken_file = {:?}\n",
+            url.display().to_string(),
+            token.display().to_string()
+        );
+        let mode = |path: &Path, mode: u32| {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+        };
+        for (token_mode, url_mode, reported) in [
+            (0o600, 0o400, vec![]),
+            (0o640, 0o600, vec!["admin.token_file"]),
+            (0o604, 0o644, vec!["admin.token_file", "broker.url_file"]),
+            (0o620, 0o602, vec![]),
+        ] {
+            mode(&token, token_mode);
+            mode(&url, url_mode);
+            let found = load_ok(&text, no_env()).readable_secret_files();
+            let keys: Vec<&str> = found.iter().map(|f| f.key).collect();
+            assert_eq!(keys, reported, "{token_mode:o} {url_mode:o}");
+        }
+        mode(&token, 0o644);
+        let found = load_ok(&text, no_env()).readable_secret_files();
+        assert_eq!(
+            found.first().map(ToString::to_string).unwrap_or_default(),
+            format!(
+                "`admin.token_file` {} can be read by its group or by others (mode 0644): make \
+                 it readable by its owner only (chmod 600)",
+                token.display()
+            )
         );
     }
 
@@ -1861,7 +2199,7 @@ mod tests {
                 "WEBHOOKD_BROKER__URL",
                 "amqp://webhookd:br0ker-pw@rabbit:5672/prod",
             ),
-            ("WEBHOOKD_ADMIN__TOKEN", "adm1n-t0ken"),
+            ("WEBHOOKD_ADMIN__TOKEN", "adm1n-t0ken-of-16"),
             (
                 "WEBHOOKD_DELIVERY__ALLOW_NETWORKS",
                 "[\"10.0.0.0/8\", \"::1\"]",
@@ -1872,19 +2210,25 @@ mod tests {
         let config = load_ok("", vars);
         let shown = config.to_masked_toml();
         assert!(!shown.contains("br0ker-pw"), "{shown}");
-        assert!(!shown.contains("adm1n-t0ken"), "{shown}");
+        assert!(!shown.contains("adm1n-t0ken-of-16"), "{shown}");
         assert!(
             shown.contains("amqp://webhookd:****@rabbit:5672/prod"),
             "{shown}"
         );
         assert!(shown.contains("token = \"****\""), "{shown}");
 
-        let mut reloaded = load_ok(&shown, no_env());
+        // A masked token is never taken for a real one: too short to pass.
+        let error = load_err(&shown);
+        assert!(
+            matches!(&error, ConfigError::Rule { key, .. } if key == "admin.token"),
+            "{error:?}"
+        );
+        let without_token = shown.replace("token = \"****\"\n", "");
+        let mut reloaded = load_ok(&without_token, no_env());
         assert_eq!(
             reloaded.broker.url.expose(),
             "amqp://webhookd:****@rabbit:5672/prod"
         );
-        assert_eq!(reloaded.admin.token().map(Secret::expose), Some(MASK));
         reloaded.broker.url = config.broker.url.clone();
         reloaded.admin.token = config.admin.token.clone();
         assert_eq!(reloaded, config);
@@ -1894,16 +2238,16 @@ mod tests {
     fn masked_toml_shows_a_token_file_not_its_token() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("admin-token");
-        std::fs::write(&path, "fr0m-file").unwrap();
+        std::fs::write(&path, "fr0m-file-with-16").unwrap();
         let text = format!("[admin]\ntoken_file = {:?}\n", path.display().to_string());
         let config = load_ok(&text, no_env());
         let shown = config.to_masked_toml();
-        assert!(!shown.contains("fr0m-file"), "{shown}");
+        assert!(!shown.contains("fr0m-file-with-16"), "{shown}");
         assert!(!shown.contains("token = "), "{shown}");
         let mut reloaded = load_ok(&shown, no_env());
         assert_eq!(
             reloaded.admin.token().map(Secret::expose),
-            Some("fr0m-file")
+            Some("fr0m-file-with-16")
         );
         // The broker URL comes back with its password masked; everything else is equal.
         reloaded.broker.url = config.broker.url.clone();
@@ -1924,6 +2268,13 @@ mod tests {
             ("amqp://user@host/", "amqp://user@host/"),
             ("amqp://host:5672/%2f", "amqp://host:5672/%2f"),
             ("amqp://u:p@host", "amqp://u:****@host"),
+            ("amqp://u:pa/ss@host/v", "amqp://u:****@host/v"),
+            ("amqp://u:pa?ss@host", "amqp://u:****@host"),
+            (
+                "amqp://u:pa#ss@host:5672/%2f",
+                "amqp://u:****@host:5672/%2f",
+            ),
+            ("amqp://u:a/b?c#d@e@host/v", "amqp://u:****@host/v"),
             ("not a url with p@ssword", MASK),
         ];
         for (url, want) in cases {
@@ -1940,7 +2291,7 @@ mod tests {
         let config = load_ok(
             "",
             env(&[
-                ("WEBHOOKD_ADMIN__TOKEN", "hunter2"),
+                ("WEBHOOKD_ADMIN__TOKEN", "hunter2-hunter2-hunter2"),
                 ("WEBHOOKD_BROKER__URL", "amqp://u:hunter3@h/%2f"),
             ]),
         );

@@ -13,12 +13,14 @@
 //!   turns a response into an [`delivery::Outcome`].
 //! - [`retry`]: the backoff schedule as a pure value, and its delay buckets.
 //! - [`job`]: the `x-webhookd-*` headers a retry job or dead letter carries.
-//! - [`broker`]: AMQP connections, topology, publisher confirms.
+//! - [`broker`]: AMQP connections (plain or over TLS), topology, publisher confirms.
+//! - [`tls`]: the roots deliveries and the broker connection trust, and their TLS settings.
 //! - [`dlq`]: dead-letter headers and the `webhookd dlq` operations.
 //! - [`admin`]: health, readiness, metrics and the `/v1` webhook API.
 //! - [`metrics`]: the counters behind `/metrics`.
 //! - [`service`]: wiring, the consumer loop, settling each message, and shutdown.
 //! - [`cli`]: the command-line operations that are not the daemon itself.
+//! - [`privilege`]: `webhooks` run as root acts as the owner of the store it opens.
 
 pub mod admin;
 pub mod broker;
@@ -30,6 +32,8 @@ pub mod event;
 pub mod health;
 pub mod job;
 pub mod metrics;
+pub mod privilege;
 pub mod retry;
 pub mod service;
 pub mod store;
+pub mod tls;

@@ -15,6 +15,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter, Registry};
 use webhookd::cli::{self, Cli, Command};
 use webhookd::config::{Config, LogFormat};
+use webhookd::privilege;
 
 const EXIT_FAILURE: u8 = 1;
 const EXIT_CONFIG: u8 = 64;
@@ -36,6 +37,22 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    warn_of_readable_secret_files(&config);
+    // Before the runtime starts threads: the whole process changes user at once.
+    if matches!(cli.command, Command::Webhooks(_)) {
+        match privilege::act_as_store_owner(&config.store.path) {
+            Ok(Some(owner)) => tracing::info!(
+                uid = owner.uid,
+                gid = owner.gid,
+                "running as the store's owner"
+            ),
+            Ok(None) => {}
+            Err(error) => {
+                eprintln!("webhookd: {error}");
+                return ExitCode::from(EXIT_FAILURE);
+            }
+        }
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -92,6 +109,14 @@ fn init_logging(
         handle,
         from_env: from_env.is_some(),
     })
+}
+
+/// A secret file others can read is logged, not refused: it is worth fixing, but the daemon can
+/// still run safely if the directory around it is closed.
+fn warn_of_readable_secret_files(config: &Config) {
+    for file in config.readable_secret_files() {
+        tracing::warn!("{file}");
+    }
 }
 
 /// Changes the log filter of the running process.
@@ -162,6 +187,7 @@ fn reload(path: &Path, log: &LogLevel, reloads: &watch::Sender<Config>) {
     match Config::load(path) {
         Ok(config) => {
             log.set(&config.log.level);
+            warn_of_readable_secret_files(&config);
             reloads.send_replace(config);
         }
         Err(error) => {

@@ -206,7 +206,11 @@ impl Bench {
             .ok();
         Ok(Bench {
             amqp: amqp::connect(&url).await?,
-            version: webhookd::broker::announced_version(&url).await?,
+            version: webhookd::broker::announced_version(&webhookd::config::BrokerConfig {
+                url: url.clone().into(),
+                ..webhookd::config::BrokerConfig::default()
+            })
+            .await?,
             url,
             log_level,
             broker_pid,

@@ -25,7 +25,7 @@ use ipnet::IpNet;
 use tokio::time::{timeout_at, Instant};
 
 use super::guard::{GuardError, GuardedConnector};
-use super::tls::{self, TlsSetupError};
+use crate::tls::{self, TlsSetupError};
 
 /// The most of a response body kept for the attempt log; the rest is never read.
 const MAX_BODY: usize = 64 * 1024;
@@ -106,7 +106,10 @@ impl Client {
         let connector =
             GuardedConnector::new(settings.allow_networks.into(), settings.connect_timeout);
         let https = HttpsConnectorBuilder::new()
-            .with_tls_config(tls::client_config(settings.extra_ca_file.as_deref())?)
+            .with_tls_config(tls::client_config(
+                "delivery.extra_ca_file",
+                settings.extra_ca_file.as_deref(),
+            )?)
             .https_or_http()
             .enable_http1()
             .wrap_connector(connector);

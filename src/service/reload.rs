@@ -152,7 +152,7 @@ mod tests {
             [delivery]
             request_timeout = "3s"
             [admin]
-            token = "t"
+            token = "sixteen-chars-ok"
             [log]
             level = "debug"
             "#,

@@ -116,13 +116,11 @@ struct Link {
 impl Link {
     /// Connects, declares the topology, applies QoS and registers the consumer.
     async fn open(config: &Config, topology: &Topology) -> Result<(Link, Consumer), BrokerError> {
-        let url = config.broker.url.expose();
-        let heartbeat = config.broker.heartbeat;
         // Asked at every session: the broker may have been upgraded since the last one.
-        let version = broker::announced_version(url).await?;
+        let version = broker::announced_version(&config.broker).await?;
         let topology = topology.on(version);
-        let consuming = broker::connect(url, heartbeat, "consumer").await?;
-        let publishing = Arc::new(broker::connect(url, heartbeat, "publisher").await?);
+        let consuming = broker::connect(&config.broker, "consumer").await?;
+        let publishing = Arc::new(broker::connect(&config.broker, "publisher").await?);
         broker::declare(&consuming, &topology).await?;
         let channel = consuming.create_channel().await?;
         let publisher = Arc::new(Publisher::open(&publishing, topology.clone()).await?);

@@ -1,10 +1,14 @@
 //! End-to-end tests: a real RabbitMQ, real HTTP receivers on loopback, the real binary.
 //! Run them with `scripts/test.sh`, which starts the broker they need.
 
+mod admin;
+mod broker_tls;
+mod config;
 mod dlq;
 mod faults;
 mod hostile;
 mod limits;
+mod ownership;
 mod pipeline;
 mod retries;
 mod security;

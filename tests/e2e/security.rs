@@ -1,7 +1,6 @@
 //! Safe to point at the internet: the SSRF guard, private CAs, secret rotation, the admin API's
 //! locks, hostile events, and secrets kept out of the logs.
 
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use base64::engine::general_purpose::STANDARD;
@@ -15,6 +14,7 @@ use serde_json::Value;
 use sha2::Sha256;
 
 use crate::support::daemon::{Daemon, Settings, BIN};
+use crate::support::pki::TestPki;
 use crate::support::receiver::{Received, Receiver};
 use crate::support::{broker, eventually};
 
@@ -139,46 +139,9 @@ async fn loopback_webhooks_are_refused_without_an_allow_list_and_delivered_with_
     assert!(open.dead_letters().await.is_empty());
 }
 
-/// A CA and a certificate it signed for 127.0.0.1, as a private PKI would issue them.
-struct TestPki {
-    ca_pem: String,
-    server: Arc<rustls::ServerConfig>,
-}
-
-fn test_pki() -> TestPki {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-    let ca_key = KeyPair::generate().expect("CA key");
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "webhookd test CA");
-    let ca = ca_params.self_signed(&ca_key).expect("CA certificate");
-    let issuer = Issuer::new(ca_params, ca_key);
-    let leaf_key = KeyPair::generate().expect("server key");
-    let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned()])
-        .expect("server params")
-        .signed_by(&leaf_key, &issuer)
-        .expect("server certificate");
-    let key = rustls::pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der())
-        .expect("server key DER");
-    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("TLS versions")
-    .with_no_client_auth()
-    .with_single_cert(vec![leaf.der().clone()], key)
-    .expect("server TLS config");
-    TestPki {
-        ca_pem: ca.pem(),
-        server: Arc::new(server),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_https_receiver_on_a_private_ca_is_trusted_only_through_extra_ca_file() {
-    let pki = test_pki();
+    let pki = TestPki::new();
     let receiver = Receiver::https(pki.server.clone()).await;
     let url = receiver.url("/tls");
     assert!(url.starts_with("https://127.0.0.1:"), "{url}");

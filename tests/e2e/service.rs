@@ -366,6 +366,9 @@ fn the_unit_file_verifies_clean_and_rates_1_5_or_lower() {
         "LoadCredential=admin-token:",
         "Environment=WEBHOOKD_BROKER__URL_FILE=%d/broker-url",
         "Environment=WEBHOOKD_ADMIN__TOKEN_FILE=%d/admin-token",
+        "LimitNOFILE=",
+        "MemoryMax=",
+        "TasksMax=",
     ] {
         assert!(
             text.lines().any(|l| l.starts_with(line)),
@@ -382,6 +385,31 @@ fn the_unit_file_verifies_clean_and_rates_1_5_or_lower() {
         stop >= drain + Duration::from_secs(10),
         "TimeoutStopSec={stop:?} leaves too little over the {drain:?} drain"
     );
+
+    // Enough descriptors for every delivery in flight and the admin connections on top.
+    let value = |key: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no number in {key}"))
+    };
+    let defaults = webhookd::config::Config::default();
+    let needed = defaults.delivery.max_in_flight + webhookd::admin::MAX_CONNECTIONS;
+    assert!(
+        value("LimitNOFILE=") >= 4 * needed as u64,
+        "LimitNOFILE= too low"
+    );
+    // The blocking pool (512 threads at most) and the workers fit under the task limit.
+    assert!(value("TasksMax=") > 512 + 64, "TasksMax= too low");
+    // The kernel-level backstop behind the SSRF guard: cloud metadata on link-local addresses.
+    let denied: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("IPAddressDeny="))
+        .flat_map(str::split_whitespace)
+        .collect();
+    for network in ["169.254.0.0/16", "fe80::/10"] {
+        assert!(denied.contains(&network), "IPAddressDeny= lacks {network}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -91,9 +91,18 @@ impl PrivateNode {
     /// Starts the node (about 8 s, more on a loaded machine) and waits until it accepts AMQP.
     pub async fn start(prefix: &str) -> PrivateNode {
         let node = PrivateNode::reserve(prefix);
-        let port = node.port.to_string();
-        node.script(&["start", &node.name, &port]).await;
+        node.start_with_conf("").await;
         node
+    }
+
+    /// Starts a reserved node with `conf` as its `rabbitmq.conf` (e.g. a TLS listener), which
+    /// `scripts/broker.sh` reads from the node's home. Files the conf names belong in the home
+    /// too: a RabbitMQ 4.0 node runs in a root of its own, which sees the home and nothing else
+    /// of the host.
+    pub async fn start_with_conf(&self, conf: &str) {
+        std::fs::write(self.home().join("rabbitmq.conf"), conf).expect("write rabbitmq.conf");
+        let port = self.port.to_string();
+        self.script(&["start", &self.name, &port]).await;
     }
 
     /// A name, a port and a home for a node something else starts (`scripts/run.sh`, given

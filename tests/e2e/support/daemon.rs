@@ -41,7 +41,8 @@ pub struct Settings {
     pub broker_url: Option<String>,
     /// `delivery.allow_networks` as TOML; `[]` leaves the SSRF guard closed to loopback.
     pub allow_networks: &'static str,
-    /// Extra lines in `[delivery]` and `[admin]`, which `extra` cannot reopen.
+    /// Extra lines in `[broker]`, `[delivery]` and `[admin]`, which `extra` cannot reopen.
+    pub broker_extra: String,
     pub delivery_extra: String,
     pub admin_extra: String,
     /// Whether the config sets `admin.token` (to `Daemon::token`).
@@ -61,6 +62,7 @@ impl Default for Settings {
             extra: String::new(),
             broker_url: None,
             allow_networks: r#"["127.0.0.0/8"]"#,
+            broker_extra: String::new(),
             delivery_extra: String::new(),
             admin_extra: String::new(),
             admin_token: true,
@@ -111,6 +113,7 @@ impl Daemon {
             extra,
             broker_url,
             allow_networks,
+            broker_extra,
             delivery_extra,
             admin_extra,
             admin_token,
@@ -130,6 +133,7 @@ queue_kind = "{queue_kind}"
 retry_queue_prefix = "{retry_prefix}"
 dead_letter_queue = "{dead}"
 prefetch = 64
+{broker_extra}
 
 [store]
 path = "{store}"
@@ -220,6 +224,11 @@ drain_timeout = "{drain_timeout}"
         )
         .await;
         assert_eq!(runs, self.runs);
+    }
+
+    /// The running daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("daemon running").id()
     }
 
     /// SIGKILL, as a crash would.

@@ -3,6 +3,7 @@
 
 pub mod broker;
 pub mod daemon;
+pub mod pki;
 pub mod receiver;
 
 use std::future::Future;

@@ -1,11 +1,14 @@
-//! Which certificates a receiver's https endpoint may present: the public web PKI, plus the
-//! private CAs an operator names in `delivery.extra_ca_file`.
+//! Which certificates a TLS peer may present — a receiver's https endpoint, or the broker behind
+//! an `amqps://` URL: the public web PKI, plus the private CAs an operator names in
+//! `delivery.extra_ca_file` or `broker.extra_ca_file`.
 //!
 //! The roots are webpki's bundled Mozilla set rather than the host's store, so the daemon trusts
-//! the same authorities on every host and inside a sandbox that hides `/etc/ssl`. Receivers on a
-//! private PKI are the exception that `extra_ca_file` covers; their CA is added to the bundled
-//! set, never replacing it. The file is read once, at start (and by `check-config`), so a bad
-//! file stops the daemon instead of failing every https delivery later.
+//! the same authorities on every host and inside a sandbox that hides `/etc/ssl`. Peers on a
+//! private PKI are the exception that the `extra_ca_file` keys cover; their CA is added to the
+//! bundled set, never replacing it. Both keys are checked by config validation (so by
+//! `check-config` and at start): a bad file stops the daemon instead of failing every connection
+//! later. One function builds the client configuration of both sides, so deliveries and the
+//! broker connection trust, and refuse, the same way.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -61,15 +64,19 @@ pub fn read_ca_file(path: &Path) -> Result<RootCertStore, CaFileError> {
     Ok(roots)
 }
 
-/// The TLS client configuration of every delivery: TLS 1.2 and 1.3 with ring, the bundled roots
-/// and the extra CAs. The provider is named rather than taken from the process default, so nothing
-/// else in the process can change which crypto delivery uses, and a missing one is an error here
-/// instead of a panic inside rustls.
-pub(super) fn client_config(extra_ca_file: Option<&Path>) -> Result<ClientConfig, TlsSetupError> {
+/// A TLS client configuration: TLS 1.2 and 1.3 with ring, the bundled roots and the extra CAs
+/// of `extra_ca_file`, which `key` names in errors (`delivery.extra_ca_file`). The provider is
+/// named rather than taken from the process default, so nothing else in the process can change
+/// which crypto is used, and a missing one is an error here instead of a panic inside rustls.
+pub fn client_config(
+    key: &'static str,
+    extra_ca_file: Option<&Path>,
+) -> Result<ClientConfig, TlsSetupError> {
+    let roots = roots(extra_ca_file).map_err(|source| TlsSetupError::CaFile { key, source })?;
     Ok(
         ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots(extra_ca_file)?)
+            .with_root_certificates(roots)
             .with_no_client_auth(),
     )
 }
@@ -87,8 +94,11 @@ fn roots(extra_ca_file: Option<&Path>) -> Result<RootCertStore, CaFileError> {
 /// The TLS side of the client could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsSetupError {
-    #[error("delivery.extra_ca_file: {0}")]
-    CaFile(#[from] CaFileError),
+    #[error("{key}: {source}")]
+    CaFile {
+        key: &'static str,
+        source: CaFileError,
+    },
     #[error("cannot set up TLS: {0}")]
     Rustls(#[from] rustls::Error),
 }
@@ -164,10 +174,22 @@ mod tests {
         let bundled = webpki_roots::TLS_SERVER_ROOTS.len();
         assert_eq!(roots(None).map(|r| r.len()).ok(), Some(bundled));
         assert_eq!(roots(Some(&path)).map(|r| r.len()).ok(), Some(bundled + 1));
-        assert!(client_config(Some(&path)).is_ok());
+        assert!(client_config("delivery.extra_ca_file", Some(&path)).is_ok());
+        let missing = client_config(
+            "broker.extra_ca_file",
+            Some(&dir.path().join("missing.pem")),
+        );
         assert!(matches!(
-            client_config(Some(&dir.path().join("missing.pem"))),
-            Err(TlsSetupError::CaFile(CaFileError::Read { .. }))
+            &missing,
+            Err(TlsSetupError::CaFile {
+                key: "broker.extra_ca_file",
+                source: CaFileError::Read { .. }
+            })
         ));
+        let message = missing.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            message.starts_with("broker.extra_ca_file: cannot read "),
+            "{message}"
+        );
     }
 }
