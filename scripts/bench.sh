@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# webhookd's speed benchmark (issue 6, DESIGN.md section 8): builds in release, starts (or reuses)
+# webhookd's speed benchmark: builds in release, starts (or reuses)
 # a private RabbitMQ node of its own, so it never disturbs a test run, and measures the raw limits
 # and webhookd in one run. Prints one table and writes it as JSON to target/bench/.
 #

@@ -67,7 +67,7 @@ pub struct Config {
     pub service: ServiceConfig,
 }
 
-/// RabbitMQ: where to connect and the names of the topology webhookd declares (DESIGN.md §2).
+/// RabbitMQ: where to connect and the names of the topology webhookd declares.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BrokerConfig {
@@ -187,7 +187,7 @@ impl Default for StoreConfig {
     }
 }
 
-/// Outgoing HTTP: timeouts, concurrency, size limit, SSRF allow-list (DESIGN.md §3).
+/// Outgoing HTTP: timeouts, concurrency, size limit, SSRF allow-list.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DeliveryConfig {

@@ -2,12 +2,12 @@
 //!
 //! A failed delivery is not retried by sleeping: the job is published to a delay queue in the
 //! broker and comes back when that queue's TTL expires, so a restart, a second instance or a new
-//! host picks it up (DESIGN.md sections 2 and 3). What webhookd needs from a backoff library is
-//! therefore only the arithmetic — "how long before retry number n?" — as a pure function of the
-//! attempt number and a random number the caller draws. That is why this is plain arithmetic
-//! and not a crate: the card's `backoff` crate is unmaintained (RUSTSEC-2025-0012), and `backon`,
-//! which lapin already pulls in, is shaped as a sleeping iterator that owns its state and its
-//! randomness, which is exactly what a durable, broker-held wait cannot use. Keeping the
+//! host picks it up (`docs/design.md`, "Why retries wait in the broker"). What webhookd needs from
+//! a backoff library is therefore only the arithmetic — "how long before retry number n?" — as a
+//! pure function of the attempt number and a random number the caller draws. That is why this is
+//! plain arithmetic and not a crate: the `backoff` crate is unmaintained (RUSTSEC-2025-0012), and
+//! `backon`, which lapin already pulls in, is shaped as a sleeping iterator that owns its state
+//! and its randomness, which is exactly what a durable, broker-held wait cannot use. Keeping the
 //! randomness outside also makes every number here testable with zero jitter and over a grid.
 //!
 //! The broker keeps one queue per delay *bucket*, because per-message TTLs in one queue block at
@@ -340,7 +340,7 @@ mod tests {
 
     const SEC: Duration = Duration::from_secs(1);
 
-    /// DESIGN.md section 3: 5 s, ×4, ±20 %, cap 6 h, give up after 24 h.
+    /// The default schedule: 5 s, ×4, ±20 %, cap 6 h, give up after 24 h.
     fn design(jitter: f64) -> Schedule {
         Schedule::new(5 * SEC, 4.0, jitter, 6 * 3600 * SEC, 24 * 3600 * SEC).unwrap()
     }

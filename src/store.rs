@@ -2,7 +2,7 @@
 //! files beside it.
 //!
 //! Every consumed event asks "which webhooks of account A want event E?", and the answer must
-//! stay in microseconds with a million webhooks stored (DESIGN.md section 5). sled is the durable
+//! stay in microseconds with a million webhooks stored. sled is the durable
 //! copy of the registry; the question is answered from memory, by the index and, in front of it,
 //! the account cache. So is a retry job's "which webhook is W?": the job carries its event, and
 //! the event names the account, which a webhook never changes.

@@ -1,8 +1,8 @@
-//! The minimal lapin→hyper bridge the issue measures webhookd against ("webhookd should beat that
+//! The minimal lapin→hyper bridge webhookd is measured against ("webhookd should beat that
 //! bridge"): consume, POST the body as it is, ack once the receiver answers 2xx. No lookup, no
 //! signing, no retry path, no attempt log, no ack coalescing, the same URLs for every event.
 //!
-//! Given one URL it is the issue's bridge. Given ten, it POSTs each event to all of them at once
+//! Given one URL it is that bridge. Given ten, it POSTs each event to all of them at once
 //! and acks once all have answered: the bare libraries' side of the fan-out scenario, so the
 //! fan-out target, which assumes each delivery costs what a bare POST costs, can be set beside
 //! what lapin and hyper alone move on this machine.
@@ -62,7 +62,7 @@ pub async fn run() -> anyhow::Result<()> {
         let delivery = delivery?;
         let body = Bytes::from(delivery.data);
         let acker = delivery.acker;
-        // One URL is the issue's bridge, kept to the one request it makes.
+        // One URL is the plain bridge, kept to the one request it makes.
         if let [uri] = &uris[..] {
             let post = post(client.clone(), request(uri, body)?);
             tokio::spawn(async move { settle(acker, post.await).await });

@@ -1,12 +1,12 @@
-//! webhookd's speed benchmark (issue 6, DESIGN.md section 8): how close the real daemon comes to
+//! webhookd's speed benchmark: how close the real daemon comes to
 //! what this machine can physically move, how much memory it holds, and whether one dead
 //! receiver slows the others.
 //!
 //! webhookd's rate is only meaningful against the machine's own limits, measured in the same run
 //! on the same messages: D, a bare lapin consumer draining the queue; P, a bare hyper client
 //! POSTing to the same receiver; and L = 1 / (1/D + 1/P), the bound for doing both jobs on the
-//! same cores. The issue's minimal lapin→hyper bridge (`bridge`) runs in webhookd's place on the
-//! same queues, so "webhookd should beat that bridge" is a ratio within the run too. Every figure
+//! same cores. A minimal lapin→hyper bridge (`bridge`) runs in webhookd's place on the same
+//! queues, so "webhookd should beat that bridge" is a ratio within the run too. Every figure
 //! is the median of several runs, and the table reports ratios to targets rather than asserting
 //! them, because the machine is shared: ratios within one run are what compare.
 //!
@@ -52,7 +52,7 @@ const TEST_URL: &str = "amqp://guest:guest@127.0.0.1:5679/%2f";
 
 const MIB: f64 = 1024.0 * 1024.0;
 
-/// The targets of issue 6.
+/// webhookd's speed targets (the table's "target" column).
 const SHARE_OF_LIMIT: f64 = 0.8;
 const P99_CEILING_MS: f64 = 1.5;
 const RSS_CEILING_MIB: f64 = 32.0;

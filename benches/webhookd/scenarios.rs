@@ -27,21 +27,21 @@ const RSS_SAMPLE_EVERY: Duration = Duration::from_millis(250);
 /// How often deleting a run's queues is tried (see [`Bench::delete`]).
 const DELETE_TRIES: u32 = 3;
 
-/// The bare HTTP client's concurrency, as the issue specifies.
+/// The bare HTTP client's concurrency for P: 64 requests at a time.
 const HTTP_IN_FLIGHT: usize = 64;
 
 /// Webhooks have secrets, so every delivery is signed, as in production.
 const SECRET: &str = "whsec_benchmark0123456789abcdef";
 
 /// The bare consumer's ack strategy for D: one `multiple=true` ack per 100 deliveries within a
-/// window of 1,000, the strategy the issue's orientation figures use.
+/// window of 1,000, so D measures what the queue can move rather than the cost of single acks.
 pub const DRAIN: AckStrategy = AckStrategy {
     prefetch: 1000,
     ack_every: 100,
 };
 
 /// What consumes the queue and delivers: webhookd, or the minimal bridge (see `bridge`) that
-/// the issue measures it against.
+/// it is measured against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum By {
     Webhookd,

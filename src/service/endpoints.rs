@@ -1,4 +1,5 @@
-//! Per-endpoint admission: the in-flight cap and the circuit breaker (DESIGN.md §3, "Isolation").
+//! Per-endpoint admission: the in-flight cap and the circuit breaker (`docs/design.md`,
+//! "Isolation").
 //!
 //! Without a per-endpoint cap one hanging receiver ends up holding every delivery slot and,
 //! through its events' unacked messages, the whole prefetch window: every other receiver

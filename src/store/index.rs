@@ -5,11 +5,9 @@
 //! Reading sled was what set the lookup's tail. Lookups spread evenly over the benchmark's
 //! 250,000 accounts mostly missed sled's page cache (the store takes about 750 MiB on disk,
 //! against a `CACHE_BYTES` of 16 MiB), and a miss paid for reading the leaf and for freeing the
-//! ones sled paged out, in batches of 64 deferred frees (its epoch-based reclamation): p50 / p99
-//! of 32.8 / 407 µs on a quiet machine, against 6.8 / 21.4 µs from the index (single runs,
-//! 2026-11-30). Neither a compact binary value (133 bytes for the benchmark's webhook instead of
-//! 314, within noise) nor a sled cache of 1 GiB (p99 124 µs, while the benchmark's process
-//! peaked at about 935 MiB) reached the target.
+//! ones sled paged out, in batches of 64 deferred frees (its epoch-based reclamation): a p99
+//! about twenty times the index's. Neither a compact binary value nor a much larger sled cache
+//! brought it within the target (`benches/RESULTS.md`, "The registry in memory", has the runs).
 //!
 //! - What it costs is memory that grows with the registry: the stored JSON, about 300 bytes for
 //!   a webhook like the benchmark's (300 MiB for a million), plus a hash entry per account; and

@@ -170,10 +170,10 @@ async fn queues_deleted_under_webhookd_are_declared_again_and_nothing_is_dropped
     );
 }
 
-/// The proof: 2,000 events to accounts of three webhooks each, through receivers that
-/// fail a fifth of their requests, one that hangs past the timeout for a while and one webhook
-/// that answers 404; meanwhile webhookd is killed with SIGKILL three times, its broker
-/// connections are force-closed once and the broker is restarted once. Every (event, webhook)
+/// The proof of "nothing lost": 2,000 events to accounts of three webhooks each, through
+/// receivers that fail a fifth of their requests, one that hangs past the timeout for a while
+/// and one webhook that answers 404; meanwhile webhookd is killed with SIGKILL three times, its
+/// broker connections are force-closed once and the broker is restarted once. Every (event, webhook)
 /// pair must end up received with a 2xx or dead-lettered with a reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_fault_suite_loses_nothing() {
