@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# webhookd's speed benchmark: builds in release, starts (or reuses)
-# a private RabbitMQ node of its own, so it never disturbs a test run, and measures the raw limits
-# and webhookd in one run. Prints one table and writes it as JSON to target/bench/.
+# webhookd's speed benchmark: builds in release, starts (or reuses) a private RabbitMQ node of
+# its own, so it never disturbs a test run, and measures the raw limits and webhookd in one run.
+# Prints one table and writes it as JSON to target/bench/. Past runs: benches/RESULTS.md.
 #
 #   scripts/bench.sh            full run: 3 runs per figure, N = 200,000, a 1,000,000 backlog
 #   scripts/bench.sh --smoke    every scenario once at small sizes (CI runs the same smoke in
