@@ -312,7 +312,7 @@ fn exposure(output: &str) -> f64 {
 }
 
 /// `systemd-analyze verify` insists that the binaries the unit names exist; the unit names
-/// /usr/local/bin/webhookd, where the README installs it. So verify runs on a copy whose
+/// /usr/local/bin/webhookd, where the install steps put it. So verify runs on a copy whose
 /// commands point at the binary this build made, and is otherwise the shipped file.
 #[test]
 fn the_unit_file_verifies_clean_and_rates_1_5_or_lower() {
