@@ -375,7 +375,7 @@ async fn declare_queue(
                 "this queue was declared without webhookd's delivery limit (by an earlier \
                  webhookd, or before the broker was upgraded to 4.x) and keeps the broker's: \
                  RabbitMQ 4 drops a message returned 20 times; set a policy with \
-                 \"delivery-limit\": -1 on it (see the README)"
+                 \"delivery-limit\": -1 on it (see docs/operations.md)"
             );
             // The broker closed that channel; the queue is there, as the passive declare checks.
             let channel = connection.create_channel().await?;
