@@ -11,7 +11,7 @@ use hyper_util::rt::TokioExecutor;
 
 use crate::events::{now_ns, Bodies};
 use crate::procfs;
-use crate::scenarios::Raw;
+use crate::report::Raw;
 
 /// The first argument that makes this executable the bare client of [`run_apart`].
 pub const APART: &str = "--bare-client-apart";

@@ -43,8 +43,8 @@ use serde_json::json;
 use crate::events::Bodies;
 use crate::receiver::Receiver;
 use crate::registry::Registry;
-use crate::report::{median, quantile, Figure, Goal, Report};
-use crate::scenarios::{Bench, By, Delivered, Delivery, Raw, DRAIN};
+use crate::report::{median, quantile, Figure, Goal, Raw, Report};
+use crate::scenarios::{Bench, By, Delivered, Delivery, DRAIN};
 
 /// The bench node `scripts/bench.sh` starts; under `cargo test`, the test node.
 const BENCH_URL: &str = "amqp://guest:guest@127.0.0.1:5680/%2f";

@@ -177,3 +177,11 @@ impl Report {
         })
     }
 }
+
+/// What a bare run (D or P) measured.
+pub struct Raw {
+    pub rate: f64,
+    /// The benchmark process's own CPU over the run, per 1,000 messages: the bare consumer's in
+    /// D, the bare client's and the receiver's in P.
+    pub cpu_seconds_per_1000: f64,
+}

@@ -16,6 +16,7 @@ use crate::events::{now_ns, Bodies};
 use crate::http;
 use crate::procfs::{self, CpuShares, MachineCpu};
 use crate::receiver::{Receiver, Tally, HANG_PATH};
+use crate::report::Raw;
 
 /// How often a waiting run looks at the receiver's counters (the figures come from the
 /// receiver's own timestamps, not from this polling).
@@ -101,14 +102,6 @@ pub struct Delivery<'a> {
     pub window: Option<Duration>,
     pub request_timeout: Option<&'a str>,
     pub sample_rss: bool,
-}
-
-/// What a bare run (D or P) measured.
-pub struct Raw {
-    pub rate: f64,
-    /// The benchmark process's own CPU over the run, per 1,000 messages: the bare consumer's in
-    /// D, the bare client's and the receiver's in P.
-    pub cpu_seconds_per_1000: f64,
 }
 
 /// What P with its client in a process of its own measured.
