@@ -17,7 +17,8 @@
 //! - `webhooks`: the `webhooks …` commands, and the registry client they share with `dlq`
 //!   (the admin API, or the store opened directly).
 //! - `dlq`: the `dlq …` commands, with the check that holds back a replay no webhook would take.
-//! - `publish`: `publish`, one event as an application would send it.
+//! - `publish`: `publish`, through the broker module's confirmed
+//!   [`Publisher`](crate::broker::Publisher), as the daemon publishes.
 
 mod dlq;
 mod publish;

@@ -1,15 +1,17 @@
-//! `webhookd publish`: one event sent as an application would send it, persistent, mandatory
-//! and confirmed.
+//! `webhookd publish`: one event sent as an application would send it, through the broker
+//! module's [`Publisher`], so a publish here is confirmed (and mandatory) exactly as the daemon's
+//! own are. Only the words differ: a person reads these, so each failure says what became of the
+//! event.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context as _};
 use clap::Args;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::ShortString;
-use lapin::{BasicProperties, Confirmation};
+use lapin::BasicProperties;
 
-use crate::broker::{self, Topology};
+use crate::broker::{self, BrokerError, Publisher, Topology};
 use crate::config::Config;
 use crate::event::{self, SampleContent};
 
@@ -58,34 +60,21 @@ pub async fn publish(config: &Config, args: PublishArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let topology =
         Topology::from_config(&config.broker).on(broker::announced_version(&config.broker).await?);
-    let connection = broker::connect(&config.broker, "publish").await?;
+    let connection = Arc::new(broker::connect(&config.broker, "publish").await?);
     // Declaring what the daemon declares means an event published before the daemon first
     // starts waits in its queue instead of vanishing.
     broker::declare(&connection, &topology).await?;
-    let channel = connection.create_channel().await?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
+    let publisher = Publisher::open(&connection, topology.clone()).await?;
+    // Persistent (delivery mode 2): `Publisher::publish` sets it on every message.
     let properties = BasicProperties::default()
         .with_content_type(ShortString::from("application/json"))
-        .with_delivery_mode(2)
         .with_message_id(ShortString::from(message_id.as_str()));
-    let confirmation = channel
-        .basic_publish(
-            ShortString::from(topology.exchange.as_str()),
-            ShortString::from(routing_key.as_str()),
-            BasicPublishOptions {
-                mandatory: true,
-                ..BasicPublishOptions::default()
-            },
-            &body,
-            properties,
-        )
-        .await?
-        .await?;
+    let published = publisher
+        .publish(&topology.exchange, &routing_key, &body, properties)
+        .await;
     let _ = connection.close(200, ShortString::from("published")).await;
-    match confirmation {
-        Confirmation::Ack(None) => {
+    match published {
+        Ok(()) => {
             println!(
                 "published {} bytes to {} with routing key {routing_key}, message_id {message_id}",
                 body.len(),
@@ -93,11 +82,12 @@ pub async fn publish(config: &Config, args: PublishArgs) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Confirmation::Ack(Some(_)) => bail!(
+        Err(BrokerError::Unroutable(_)) => bail!(
             "no queue is bound to {} for routing key {routing_key}: the event was dropped",
             topology.exchange
         ),
-        Confirmation::Nack(_) => bail!("the broker refused the event (nack)"),
-        Confirmation::NotRequested => bail!("the broker did not confirm the event"),
+        Err(BrokerError::Nacked(_)) => bail!("the broker refused the event (nack)"),
+        Err(BrokerError::Unconfirmed(_)) => bail!("the broker did not confirm the event"),
+        Err(other) => Err(other.into()),
     }
 }
