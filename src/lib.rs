@@ -11,14 +11,17 @@
 //! - [`store`]: the sled-backed webhook registry and each webhook's attempt log.
 //! - [`delivery`]: the HTTP client (SSRF guard, timeouts), signing, and the one function that
 //!   turns a response into an [`delivery::Outcome`].
-//! - [`retry`]: the backoff schedule as a pure value, and its delay buckets.
+//! - [`retry`]: the backoff schedule as a pure value, its delay buckets, and the one decision
+//!   after each turn: done, retry after a delay, or dead-letter.
 //! - [`job`]: the `x-webhookd-*` headers a retry job or dead letter carries.
 //! - [`broker`]: AMQP connections (plain or over TLS), topology, publisher confirms.
 //! - [`tls`]: the roots deliveries and the broker connection trust, and their TLS settings.
 //! - [`dlq`]: dead-letter headers and the `webhookd dlq` operations.
+//! - [`health`]: readiness and the systemd protocol, set by the service and read by admin.
 //! - [`admin`]: health, readiness, metrics and the `/v1` webhook API.
 //! - [`metrics`]: the counters behind `/metrics`.
-//! - [`service`]: wiring, the consumer loop, settling each message, and shutdown.
+//! - [`service`]: the wiring, and one event's way in stages: the broker session, one message,
+//!   one attempt.
 //! - [`cli`]: the command-line operations that are not the daemon itself.
 //! - [`privilege`]: `webhooks` run as root acts as the owner of the store it opens.
 
