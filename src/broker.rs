@@ -165,7 +165,7 @@ const GREETING_MAX: usize = 64 * 1024;
 /// before logging in. `None` if the broker announces no version shaped like RabbitMQ's.
 pub async fn announced_version(broker: &BrokerConfig) -> Result<Option<Version>, BrokerError> {
     let failed = |error: &dyn std::fmt::Display| BrokerError::Greeting(error.to_string());
-    let (uri, tls) = parse(broker)?;
+    let (uri, tls) = parse(broker, Receives::OwnMessages)?;
     let runtime = lapin::runtime::default_runtime()?;
     let mut stream = transport(uri, runtime, tls.as_ref())
         .await
@@ -206,8 +206,11 @@ pub async fn announced_version(broker: &BrokerConfig) -> Result<Option<Version>,
 }
 
 /// The broker URL with webhookd's defaults, and the TLS connector an `amqps://` URL needs.
-fn parse(broker: &BrokerConfig) -> Result<(AMQPUri, Option<RustlsConnector>), BrokerError> {
-    let uri: AMQPUri = with_defaults(broker.url.expose(), broker.heartbeat)
+fn parse(
+    broker: &BrokerConfig,
+    receives: Receives,
+) -> Result<(AMQPUri, Option<RustlsConnector>), BrokerError> {
+    let uri: AMQPUri = with_defaults(broker.url.expose(), broker.heartbeat, receives)
         .parse()
         .map_err(|_| BrokerError::InvalidUrl)?;
     let tls = match uri.scheme {
@@ -248,8 +251,12 @@ async fn transport<R: Reactor + Sync>(
 /// Opens a connection named for its role (visible in the management UI and `list_connections`),
 /// with heartbeats so a dead peer is noticed within two intervals. `amqps://` connects over TLS
 /// verified against the bundled roots and `broker.extra_ca_file`, or not at all.
-pub async fn connect(broker: &BrokerConfig, role: &str) -> Result<Connection, BrokerError> {
-    let (uri, tls) = parse(broker)?;
+pub async fn connect(
+    broker: &BrokerConfig,
+    role: &str,
+    receives: Receives,
+) -> Result<Connection, BrokerError> {
+    let (uri, tls) = parse(broker, receives)?;
     let properties = ConnectionProperties::default()
         .with_connection_name(LongString::from(format!("webhookd {role}")));
     let runtime = lapin::runtime::default_runtime()?;
@@ -286,20 +293,43 @@ fn tls_failure(host: &str, port: u16, error: &io::Error) -> String {
     text
 }
 
-/// Adds `heartbeat=N` to the URL's query unless the operator set it there.
+/// What a connection receives from the broker, which decides the frame size it asks for.
 ///
-/// The frame size is left to the broker (128 KiB by default). A message's properties and headers
-/// travel in one frame that cannot be split, and the broker sends it whole even when it is larger
-/// than the size the client asked for; a client that asked for less then fails the connection
-/// with a frame error, reconnects, receives the same message first and loops. Taking the
-/// broker's size means every message the broker accepted can be received. It costs memory:
-/// lapin keeps 32 frames of buffer per direction and connection.
-fn with_defaults(url: &str, heartbeat: Duration) -> String {
-    if url.contains("heartbeat=") {
-        return url.to_owned();
+/// A message's properties and headers travel in one frame that cannot be split, and the broker
+/// sends it whole even when it is larger than the size the client asked for; a client that asked
+/// for less then fails the connection with a frame error, reconnects, receives the same message
+/// first and loops. So a connection that consumes takes the broker's frame size (128 KiB by
+/// default): every message the broker accepted can be received. A connection that only publishes
+/// receives confirms, and back only what webhookd itself published (whose headers are capped far
+/// below 16 KiB), so it asks for 16 KiB: lapin keeps 32 frames of buffer per direction and
+/// connection, and the broker's size would cost the daemon 8 MiB more for nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Receives {
+    Messages,
+    OwnMessages,
+}
+
+/// The frame size a connection that only publishes asks for.
+const PUBLISHING_FRAME_MAX: u32 = 16 * 1024;
+
+/// Adds `heartbeat=N`, and for a publishing connection `frame_max`, to the URL's query, each
+/// unless the operator set it there.
+fn with_defaults(url: &str, heartbeat: Duration, receives: Receives) -> String {
+    let mut url = url.to_owned();
+    let frame_max = match receives {
+        Receives::Messages => None,
+        Receives::OwnMessages => Some(u64::from(PUBLISHING_FRAME_MAX)),
+    };
+    for (key, value) in [
+        ("heartbeat", Some(heartbeat.as_secs())),
+        ("frame_max", frame_max),
+    ] {
+        if let Some(value) = value.filter(|_| !url.contains(&format!("{key}="))) {
+            let separator = if url.contains('?') { '&' } else { '?' };
+            url = format!("{url}{separator}{key}={value}");
+        }
     }
-    let separator = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{separator}heartbeat={}", heartbeat.as_secs())
+    url
 }
 
 /// Declares the exchange (if configured), the work queue with its bindings, and the dead-letter
@@ -568,17 +598,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn heartbeat_is_added_once_and_never_overrides_the_operator() {
+    fn a_consuming_connection_takes_the_brokers_frame_size_and_a_publishing_one_asks_for_less() {
         let cases = [
-            ("amqp://h:5672/%2f", "amqp://h:5672/%2f?heartbeat=10"),
+            (
+                "amqp://h:5672/%2f",
+                Receives::Messages,
+                "amqp://h:5672/%2f?heartbeat=10",
+            ),
+            (
+                "amqp://h:5672/%2f",
+                Receives::OwnMessages,
+                "amqp://h:5672/%2f?heartbeat=10&frame_max=16384",
+            ),
             (
                 "amqp://h/%2f?frame_max=8192",
+                Receives::OwnMessages,
                 "amqp://h/%2f?frame_max=8192&heartbeat=10",
             ),
-            ("amqp://h/%2f?heartbeat=30", "amqp://h/%2f?heartbeat=30"),
+            (
+                "amqp://h/%2f?heartbeat=30",
+                Receives::Messages,
+                "amqp://h/%2f?heartbeat=30",
+            ),
         ];
-        for (input, expected) in cases {
-            assert_eq!(with_defaults(input, Duration::from_secs(10)), expected);
+        for (input, receives, expected) in cases {
+            assert_eq!(
+                with_defaults(input, Duration::from_secs(10), receives),
+                expected
+            );
         }
     }
 

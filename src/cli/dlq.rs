@@ -11,7 +11,7 @@ use clap::{Args, Subcommand};
 use lapin::types::ShortString;
 
 use super::webhooks::Registry;
-use crate::broker::{self, Topology};
+use crate::broker::{self, Receives, Topology};
 use crate::config::Config;
 use crate::delivery::DeadReason;
 use crate::dlq::{self, Action, Entry, Filter};
@@ -105,7 +105,7 @@ fn parse_since(value: &str) -> Result<SystemTime, String> {
 /// `webhookd dlq …`.
 pub async fn dlq(config: &Config, command: DlqCommand) -> anyhow::Result<()> {
     let topology = Topology::from_config(&config.broker);
-    let connection = Arc::new(broker::connect(&config.broker, "dlq").await?);
+    let connection = Arc::new(broker::connect(&config.broker, "dlq", Receives::Messages).await?);
     let outcome = dlq_on(config, &connection, &topology, command).await;
     let _ = connection.close(200, ShortString::from("done")).await;
     outcome

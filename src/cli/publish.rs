@@ -11,7 +11,7 @@ use clap::Args;
 use lapin::types::ShortString;
 use lapin::BasicProperties;
 
-use crate::broker::{self, BrokerError, Publisher, Topology};
+use crate::broker::{self, BrokerError, Publisher, Receives, Topology};
 use crate::config::Config;
 use crate::event::{self, SampleContent};
 
@@ -60,7 +60,8 @@ pub async fn publish(config: &Config, args: PublishArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let topology =
         Topology::from_config(&config.broker).on(broker::announced_version(&config.broker).await?);
-    let connection = Arc::new(broker::connect(&config.broker, "publish").await?);
+    let connection =
+        Arc::new(broker::connect(&config.broker, "publish", Receives::OwnMessages).await?);
     // Declaring what the daemon declares means an event published before the daemon first
     // starts waits in its queue instead of vanishing.
     broker::declare(&connection, &topology).await?;

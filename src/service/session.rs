@@ -26,7 +26,7 @@ use tracing::{debug, info, warn};
 use super::acks::Acks;
 use super::message::{self, Stops};
 use super::Shared;
-use crate::broker::{self, BrokerError, Publisher, Topology};
+use crate::broker::{self, BrokerError, Publisher, Receives, Topology};
 use crate::config::Config;
 use crate::health::{Readiness, State};
 use crate::retry::Schedule;
@@ -119,8 +119,9 @@ impl Link {
         // Asked at every session: the broker may have been upgraded since the last one.
         let version = broker::announced_version(&config.broker).await?;
         let topology = topology.on(version);
-        let consuming = broker::connect(&config.broker, "consumer").await?;
-        let publishing = Arc::new(broker::connect(&config.broker, "publisher").await?);
+        let consuming = broker::connect(&config.broker, "consumer", Receives::Messages).await?;
+        let publishing =
+            Arc::new(broker::connect(&config.broker, "publisher", Receives::OwnMessages).await?);
         broker::declare(&consuming, &topology).await?;
         let channel = consuming.create_channel().await?;
         let publisher = Arc::new(Publisher::open(&publishing, topology.clone()).await?);
