@@ -34,7 +34,7 @@ use super::{Outbox, Shared, Stage, SystemClock};
 use crate::broker::BrokerError;
 use crate::delivery::{sign, DeadReason};
 use crate::dlq::Parked;
-use crate::event;
+use crate::event::{self, Envelope};
 use crate::job::{self, Job};
 use crate::retry::Schedule;
 
@@ -173,64 +173,9 @@ async fn process<O: Outbox>(
 ) -> Result<(), Unsettled> {
     let (shared, live) = (stage.shared, stage.live);
     let message_id = properties.message_id().as_ref().map(|id| id.as_str());
-    let job = match Job::from_headers(properties.headers().as_ref()) {
-        Ok(job) => job,
-        Err(error) => {
-            let error = error.to_string();
-            return park_unrouted(
-                stage,
-                &body,
-                message_id,
-                None,
-                DeadReason::Malformed,
-                &error,
-            )
-            .await;
-        }
-    };
-    // Checked before anything reads the body: it may be what keeps bringing the message back.
-    // Only on a redelivery: a publisher may set the header itself, and RabbitMQ 4 keeps it on
-    // the first delivery.
-    let returns = properties
-        .headers()
-        .as_ref()
-        .filter(|_| redelivered)
-        .and_then(|headers| job::get_u64(headers, "x-delivery-count"))
-        .unwrap_or(0);
-    if returns >= REDELIVERY_LIMIT {
-        let error = format!("came back {returns} times without being settled");
-        return park_unrouted(
-            stage,
-            &body,
-            message_id,
-            job.as_ref(),
-            DeadReason::Redelivered,
-            &error,
-        )
-        .await;
-    }
-    if body.len() > live.max_event_bytes {
-        let error = format!(
-            "body is {} bytes, over max_event_bytes = {}",
-            body.len(),
-            live.max_event_bytes
-        );
-        return park_unrouted(stage, &body, message_id, None, DeadReason::TooLarge, &error).await;
-    }
-    let envelope = match event::decode_envelope(&body) {
-        Ok(envelope) => envelope,
-        Err(malformed) => {
-            let error = malformed.to_string();
-            return park_unrouted(
-                stage,
-                &body,
-                message_id,
-                None,
-                DeadReason::Malformed,
-                &error,
-            )
-            .await;
-        }
+    let (job, envelope) = match read(properties, redelivered, &body, live.max_event_bytes) {
+        Ok(read) => read,
+        Err(unroutable) => return park_unrouted(stage, &body, message_id, unroutable).await,
     };
     let event_id = match &job {
         Some(job) if !job.event_id.is_empty() => job.event_id.clone(),
@@ -304,17 +249,60 @@ async fn process<O: Outbox>(
     results.into_iter().collect()
 }
 
-/// A message that is not delivered at all (malformed, too large, redelivered too often) goes to
-/// the DLQ once. A retry job keeps its webhook and history there, so a replay goes to that webhook
-/// alone.
+/// Why a message is not delivered at all, and the retry job it carried, if any.
+#[derive(Debug)]
+struct Unroutable {
+    reason: DeadReason,
+    error: String,
+    job: Option<Job>,
+}
+
+/// What webhookd needs of a message before any lookup: its retry job (if it is one) and its
+/// envelope; or why it cannot be delivered (webhookd's own headers forged, back too often, too
+/// large, not an event).
+fn read(
+    properties: &BasicProperties,
+    redelivered: bool,
+    body: &[u8],
+    max_event_bytes: usize,
+) -> Result<(Option<Job>, Envelope), Unroutable> {
+    let unroutable = |reason, error: String, job| Unroutable { reason, error, job };
+    let job = Job::from_headers(properties.headers().as_ref())
+        .map_err(|error| unroutable(DeadReason::Malformed, error.to_string(), None))?;
+    // Checked before anything reads the body: it may be what keeps bringing the message back.
+    // Only on a redelivery: a publisher may set the header itself, and RabbitMQ 4 keeps it on
+    // the first delivery.
+    let returns = properties
+        .headers()
+        .as_ref()
+        .filter(|_| redelivered)
+        .and_then(|headers| job::get_u64(headers, "x-delivery-count"))
+        .unwrap_or(0);
+    if returns >= REDELIVERY_LIMIT {
+        let error = format!("came back {returns} times without being settled");
+        return Err(unroutable(DeadReason::Redelivered, error, job));
+    }
+    if body.len() > max_event_bytes {
+        let error = format!(
+            "body is {} bytes, over max_event_bytes = {max_event_bytes}",
+            body.len()
+        );
+        return Err(unroutable(DeadReason::TooLarge, error, None));
+    }
+    let envelope = event::decode_envelope(body)
+        .map_err(|malformed| unroutable(DeadReason::Malformed, malformed.to_string(), None))?;
+    Ok((job, envelope))
+}
+
+/// A message that is not delivered at all goes to the DLQ once. A retry job keeps its webhook
+/// and history there, so a replay goes to that webhook alone.
 async fn park_unrouted<O: Outbox>(
     stage: &Stage<'_, O>,
     body: &[u8],
     message_id: Option<&str>,
-    job: Option<&Job>,
-    reason: DeadReason,
-    error: &str,
+    unroutable: Unroutable,
 ) -> Result<(), Unsettled> {
+    let Unroutable { reason, error, job } = unroutable;
     let id = event::event_id(message_id, body);
     warn!(event_id = %id, reason = reason.as_str(), %error, "dead-lettering a message that cannot be delivered");
     let parked = Parked {
@@ -323,8 +311,8 @@ async fn park_unrouted<O: Outbox>(
         account_id: None,
         event: None,
         url: None,
-        job,
-        error: Some(error),
+        job: job.as_ref(),
+        error: Some(&error),
     };
     stage
         .outbox
@@ -368,6 +356,69 @@ mod tests {
             clock: &FixedClock(SystemTime::now()),
         };
         process(&stage, properties, redelivered, body).await
+    }
+
+    #[test]
+    fn reading_a_message_names_why_it_cannot_be_delivered() {
+        let counted = |count: i64| {
+            let mut headers = FieldTable::default();
+            headers.insert(
+                ShortString::from("x-delivery-count"),
+                AMQPValue::LongLongInt(count),
+            );
+            named("m").with_headers(headers)
+        };
+        let mut forged = FieldTable::default();
+        job::put_str(&mut forged, job::header::WEBHOOK_ID, &"w".repeat(5_000));
+        let over = i64::try_from(REDELIVERY_LIMIT).expect("small");
+        let good = event(1);
+        // (case, properties, redelivered, body, why it is parked)
+        type Case<'a> = (&'a str, BasicProperties, bool, &'a [u8], Option<DeadReason>);
+        let cases: [Case; 7] = [
+            ("an event", named("m"), false, &good, None),
+            (
+                "not JSON",
+                named("m"),
+                false,
+                b"{nope",
+                Some(DeadReason::Malformed),
+            ),
+            (
+                "too large",
+                named("m"),
+                false,
+                &[b' '; 65],
+                Some(DeadReason::TooLarge),
+            ),
+            (
+                "forged header",
+                named("m").with_headers(forged),
+                false,
+                &good,
+                Some(DeadReason::Malformed),
+            ),
+            (
+                "back too often",
+                counted(over),
+                true,
+                &good,
+                Some(DeadReason::Redelivered),
+            ),
+            (
+                "count on a first delivery",
+                counted(over),
+                false,
+                &good,
+                None,
+            ),
+            ("back less often", counted(over - 1), true, &good, None),
+        ];
+        for (name, properties, redelivered, body, expected) in cases {
+            let got = read(&properties, redelivered, body, 64)
+                .err()
+                .map(|u| u.reason);
+            assert_eq!(got, expected, "{name}");
+        }
     }
 
     #[tokio::test]
