@@ -42,13 +42,20 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::config::{AdminConfig, Secret};
+use crate::console::{self, Console};
 use crate::delivery::sign::generate_secret;
+use crate::health::Circuits;
 use crate::health::Readiness;
 use crate::metrics::Metrics;
-use crate::store::{NewWebhook, Store, StoreError, WebhookPatch};
+use crate::store::{
+    now_rfc3339, Cursor, IssuedToken, NewWebhook, Store, StoreError, Webhook, WebhookPatch,
+};
 
 /// Request bodies above this are refused: a webhook definition is a few hundred bytes.
 const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// Webhooks in one page of `GET /v1/webhooks` unless `limit` says fewer; also the most it takes.
+const MAX_PAGE: usize = 1000;
 
 /// How long a client has to send a request's headers, from connecting or from the end of the
 /// previous response. A local client (a probe, the CLI) needs milliseconds.
@@ -76,6 +83,70 @@ pub struct AdminState {
     pub secret_rotation_grace: Duration,
     pub readiness: Arc<Readiness>,
     pub metrics: Arc<Metrics>,
+    /// Which webhook URLs have their circuit open.
+    pub circuits: Arc<dyn Circuits>,
+    /// The console's sessions and settings.
+    pub console: Console,
+}
+
+/// Who a request acts for, once its credentials are checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Principal {
+    /// The admin token (or an open `/v1`): every account, and the admin-only routes.
+    Operator,
+    /// An account token: this account's webhooks, attempts and dead letters, nothing else.
+    Account(u64),
+}
+
+impl Principal {
+    /// Whether this principal may see what belongs to `account_id`.
+    pub fn sees(self, account_id: u64) -> bool {
+        match self {
+            Principal::Operator => true,
+            Principal::Account(own) => own == account_id,
+        }
+    }
+
+    /// The account a listing is narrowed to: the principal's own, or for the operator the one
+    /// asked for (if any).
+    pub fn scope(self, asked: Option<u64>) -> Option<u64> {
+        match self {
+            Principal::Operator => asked,
+            Principal::Account(own) => Some(own),
+        }
+    }
+}
+
+impl AdminState {
+    /// Who `token` speaks for: the admin token (compared in constant time) or a live account
+    /// token; `None` for anything else.
+    pub fn principal_of(&self, token: &str) -> Option<Principal> {
+        if let Access::Token(admin) = &self.access {
+            if bool::from(token.as_bytes().ct_eq(admin.expose().as_bytes())) {
+                return Some(Principal::Operator);
+            }
+        }
+        match self.store.token_account(token) {
+            Ok(account) => account.map(Principal::Account),
+            Err(error) => {
+                warn!(%error, "reading an account token failed");
+                None
+            }
+        }
+    }
+
+    /// The webhook `id` if `principal` may see it: another account's webhook is as absent as
+    /// one that does not exist.
+    pub fn webhook_for(
+        &self,
+        principal: Principal,
+        id: &str,
+    ) -> Result<Option<Webhook>, StoreError> {
+        Ok(self
+            .store
+            .get(id)?
+            .filter(|webhook| principal.sees(webhook.account_id)))
+    }
 }
 
 /// Who may use `/v1`.
@@ -203,7 +274,7 @@ impl AcceptFailures {
     }
 }
 
-type Reply = Response<Full<Bytes>>;
+pub(crate) type Reply = Response<Full<Bytes>>;
 
 async fn route(state: &AdminState, request: Request<Incoming>) -> Reply {
     let path = request.uri().path().to_owned();
@@ -226,12 +297,14 @@ async fn route(state: &AdminState, request: Request<Incoming>) -> Reply {
             );
             reply
         }
+        (_, ["ui", ..]) => console::route(state, request).await,
         (_, ["v1", ..]) => {
-            if let Some(refusal) = refuse_unauthorized(state, &request) {
-                return refusal;
-            }
+            let principal = match authorize(state, &request) {
+                Ok(principal) => principal,
+                Err(refusal) => return *refusal,
+            };
             let query = request.uri().query().unwrap_or("").to_owned();
-            match api(state, &method, &segments[1..], &query, request).await {
+            match api(state, principal, &method, &segments[1..], &query, request).await {
                 Ok(reply) => reply,
                 Err(error) => error.into_reply(),
             }
@@ -240,33 +313,30 @@ async fn route(state: &AdminState, request: Request<Incoming>) -> Reply {
     }
 }
 
-/// The 401 for a request `/v1` does not let through; `None` lets it through.
-fn refuse_unauthorized(state: &AdminState, request: &Request<Incoming>) -> Option<Reply> {
-    let token = match &state.access {
-        Access::Open => return None,
-        Access::Closed => {
-            return Some(json_error(
-                StatusCode::UNAUTHORIZED,
-                "the /v1 API is off: no token is configured (admin.token, admin.token_file)",
-                Some("admin.token"),
-            ))
-        }
-        Access::Token(token) => token,
-    };
+/// Who a `/v1` request acts for, or the 401 that refuses it. An account token works whatever
+/// `admin.token` is; without one, an open `/v1` acts as the operator.
+fn authorize(state: &AdminState, request: &Request<Incoming>) -> Result<Principal, Box<Reply>> {
     let given = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(bearer_token)
         .unwrap_or("");
-    if bool::from(given.as_bytes().ct_eq(token.expose().as_bytes())) {
-        None
-    } else {
-        Some(json_error(
+    if let Some(principal) = state.principal_of(given) {
+        return Ok(principal);
+    }
+    match &state.access {
+        Access::Open => Ok(Principal::Operator),
+        Access::Closed => Err(Box::new(json_error(
+            StatusCode::UNAUTHORIZED,
+            "the /v1 API is off: no token is configured (admin.token, admin.token_file)",
+            Some("admin.token"),
+        ))),
+        Access::Token(_) => Err(Box::new(json_error(
             StatusCode::UNAUTHORIZED,
             "missing or wrong bearer token",
             Some("authorization"),
-        ))
+        ))),
     }
 }
 
@@ -281,12 +351,14 @@ fn bearer_token(value: &str) -> Option<&str> {
 
 /// Why an API request failed, as the client should see it. `field` names the request field (or
 /// config key) to fix, when there is one.
-enum ApiError {
+pub(crate) enum ApiError {
     BadRequest(String, Option<String>),
     TooLarge,
     /// The body did not arrive within [`BODY_READ_TIMEOUT`].
     BodyTimeout,
     NotFound,
+    /// An account token asked for an operator's route.
+    Forbidden,
     Internal(String),
 }
 
@@ -306,7 +378,7 @@ impl From<StoreError> for ApiError {
 }
 
 impl ApiError {
-    fn into_reply(self) -> Reply {
+    pub(crate) fn into_reply(self) -> Reply {
         match self {
             ApiError::BadRequest(message, field) => {
                 json_error(StatusCode::BAD_REQUEST, &message, field.as_deref())
@@ -333,6 +405,11 @@ impl ApiError {
                 reply
             }
             ApiError::NotFound => json_error(StatusCode::NOT_FOUND, "no such webhook", None),
+            ApiError::Forbidden => json_error(
+                StatusCode::FORBIDDEN,
+                "this route is for the admin token only",
+                Some("authorization"),
+            ),
             ApiError::Internal(message) => {
                 warn!(%message, "admin API request failed");
                 json_error(StatusCode::INTERNAL_SERVER_ERROR, &message, None)
@@ -343,43 +420,64 @@ impl ApiError {
 
 async fn api(
     state: &AdminState,
+    principal: Principal,
     method: &Method,
     segments: &[&str],
     query: &str,
     request: Request<Incoming>,
 ) -> Result<Reply, ApiError> {
     let store = &state.store;
+    // The webhook a route names, if this principal may see it.
+    let owned = |id: &str| state.webhook_for(principal, id)?.ok_or(ApiError::NotFound);
     match (method, segments) {
         (&Method::GET, ["webhooks"]) => {
-            let account = match query_param(query, "account_id") {
-                Some(value) => Some(value.parse::<u64>().ok().filter(|&a| a > 0).ok_or_else(
-                    || {
-                        ApiError::bad_request(
-                            format!("account_id must be a positive integer, got {value:?}"),
-                            "account_id",
-                        )
-                    },
-                )?),
+            let asked = match query_param(query, "account_id") {
+                Some(value) => Some(positive(value, "account_id")?),
                 None => None,
             };
-            let list: Vec<_> = store.list(account)?.iter().map(|w| w.masked()).collect();
-            Ok(json(StatusCode::OK, &list))
+            if asked.is_some_and(|account| !principal.sees(account)) {
+                return Err(ApiError::NotFound);
+            }
+            let limit = match query_param(query, "limit") {
+                Some(value) => usize::try_from(positive(value, "limit")?)
+                    .unwrap_or(MAX_PAGE)
+                    .min(MAX_PAGE),
+                None => MAX_PAGE,
+            };
+            let cursor = query_param(query, "cursor")
+                .map(str::parse::<Cursor>)
+                .transpose()?;
+            let (page, next) = store.page(principal.scope(asked), cursor.as_ref(), limit)?;
+            let list: Vec<_> = page.iter().map(Webhook::masked).collect();
+            let mut reply = json(StatusCode::OK, &list);
+            if let Some(next) = next {
+                // The next page, as GitHub's API links it (RFC 8288); the body stays a list.
+                let link = format!("</v1/webhooks?limit={limit}&cursor={next}>; rel=\"next\"");
+                if let Ok(value) = header::HeaderValue::from_str(&link) {
+                    reply.headers_mut().insert(header::LINK, value);
+                }
+            }
+            Ok(reply)
         }
         (&Method::POST, ["webhooks"]) => {
             let (mut fields, generate) = read_json(request).await?;
             if generate {
                 fields.insert("secret".into(), Value::String(generate_secret()));
             }
+            if let Principal::Account(own) = principal {
+                let named = fields.entry("account_id").or_insert(Value::from(own));
+                if named.as_u64() != Some(own) {
+                    return Err(ApiError::NotFound);
+                }
+            }
             let new: NewWebhook = from_fields(fields, &REQUIRED_TO_CREATE)?;
             let webhook = store.create(new).await?;
             // The secret is shown once, in the reply that set it.
             Ok(json(StatusCode::CREATED, &webhook))
         }
-        (&Method::GET, ["webhooks", id]) => match store.get(id)? {
-            Some(webhook) => Ok(json(StatusCode::OK, &webhook.masked())),
-            None => Err(ApiError::NotFound),
-        },
+        (&Method::GET, ["webhooks", id]) => Ok(json(StatusCode::OK, &owned(id)?.masked())),
         (&Method::PATCH, ["webhooks", id]) => {
+            owned(id)?;
             let (mut fields, generate) = read_json(request).await?;
             if generate {
                 fields.insert("secret".into(), Value::String(generate_secret()));
@@ -393,14 +491,12 @@ async fn api(
             }
         }
         (&Method::POST, ["webhooks", id, "rotate-secret"]) => {
-            let rotated = store
-                .rotate_secret(id, generate_secret(), state.secret_rotation_grace)
-                .await?
-                .ok_or(ApiError::NotFound)?;
-            info!(webhook_id = %id, grace = %humantime::format_duration(state.secret_rotation_grace), "webhook secret rotated");
+            owned(id)?;
+            let rotated = rotate_secret(state, id).await?.ok_or(ApiError::NotFound)?;
             Ok(json(StatusCode::OK, &rotated.revealed()))
         }
         (&Method::DELETE, ["webhooks", id]) => {
+            owned(id)?;
             if store.delete(id).await? {
                 Ok(empty(StatusCode::NO_CONTENT))
             } else {
@@ -408,16 +504,70 @@ async fn api(
             }
         }
         (&Method::GET, ["webhooks", id, "attempts"]) => {
-            if store.get(id)?.is_none() {
-                return Err(ApiError::NotFound);
-            }
+            owned(id)?;
             let limit = query_param(query, "limit")
                 .and_then(|l| l.parse().ok())
                 .unwrap_or(100);
             Ok(json(StatusCode::OK, &store.attempts(id, limit)?))
         }
+        (_, ["tokens", ..]) if principal != Principal::Operator => Err(ApiError::Forbidden),
+        (&Method::GET, ["tokens"]) => Ok(json(StatusCode::OK, &store.tokens()?)),
+        (&Method::POST, ["tokens"]) => {
+            let (fields, _) = read_json(request).await?;
+            let new: NewToken = from_fields(fields, &["account_id"])?;
+            let issued = IssuedToken::generate(new.account_id, new.name, now_rfc3339());
+            store.add_token(&issued.record).await?;
+            info!(token_id = %issued.record.id, account_id = new.account_id, "account token created");
+            // The token is shown once, in this reply; only its hash is kept.
+            Ok(json(
+                StatusCode::CREATED,
+                &serde_json::json!({ "token": issued.token, "record": issued.record }),
+            ))
+        }
+        (&Method::DELETE, ["tokens", id]) => {
+            if store.revoke_token(id).await? {
+                info!(token_id = %id, "account token revoked");
+                Ok(empty(StatusCode::NO_CONTENT))
+            } else {
+                Ok(json_error(StatusCode::NOT_FOUND, "no such token", None))
+            }
+        }
         _ => Ok(json_error(StatusCode::NOT_FOUND, "no such route", None)),
     }
+}
+
+/// Gives webhook `id` a new generated secret, the old one signing on for the configured grace.
+pub(crate) async fn rotate_secret(
+    state: &AdminState,
+    id: &str,
+) -> Result<Option<Webhook>, StoreError> {
+    let rotated = state
+        .store
+        .rotate_secret(id, generate_secret(), state.secret_rotation_grace)
+        .await?;
+    if rotated.is_some() {
+        info!(webhook_id = %id, grace = %humantime::format_duration(state.secret_rotation_grace), "webhook secret rotated");
+    }
+    Ok(rotated)
+}
+
+/// The body of `POST /v1/tokens`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewToken {
+    account_id: u64,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+/// A query parameter that must be a positive integer.
+fn positive(value: &str, field: &str) -> Result<u64, ApiError> {
+    value.parse::<u64>().ok().filter(|&n| n > 0).ok_or_else(|| {
+        ApiError::bad_request(
+            format!("{field} must be a positive integer, got {value:?}"),
+            field,
+        )
+    })
 }
 
 /// The fields a new webhook must have. serde reports a missing field at the object itself, with
@@ -445,13 +595,10 @@ fn from_fields<T: DeserializeOwned>(
     })
 }
 
-/// Reads a JSON object body (capped), returning its fields and whether it asked for a generated
-/// secret (`"generate_secret": true`, which is not a field of the webhook itself).
-async fn read_json(
-    request: Request<Incoming>,
-) -> Result<(serde_json::Map<String, Value>, bool), ApiError> {
+/// Reads a request body, at most [`MAX_REQUEST_BYTES`] within [`BODY_READ_TIMEOUT`].
+pub(crate) async fn read_body(request: Request<Incoming>) -> Result<Bytes, ApiError> {
     let reading = Limited::new(request.into_body(), MAX_REQUEST_BYTES).collect();
-    let bytes = tokio::time::timeout(BODY_READ_TIMEOUT, reading)
+    Ok(tokio::time::timeout(BODY_READ_TIMEOUT, reading)
         .await
         .map_err(|_| ApiError::BodyTimeout)?
         .map_err(|e| {
@@ -461,7 +608,15 @@ async fn read_json(
                 ApiError::BadRequest(format!("request body unreadable: {e}"), None)
             }
         })?
-        .to_bytes();
+        .to_bytes())
+}
+
+/// Reads a JSON object body (capped), returning its fields and whether it asked for a generated
+/// secret (`"generate_secret": true`, which is not a field of the webhook itself).
+async fn read_json(
+    request: Request<Incoming>,
+) -> Result<(serde_json::Map<String, Value>, bool), ApiError> {
+    let bytes = read_body(request).await?;
     let mut fields = match serde_json::from_slice::<Value>(&bytes) {
         Ok(Value::Object(fields)) => fields,
         Ok(_) => {
@@ -485,7 +640,7 @@ async fn read_json(
     Ok((fields, generate))
 }
 
-fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+pub(crate) fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
     query
         .split('&')
         .filter_map(|pair| pair.split_once('='))
@@ -517,7 +672,7 @@ fn empty(status: StatusCode) -> Reply {
     with_body(status, "text/plain", Bytes::new())
 }
 
-fn with_body(status: StatusCode, content_type: &'static str, body: Bytes) -> Reply {
+pub(crate) fn with_body(status: StatusCode, content_type: &'static str, body: Bytes) -> Reply {
     let mut reply = Response::new(Full::new(body));
     *reply.status_mut() = status;
     reply.headers_mut().insert(

@@ -300,6 +300,16 @@ pub struct AdminConfig {
     /// it is only accepted on a loopback `listen`, so an open registry is always a deliberate,
     /// local choice.
     pub insecure_no_auth: bool,
+    /// A console session ends after this long without a request.
+    #[serde(with = "duration_text")]
+    pub session_idle_timeout: Duration,
+    /// A console session ends this long after sign-in, however busy.
+    #[serde(with = "duration_text")]
+    pub session_max_age: Duration,
+    /// Host names (with `:port` if not 80) the console answers to besides IP literals and
+    /// `localhost`: any other `Host` header is refused, so a DNS name rebound to this listener
+    /// cannot reach it from a browser.
+    pub console_hosts: Vec<String>,
 }
 
 impl AdminConfig {
@@ -316,6 +326,9 @@ impl Default for AdminConfig {
             token: None,
             token_file: None,
             insecure_no_auth: false,
+            session_idle_timeout: Duration::from_secs(30 * 60),
+            session_max_age: Duration::from_secs(12 * 3600),
+            console_hosts: Vec::new(),
         }
     }
 }

@@ -17,4 +17,4 @@ pub use client::{
     Client, ClientError, ClientSettings, Response, RetryAfter, SendError, MAX_REQUEST_TIMEOUT,
 };
 pub use guard::is_refused;
-pub use outcome::{classify, DeadReason, Outcome, UnknownReason};
+pub use outcome::{classify, DeadReason, Outcome, UnknownReason, ALL_REASONS};

@@ -267,6 +267,26 @@ pub async fn scan(
     result.map(|()| scan.found)
 }
 
+/// How many dead letters the queue holds, as the broker counts them.
+pub async fn depth(
+    connection: &Arc<lapin::Connection>,
+    topology: &Topology,
+) -> Result<u32, BrokerError> {
+    let channel = connection.create_channel().await?;
+    let declared = channel
+        .queue_declare(
+            ShortString::from(topology.dead_letter_queue.as_str()),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await;
+    let _ = channel.close(200, ShortString::from("counted")).await;
+    Ok(declared?.message_count())
+}
+
 /// How many dead letters one window of a scan holds in webhookd's memory at most.
 const WINDOW: u16 = 64;
 

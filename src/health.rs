@@ -7,6 +7,7 @@
 mod systemd;
 
 use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
 
 pub use systemd::watchdog;
 
@@ -51,4 +52,11 @@ impl Readiness {
         systemd::announce(&state);
         *self.state.lock().unwrap_or_else(PoisonError::into_inner) = state;
     }
+}
+
+/// Which webhook URLs have their circuit open, asked by the console for each webhook it lists.
+/// The service's per-endpoint admission state answers it; the console only reads.
+pub trait Circuits: Send + Sync {
+    /// How long `url`'s circuit keeps deliveries away, if it is open.
+    fn open_for(&self, url: &str) -> Option<Duration>;
 }

@@ -18,7 +18,10 @@
 //! - [`tls`]: the roots deliveries and the broker connection trust, and their TLS settings.
 //! - [`dlq`]: dead-letter headers and the `webhookd dlq` operations.
 //! - [`health`]: readiness and the systemd protocol, set by the service and read by admin.
-//! - [`admin`]: health, readiness, metrics and the `/v1` webhook API.
+//! - [`admin`]: health, readiness, metrics, and the `/v1` API with its principals (the admin
+//!   token, account tokens).
+//! - [`console`]: the web console at `/ui/`, served by the admin server: sessions, pages, and
+//!   the browser-facing checks (Host, origin, CSRF, CSP).
 //! - [`metrics`]: the counters behind `/metrics`.
 //! - [`service`]: the wiring, and one event's way in stages: the broker session, one message,
 //!   one attempt.
@@ -29,6 +32,7 @@ pub mod admin;
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod delivery;
 pub mod dlq;
 pub mod event;

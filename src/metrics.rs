@@ -249,6 +249,15 @@ impl Metrics {
         self.reconnects.inc();
     }
 
+    /// The gauges the console's overview shows.
+    pub fn gauges(&self) -> Gauges {
+        Gauges {
+            in_flight: self.in_flight.get(),
+            circuits_open: self.circuits_open.get(),
+            broker_connected: self.broker_connected.get() == 1,
+        }
+    }
+
     /// The Prometheus text exposition of every series.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(8192);
@@ -258,6 +267,14 @@ impl Metrics {
         }
         out
     }
+}
+
+/// What the gauges read now.
+#[derive(Debug, Clone, Copy)]
+pub struct Gauges {
+    pub in_flight: i64,
+    pub circuits_open: i64,
+    pub broker_connected: bool,
 }
 
 /// One request counted in `webhookd_deliveries_in_flight`, uncounted on drop.

@@ -34,6 +34,7 @@ use self::endpoints::{Endpoints, Policy};
 use crate::admin::{self, Access, AdminState};
 use crate::broker::{BrokerError, Publisher};
 use crate::config::Config;
+use crate::console::Console;
 use crate::delivery::{self, Client, ClientSettings};
 use crate::health::{self, Readiness};
 use crate::metrics::Metrics;
@@ -250,6 +251,8 @@ pub async fn run(
         secret_rotation_grace: config.delivery.secret_rotation_grace,
         readiness: readiness.clone(),
         metrics: metrics.clone(),
+        circuits: shared.endpoints.clone(),
+        console: Console::new(&config),
     });
     info!(listen = %config.admin.listen, "admin API listening");
     let stopped = CancellationToken::new();

@@ -15,6 +15,7 @@
 //!   masking, and the validation every write goes through.
 //! - `store/index.rs`: the in-memory index every lookup is answered from, and the cache of
 //!   decoded accounts in front of it (why, and what they cost, is written there).
+//! - `store/token.rs`: account tokens — issuing one, and checking a presented one.
 //! - `store/attempts.rs`: recording the attempt of every delivery — the buffer that takes them,
 //!   and persisting it (why it is built so is written there); `store/attempt_log.rs` and
 //!   `store/record.rs` below it: the attempt log's ring files and the encoding of one attempt.
@@ -27,6 +28,7 @@
 //! | --- | --- | --- |
 //! | `by_account` | `account_id` (u64 big-endian) ++ webhook id bytes | the webhook, JSON |
 //! | `by_id` | webhook id bytes | `account_id` (u64 big-endian, 8 bytes) |
+//! | `tokens` | account token id bytes | the token's record (its hash, never the token), JSON |
 //!
 //! - `by_account` holds the webhook itself, so an account's webhooks are one prefix scan: the
 //!   index is built from it by one scan at open, and kept current by one prefix scan per write.
@@ -70,6 +72,7 @@ mod attempt_log;
 mod attempts;
 mod index;
 mod record;
+mod token;
 mod webhook;
 
 use self::attempt_log::{AttemptLog, Pending};
@@ -79,10 +82,12 @@ use self::webhook::{generate_id, validate};
 
 pub use self::attempts::ATTEMPT_SHARES;
 pub use self::index::IndexSize;
+pub use self::token::{AccountToken, IssuedToken};
 pub use self::webhook::{NewWebhook, Webhook, WebhookPatch};
 
 const TREE_BY_ACCOUNT: &str = "by_account";
 const TREE_BY_ID: &str = "by_id";
+const TREE_TOKENS: &str = "tokens";
 
 /// How many attempts are kept per webhook: enough to see a pattern of failures in
 /// `webhookd webhooks attempts ID`, small enough that a million webhooks stay a bounded store.
@@ -165,6 +170,8 @@ pub struct Store {
     db: sled::Db,
     by_account: sled::Tree,
     by_id: sled::Tree,
+    /// Account tokens by id (`store/token.rs`).
+    tokens: sled::Tree,
     log: Arc<AttemptLog>,
     /// Attempts recorded since their share was last persisted, by webhook, oldest first: share
     /// [`attempt_share`] of a webhook's id holds its attempts.
@@ -215,6 +222,7 @@ impl Store {
             index: Arc::new(RwLock::new(load_index(&by_account)?)),
             by_account,
             by_id: db.open_tree(TREE_BY_ID)?,
+            tokens: db.open_tree(TREE_TOKENS)?,
             log: Arc::new(AttemptLog::open(path.join(ATTEMPTS_DIR))?),
             buffered: Arc::default(),
             persisting: Arc::default(),
@@ -283,6 +291,42 @@ impl Store {
             None => self.by_account.iter(),
         };
         entries.map(|entry| decode::<Webhook>(&entry?.1)).collect()
+    }
+
+    /// One page of [`Store::list`]: at most `limit` webhooks after the cursor `after` (the
+    /// [`Cursor`] of the last webhook of the previous page), and the cursor of the next page if
+    /// there may be one. A page is one range read however many webhooks are stored.
+    pub fn page(
+        &self,
+        account_id: Option<u64>,
+        after: Option<&Cursor>,
+        limit: usize,
+    ) -> Result<(Vec<Webhook>, Option<Cursor>), StoreError> {
+        use std::ops::Bound::{Excluded, Included, Unbounded};
+        let start = match after {
+            Some(cursor) => Excluded(account_key(cursor.account_id, &cursor.webhook_id)),
+            None => match account_id {
+                Some(account) => Included(account.to_be_bytes().to_vec()),
+                None => Unbounded,
+            },
+        };
+        let entries = self.by_account.range::<Vec<u8>, _>((start, Unbounded));
+        let mut page = Vec::with_capacity(limit.min(1000));
+        for entry in entries {
+            let (key, value) = entry?;
+            if account_id.is_some_and(|account| !key.starts_with(&account.to_be_bytes())) {
+                break;
+            }
+            if page.len() == limit {
+                let next = page.last().map(|last: &Webhook| Cursor {
+                    account_id: last.account_id,
+                    webhook_id: last.id.clone(),
+                });
+                return Ok((page, next));
+            }
+            page.push(decode::<Webhook>(&value)?);
+        }
+        Ok((page, None))
     }
 
     /// Hot path: every webhook of the account that matches the event, from the account cache or
@@ -522,7 +566,36 @@ fn from_transaction(error: TransactionError<StoreError>) -> StoreError {
     }
 }
 
-fn now_rfc3339() -> String {
+/// Where a page of webhooks ends: the last webhook it holds. Written as `ACCOUNT.WEBHOOK_ID`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub account_id: u64,
+    pub webhook_id: String,
+}
+
+impl std::fmt::Display for Cursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.account_id, self.webhook_id)
+    }
+}
+
+impl std::str::FromStr for Cursor {
+    type Err = StoreError;
+
+    fn from_str(text: &str) -> Result<Cursor, StoreError> {
+        let invalid = || StoreError::Invalid {
+            field: "cursor",
+            message: format!("expected the next_cursor of a previous page, got {text:?}"),
+        };
+        let (account, id) = text.split_once('.').ok_or_else(invalid)?;
+        Ok(Cursor {
+            account_id: account.parse().map_err(|_| invalid())?,
+            webhook_id: id.to_owned(),
+        })
+    }
+}
+
+pub(crate) fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
 
@@ -579,6 +652,38 @@ mod tests {
             name: Some("crm".to_owned()),
             ..new_webhook(account_id)
         }
+    }
+
+    #[tokio::test]
+    async fn pages_cover_every_webhook_once_in_order_and_stay_in_their_account() {
+        let store = Store::open_temporary().unwrap();
+        for account in [1, 2, 256] {
+            for _ in 0..5 {
+                store.create(new_webhook(account)).await.unwrap();
+            }
+        }
+        for (account, expected) in [(None, 15), (Some(2), 5), (Some(3), 0)] {
+            let mut seen = Vec::new();
+            let mut cursor = None;
+            loop {
+                let (page, next) = store.page(account, cursor.as_ref(), 2).unwrap();
+                assert!(page.len() <= 2);
+                seen.extend(page.into_iter().map(|w| (w.account_id, w.id)));
+                match next {
+                    Some(next) => cursor = Some(next.to_string().parse::<Cursor>().unwrap()),
+                    None => break,
+                }
+            }
+            let listed: Vec<_> = store
+                .list(account)
+                .unwrap()
+                .into_iter()
+                .map(|w| (w.account_id, w.id))
+                .collect();
+            assert_eq!(seen, listed);
+            assert_eq!(seen.len(), expected);
+        }
+        assert!("nonsense".parse::<Cursor>().is_err());
     }
 
     #[tokio::test]

@@ -127,6 +127,20 @@ impl Config {
                 "a previous secret must stop signing within a year",
             ),
             (
+                "admin.session_idle_timeout",
+                self.admin.session_idle_timeout,
+                Duration::from_secs(1),
+                day,
+                "a session left idle for a day is abandoned",
+            ),
+            (
+                "admin.session_max_age",
+                self.admin.session_max_age,
+                Duration::from_secs(1),
+                30 * day,
+                "a stolen session cookie must stop working within a month",
+            ),
+            (
                 "retry.initial_interval",
                 retry.initial_interval,
                 Duration::ZERO,

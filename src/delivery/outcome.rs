@@ -50,7 +50,8 @@ pub enum DeadReason {
     Redelivered,
 }
 
-const ALL_REASONS: [DeadReason; 8] = [
+/// Every reason, for listings and filters.
+pub const ALL_REASONS: [DeadReason; 8] = [
     DeadReason::Exhausted,
     DeadReason::Rejected,
     DeadReason::Gone,

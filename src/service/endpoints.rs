@@ -387,6 +387,12 @@ impl Endpoints {
     }
 }
 
+impl crate::health::Circuits for Endpoints {
+    fn open_for(&self, url: &str) -> Option<Duration> {
+        self.shut_for(url)
+    }
+}
+
 /// Sweeps the endpoints (see `Endpoints::sweep`) every `STALL_SWEEP` until `stopped`.
 pub async fn sweep_stalls(endpoints: Arc<Endpoints>, stopped: CancellationToken) {
     let mut tick = tokio::time::interval(STALL_SWEEP);

@@ -266,14 +266,16 @@ fn invalid(field: &'static str, message: impl Into<String>) -> StoreError {
 }
 
 pub(super) fn generate_id() -> String {
+    format!("{ID_PREFIX}{}", random_id())
+}
+
+/// The random part of a record id (a webhook's, an account token's): lowercase letters and
+/// digits only, so an id never contains the `_` that separates a token's parts.
+pub(super) fn random_id() -> String {
     let mut rng = rand::rng();
-    let mut id = String::with_capacity(ID_PREFIX.len() + ID_RANDOM_CHARS);
-    id.push_str(ID_PREFIX);
-    for _ in 0..ID_RANDOM_CHARS {
-        let index = rng.random_range(0..ID_ALPHABET.len());
-        id.push(char::from(ID_ALPHABET[index]));
-    }
-    id
+    (0..ID_RANDOM_CHARS)
+        .map(|_| char::from(ID_ALPHABET[rng.random_range(0..ID_ALPHABET.len())]))
+        .collect()
 }
 
 /// Checks a whole webhook, so create and update (patch applied first) share one set of rules.

@@ -1,0 +1,532 @@
+//! The console's pages, as maud templates: HTML the compiler checks, every value escaped.
+//!
+//! Markup only: no inline script or style (the Content-Security-Policy forbids both), status in
+//! words beside any colour, a label for every input and a fieldset for the events.
+
+use std::time::Duration;
+
+use maud::{html, Markup, DOCTYPE};
+
+use super::session::Flash;
+use super::{page_of, words, Form};
+use crate::admin::Principal;
+use crate::delivery::ALL_REASONS;
+use crate::dlq::Entry;
+use crate::event::KNOWN_EVENTS;
+use crate::metrics::Gauges;
+use crate::store::{Attempt, Webhook};
+
+pub const DELETE_QUESTION: &str = "Are you sure to delete the webhook?";
+pub const ROTATE_QUESTION: &str = "Rotate the signing secret? The new secret is shown once; the \
+    old one keeps signing alongside it for the rotation grace.";
+pub const REPLAY_QUESTION: &str =
+    "Replay these dead letters? Each is delivered again on a fresh retry schedule.";
+pub const PURGE_QUESTION: &str = "Purge these dead letters? They are deleted for good.";
+
+/// What every page of a session shows around its body.
+pub struct Page<'a> {
+    pub principal: Principal,
+    pub csrf: &'a str,
+    pub flash: Option<&'a Flash>,
+}
+
+/// What is known today of how a webhook fares. More (a success rate) joins it when the daemon
+/// measures it.
+pub struct Health {
+    pub last_attempt: Option<Attempt>,
+    pub circuit_open_for: Option<Duration>,
+}
+
+/// A store field's label in the console's forms.
+pub fn label_of(field: &str) -> &str {
+    match field {
+        "url" => "Webhook URL",
+        "events" => "Events",
+        "name" => "Name",
+        "inbox_id" => "Inbox id",
+        "account_id" => "Account id",
+        other => other,
+    }
+}
+
+fn head(title: &str) -> Markup {
+    html! {
+        head {
+            meta charset="utf-8";
+            meta name="viewport" content="width=device-width, initial-scale=1";
+            title { (title) " · webhookd" }
+            link rel="stylesheet" href="/ui/assets/console.css";
+            script src="/ui/assets/console.js" defer {}
+        }
+    }
+}
+
+pub fn sign_in(csrf: &str, error: Option<&str>) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            (head("Sign in"))
+            body {
+                main .narrow {
+                    h1 { "webhookd" }
+                    p { "Sign in with the admin token, or with the account token you were given." }
+                    @if let Some(error) = error {
+                        p .error role="alert" { (error) }
+                    }
+                    form method="post" action="/ui/sign-in" {
+                        input type="hidden" name="csrf" value=(csrf);
+                        label for="token" { "Token" }
+                        div .reveal {
+                            input #token type="password" name="token" required autocomplete="off" autofocus;
+                        }
+                        button type="submit" { "Sign in" }
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub fn layout(page: &Page<'_>, body: Markup) -> Markup {
+    let who = match page.principal {
+        Principal::Operator => "Operator".to_owned(),
+        Principal::Account(account) => format!("Account {account}"),
+    };
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            (head("Console"))
+            body {
+                header {
+                    nav aria-label="Console" {
+                        a .brand href="/ui/webhooks" { "webhookd" }
+                        a href="/ui/webhooks" { "Webhooks" }
+                        a href="/ui/dead-letters" { "Dead letters" }
+                        @if page.principal == Principal::Operator {
+                            a href="/ui/overview" { "Overview" }
+                        }
+                    }
+                    div .who {
+                        span { (who) }
+                        form method="post" action="/ui/sign-out" {
+                            (csrf(page.csrf))
+                            button .link type="submit" { "Sign out" }
+                        }
+                    }
+                }
+                main {
+                    @match page.flash {
+                        Some(Flash::Secret { webhook_id, secret }) => {
+                            section .secret role="status" {
+                                h2 { "Signing secret" }
+                                p { "Copy it now: it is shown only once. Receivers verify each delivery with it." }
+                                div .copy-row {
+                                    input #secret readonly value=(secret) aria-label="Signing secret" data-webhook=(webhook_id);
+                                    button type="button" data-copy="secret" { "Copy" }
+                                }
+                            }
+                        }
+                        Some(Flash::Notice(text)) => p .notice role="status" { (text) },
+                        None => {}
+                    }
+                    (body)
+                }
+            }
+        }
+    }
+}
+
+/// The session's CSRF token as a hidden field: every form that posts carries it.
+fn csrf(token: &str) -> Markup {
+    html! { input type="hidden" name="csrf" value=(token); }
+}
+
+pub fn problem(message: &str) -> Markup {
+    html! {
+        h1 { "Something is wrong" }
+        p .error role="alert" { (message) }
+        p { a href="/ui/webhooks" { "Back to webhooks" } }
+    }
+}
+
+fn status_words(enabled: bool) -> Markup {
+    html! {
+        @if enabled { span .badge.ok { "Enabled" } } @else { span .badge.off { "Disabled" } }
+    }
+}
+
+fn health_cell(health: &Health) -> Markup {
+    html! {
+        @match &health.last_attempt {
+            Some(attempt) => {
+                span .badge.(outcome_class(&attempt.outcome)) { (outcome_words(attempt)) }
+                " " small { (attempt.at) }
+            }
+            None => span .muted { "No attempts yet" },
+        }
+        @if let Some(open) = health.circuit_open_for {
+            br;
+            span .badge.bad { "Circuit open" } " " small { "for " (words(open)) }
+        }
+    }
+}
+
+fn outcome_class(outcome: &str) -> &'static str {
+    match outcome {
+        "delivered" => "ok",
+        "retry" => "warn",
+        _ => "bad",
+    }
+}
+
+fn outcome_words(attempt: &Attempt) -> String {
+    let result = match (attempt.status, &attempt.error) {
+        (Some(status), _) => status.to_string(),
+        (None, Some(error)) => error.clone(),
+        (None, None) => "-".to_owned(),
+    };
+    let outcome = match attempt.outcome.as_str() {
+        "delivered" => "Delivered".to_owned(),
+        "retry" => "Will retry".to_owned(),
+        dead => format!("Dead ({})", dead.trim_start_matches("dead:")),
+    };
+    format!("{outcome}: {result}")
+}
+
+pub fn webhooks(
+    principal: Principal,
+    account: Option<u64>,
+    rows: &[(Webhook, Health)],
+    paged: bool,
+    next: Option<&str>,
+) -> Markup {
+    html! {
+        div .title-row {
+            h1 { "Webhooks" }
+            a .button href="/ui/webhooks/new" { "Add new webhook" }
+        }
+        @if principal == Principal::Operator {
+            form .filters method="get" action="/ui/webhooks" {
+                label for="account" { "Account id" }
+                input #account name="account" inputmode="numeric" value=[account];
+                button type="submit" { "Show" }
+            }
+        }
+        @if rows.is_empty() {
+            p { "No webhooks yet. " a href="/ui/webhooks/new" { "Add new webhook" } " to receive events." }
+        } @else {
+            div .table-wrap {
+                table {
+                    caption .visually-hidden { "Webhooks" }
+                    thead { tr {
+                        th scope="col" { "URL" }
+                        th scope="col" { "Name" }
+                        @if principal == Principal::Operator { th scope="col" { "Account" } }
+                        th scope="col" { "Events" }
+                        th scope="col" { "Status" }
+                        th scope="col" { "Health" }
+                    } }
+                    tbody {
+                        @for (webhook, health) in rows {
+                            tr {
+                                td { a href={ "/ui/webhooks/" (webhook.id) } { (webhook.url) } }
+                                td { (webhook.name.as_deref().unwrap_or("")) }
+                                @if principal == Principal::Operator { td { (webhook.account_id) } }
+                                td { (webhook.events.join(", ")) }
+                                td { (status_words(webhook.enabled)) }
+                                td { (health_cell(health)) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        nav .pager aria-label="Pages" {
+            @if paged { a href="/ui/webhooks" { "First page" } }
+            @if let Some(next) = next { a href=(next) rel="next" { "Next page" } }
+        }
+    }
+}
+
+pub fn webhook_form(token: &str, webhook: Option<&Webhook>, error: Option<&str>) -> Markup {
+    let (title, action, button) = match webhook {
+        Some(w) => (
+            "Edit webhook",
+            format!("/ui/webhooks/{}", w.id),
+            "Update webhook",
+        ),
+        None => (
+            "Add new webhook",
+            "/ui/webhooks".to_owned(),
+            "Create webhook",
+        ),
+    };
+    let subscribed = |event: &str| webhook.is_some_and(|w| w.events.iter().any(|e| e == event));
+    html! {
+        h1 { (title) }
+        @if let Some(error) = error {
+            p .error role="alert" { (error) }
+        }
+        form .stacked method="post" action=(action) {
+            (csrf(token))
+            @if webhook.is_none() {
+                div .field.operator-only {
+                    label for="account_id" { "Account id" }
+                    input #account_id name="account_id" inputmode="numeric";
+                    small { "Operators only: the account whose events this webhook receives." }
+                }
+            }
+            div .field {
+                label for="url" { "Webhook URL" }
+                input #url name="url" type="url" required placeholder="https://example.com/api/webhook"
+                    value=[webhook.map(|w| w.url.as_str())];
+            }
+            div .field {
+                label for="name" { "Name" }
+                input #name name="name" value=[webhook.and_then(|w| w.name.as_deref())];
+            }
+            fieldset {
+                legend { "Events" }
+                @for event in KNOWN_EVENTS {
+                    div .check {
+                        input type="checkbox" name="events" value=(event) id={ "event-" (event) } checked[subscribed(event)];
+                        label for={ "event-" (event) } { (event) }
+                    }
+                }
+            }
+            div .field {
+                label for="inbox_id" { "Inbox id (optional)" }
+                input #inbox_id name="inbox_id" inputmode="numeric" value=[webhook.and_then(|w| w.inbox_id)];
+            }
+            div .actions {
+                button type="submit" { (button) }
+                a href=(webhook.map_or("/ui/webhooks".to_owned(), |w| format!("/ui/webhooks/{}", w.id))) { "Cancel" }
+            }
+        }
+    }
+}
+
+pub fn webhook(
+    token: &str,
+    webhook: &Webhook,
+    health: &Health,
+    attempts: &[Attempt],
+    offset: usize,
+) -> Markup {
+    let base = format!("/ui/webhooks/{}", webhook.id);
+    let (shown, more) = page_of(attempts, offset);
+    html! {
+        h1 { (webhook.name.as_deref().unwrap_or("Webhook")) }
+        dl .facts {
+            dt { "URL" } dd { code { (webhook.url) } }
+            dt { "Id" } dd { code { (webhook.id) } }
+            dt { "Account" } dd { (webhook.account_id) }
+            dt { "Events" } dd { (webhook.events.join(", ")) }
+            @if let Some(inbox) = webhook.inbox_id { dt { "Inbox" } dd { (inbox) } }
+            dt { "Status" } dd { (status_words(webhook.enabled)) }
+            dt { "Health" } dd { (health_cell(health)) }
+        }
+        div .actions {
+            a .button href={ (base) "/edit" } { "Edit" }
+            form method="post" action={ (base) "/enabled" } {
+                (csrf(token))
+                input type="hidden" name="enabled" value=(!webhook.enabled);
+                button type="submit" { @if webhook.enabled { "Disable" } @else { "Enable" } }
+            }
+            form method="post" action={ (base) "/rotate" } data-confirm=(ROTATE_QUESTION) {
+                (csrf(token))
+                button type="submit" { "Rotate secret" }
+            }
+            form method="post" action={ (base) "/delete" } data-confirm=(DELETE_QUESTION) {
+                (csrf(token))
+                button .danger type="submit" { "Delete" }
+            }
+            a href={ "/ui/dead-letters?webhook=" (webhook.id) } { "Dead letters" }
+        }
+        h2 { "Attempts" }
+        @if shown.is_empty() {
+            p { "No attempts yet." }
+        } @else {
+            div .table-wrap {
+                table #attempts {
+                    caption .visually-hidden { "Delivery attempts, newest first" }
+                    thead { tr {
+                        th scope="col" { "Time" }
+                        th scope="col" { "Delivery id" }
+                        th scope="col" { "Attempt" }
+                        th scope="col" { "Status or error" }
+                        th scope="col" { "Latency" }
+                        th scope="col" { "Outcome" }
+                    } }
+                    tbody {
+                        @for a in shown {
+                            tr {
+                                td { (a.at) }
+                                td { code { (a.delivery_id) } }
+                                td { (a.attempt) }
+                                td { (a.status.map(|s| s.to_string()).or_else(|| a.error.clone()).unwrap_or_default()) }
+                                td { (a.latency_ms) " ms" }
+                                td { span .badge.(outcome_class(&a.outcome)) { (a.outcome) } }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        (pager(&base, "?", offset, more))
+    }
+}
+
+fn pager(base: &str, join: &str, offset: usize, more: bool) -> Markup {
+    let rows = super::PAGE_ROWS;
+    html! {
+        nav .pager aria-label="Pages" {
+            @if offset > 0 {
+                a href={ (base) (join) "offset=" (offset.saturating_sub(rows)) } rel="prev" { "Previous page" }
+            }
+            @if more {
+                a href={ (base) (join) "offset=" (offset + rows) } rel="next" { "Next page" }
+            }
+        }
+    }
+}
+
+pub fn confirm(
+    question: &str,
+    action: &str,
+    yes: &str,
+    back: &str,
+    fields: &[(String, String)],
+) -> Markup {
+    html! {
+        h1 { "Confirm" }
+        form .confirm method="post" action=(action) {
+            p { (question) }
+            @for (name, value) in fields.iter().filter(|(n, _)| n != "confirmed") {
+                input type="hidden" name=(name) value=(value);
+            }
+            input type="hidden" name="confirmed" value="yes";
+            div .actions {
+                button .danger type="submit" { (yes) }
+                a href=(back) { "Cancel" }
+            }
+        }
+    }
+}
+
+pub fn dead_letters(
+    token: &str,
+    principal: Principal,
+    query: &Form,
+    entries: &[Entry],
+    offset: usize,
+) -> Markup {
+    let (shown, more) = page_of(entries, offset);
+    let value = |name| query.get(name).filter(|v| !v.is_empty());
+    let chosen = value("reason");
+    let mut base = String::from("/ui/dead-letters?");
+    for (name, v) in query.pairs.iter().filter(|(n, _)| n != "offset") {
+        base.push_str(&format!("{}={}&", super::encode(name), super::encode(v)));
+    }
+    let base = base.trim_end_matches('&').to_owned();
+    html! {
+        h1 { "Dead letters" }
+        form .filters method="get" action="/ui/dead-letters" {
+            @if principal == Principal::Operator {
+                div .field { label for="f-account" { "Account id" } input #f-account name="account" inputmode="numeric" value=[value("account")]; }
+            }
+            div .field { label for="f-webhook" { "Webhook id" } input #f-webhook name="webhook" value=[value("webhook")]; }
+            div .field {
+                label for="f-reason" { "Reason" }
+                select #f-reason name="reason" {
+                    option value="" { "Any" }
+                    @for reason in ALL_REASONS {
+                        option value=(reason.as_str()) selected[chosen == Some(reason.as_str())] { (reason.as_str()) }
+                    }
+                }
+            }
+            div .field { label for="f-event" { "Event" } input #f-event name="event" value=[value("event")]; }
+            div .field { label for="f-since" { "Since (time or age, e.g. 2h)" } input #f-since name="since" value=[value("since")]; }
+            button type="submit" { "Filter" }
+        }
+        @if shown.is_empty() {
+            p { "No dead letters match." }
+        } @else {
+            form #dead-letters method="post" action="/ui/dead-letters/replay" data-confirm=(REPLAY_QUESTION) {
+                (csrf(token))
+                @for (name, v) in query.pairs.iter().filter(|(n, _)| n != "offset") {
+                    input type="hidden" name=(name) value=(v);
+                }
+                div .table-wrap {
+                    table {
+                        caption .visually-hidden { "Dead letters, oldest first" }
+                        thead { tr {
+                            th scope="col" { span .visually-hidden { "Select" } }
+                            th scope="col" { "Dead at" }
+                            th scope="col" { "Reason" }
+                            th scope="col" { "Webhook" }
+                            th scope="col" { "Event" }
+                            th scope="col" { "Attempts" }
+                            th scope="col" { "Last status or error" }
+                        } }
+                        tbody {
+                            @for (i, e) in shown.iter().enumerate() {
+                                tr {
+                                    td {
+                                        input type="checkbox" name="id" value=(e.id) id={ "dl-" (i) };
+                                        label .visually-hidden for={ "dl-" (i) } { "Select " (e.id) }
+                                    }
+                                    td { (e.dead_at.as_deref().unwrap_or("-")) }
+                                    td { span .badge.bad { (e.reason) } }
+                                    td { @match &e.webhook_id {
+                                        Some(w) => a href={ "/ui/webhooks/" (w) } { code { (w) } },
+                                        None => "-",
+                                    } }
+                                    td { (e.event.as_deref().unwrap_or("-")) }
+                                    td { (e.attempts) }
+                                    td { (e.last_status.map(|s| s.to_string()).or_else(|| e.last_error.clone()).unwrap_or_else(|| "-".into())) }
+                                }
+                            }
+                        }
+                    }
+                }
+                fieldset .actions {
+                    legend { "Act on" }
+                    div .check { input #scope-selected type="radio" name="scope" value="selected" checked; label for="scope-selected" { "the selected dead letters" } }
+                    div .check { input #scope-filtered type="radio" name="scope" value="filtered"; label for="scope-filtered" { "every dead letter matching the filter" } }
+                    button type="submit" { "Replay" }
+                    button .danger type="submit" formaction="/ui/dead-letters/purge" data-confirm=(PURGE_QUESTION) { "Purge" }
+                }
+            }
+        }
+        (pager(&base, "&", offset, more))
+    }
+}
+
+pub fn overview(
+    not_ready: Option<&str>,
+    gauges: &Gauges,
+    dead_letters: Result<u32, String>,
+    accounts: usize,
+) -> Markup {
+    html! {
+        h1 { "Overview" }
+        dl .facts {
+            dt { "Broker connection" }
+            dd { @if gauges.broker_connected { span .badge.ok { "Connected" } } @else { span .badge.bad { "Not connected" } } }
+            dt { "Readiness" }
+            dd { @match not_ready {
+                None => span .badge.ok { "Ready" },
+                Some(why) => { span .badge.bad { "Not ready" } " " (why) },
+            } }
+            dt { "Deliveries in flight" } dd { (gauges.in_flight) }
+            dt { "Circuits open" } dd { (gauges.circuits_open) }
+            dt { "Dead letters" }
+            dd { @match dead_letters {
+                Ok(depth) => a href="/ui/dead-letters" { (depth) },
+                Err(why) => span .error { "Unknown: " (why) },
+            } }
+            dt { "Accounts with webhooks" } dd { (accounts) }
+        }
+    }
+}
