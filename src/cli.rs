@@ -16,12 +16,14 @@
 //!
 //! - `webhooks`: the `webhooks …` commands, and the registry client they share with `dlq`
 //!   (the admin API, or the store opened directly).
+//! - `tokens`: the `tokens …` commands, through the same registry client.
 //! - `dlq`: the `dlq …` commands, with the check that holds back a replay no webhook would take.
 //! - `publish`: `publish`, through the broker module's confirmed
 //!   [`Publisher`](crate::broker::Publisher), as the daemon publishes.
 
 mod dlq;
 mod publish;
+mod tokens;
 mod webhooks;
 
 use std::path::PathBuf;
@@ -32,6 +34,7 @@ use crate::config::{Config, DEFAULT_PATH};
 
 pub use self::dlq::{dlq, DlqCommand, FilterArgs};
 pub use self::publish::{publish, PublishArgs};
+pub use self::tokens::{tokens, TokensCommand};
 pub use self::webhooks::{webhooks, SecretArgs, WebhooksCommand};
 
 #[derive(Debug, Parser)]
@@ -59,6 +62,9 @@ pub enum Command {
     /// Manage webhooks (through the running daemon's admin API).
     #[command(subcommand)]
     Webhooks(WebhooksCommand),
+    /// Issue, list and revoke account tokens (for /v1 and the console, one account each).
+    #[command(subcommand)]
+    Tokens(TokensCommand),
     /// Inspect, replay and purge the dead-letter queue.
     #[command(subcommand)]
     Dlq(DlqCommand),

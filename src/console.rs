@@ -214,14 +214,18 @@ impl SignedIn<'_> {
                 return reply;
             }
             (&Method::GET, ["webhooks"]) => self.webhooks(),
-            (&Method::GET, ["webhooks", "new"]) => {
-                Ok(self.page(views::webhook_form(&self.session.csrf, None, None)))
-            }
+            (&Method::GET, ["webhooks", "new"]) => Ok(self.page(views::webhook_form(
+                &self.session.csrf,
+                principal,
+                None,
+                None,
+            ))),
             (&Method::POST, ["webhooks"]) => self.create().await,
             (&Method::GET, ["webhooks", id]) => self.webhook(id),
             (&Method::GET, ["webhooks", id, "edit"]) => self.owned(id).map(|webhook| {
                 self.page(views::webhook_form(
                     &self.session.csrf,
+                    principal,
                     Some(&webhook),
                     None,
                 ))
@@ -362,6 +366,7 @@ impl SignedIn<'_> {
                 StatusCode::BAD_REQUEST,
                 self.render(views::webhook_form(
                     &self.session.csrf,
+                    self.session.principal,
                     None,
                     Some(&format!("{}: {message}", views::label_of(field))),
                 )),
@@ -429,6 +434,7 @@ impl SignedIn<'_> {
                 StatusCode::BAD_REQUEST,
                 self.render(views::webhook_form(
                     &self.session.csrf,
+                    self.session.principal,
                     Some(&webhook),
                     Some(&format!("{}: {message}", views::label_of(field))),
                 )),

@@ -39,7 +39,7 @@ fn main() -> ExitCode {
     };
     warn_of_readable_secret_files(&config);
     // Before the runtime starts threads: the whole process changes user at once.
-    if matches!(cli.command, Command::Webhooks(_)) {
+    if matches!(cli.command, Command::Webhooks(_) | Command::Tokens(_)) {
         match privilege::act_as_store_owner(&config.store.path) {
             Ok(Some(owner)) => tracing::info!(
                 uid = owner.uid,
@@ -69,6 +69,7 @@ fn main() -> ExitCode {
             }
             Command::Publish(args) => cli::publish(&config, args).await,
             Command::Webhooks(command) => cli::webhooks(&config, command).await,
+            Command::Tokens(command) => cli::tokens(&config, command).await,
             Command::Dlq(command) => cli::dlq(&config, command).await,
         }
     });

@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 
 use crate::config::Config;
 use crate::delivery::sign;
-use crate::store::{Attempt, NewWebhook, Store, StoreError, Webhook, WebhookPatch};
+use crate::store::{Attempt, Cursor, NewWebhook, Store, StoreError, Webhook, WebhookPatch};
 
 #[derive(Debug, Subcommand)]
 pub enum WebhooksCommand {
@@ -328,11 +328,27 @@ impl Registry {
     async fn list(&self, account: Option<u64>) -> anyhow::Result<Vec<Webhook>> {
         match self {
             Registry::Api(api) => {
-                let path = match account {
-                    Some(a) => format!("/v1/webhooks?account_id={a}"),
-                    None => "/v1/webhooks".to_owned(),
-                };
-                Ok(api.call(Method::GET, &path, None).await?)
+                // The API answers in pages; each one after the last webhook of the one before.
+                const PAGE: usize = 1000;
+                let mut all = Vec::new();
+                loop {
+                    let mut path = format!("/v1/webhooks?limit={PAGE}");
+                    if let Some(account) = account {
+                        path.push_str(&format!("&account_id={account}"));
+                    }
+                    if let Some(last) = all.last().map(|w: &Webhook| Cursor {
+                        account_id: w.account_id,
+                        webhook_id: w.id.clone(),
+                    }) {
+                        path.push_str(&format!("&cursor={last}"));
+                    }
+                    let page: Vec<Webhook> = api.call(Method::GET, &path, None).await?;
+                    let full = page.len() == PAGE;
+                    all.extend(page);
+                    if !full {
+                        return Ok(all);
+                    }
+                }
             }
             Registry::Direct(store) => {
                 Ok(store.list(account)?.iter().map(Webhook::masked).collect())
@@ -484,7 +500,7 @@ pub(super) struct Api {
 }
 
 #[derive(Debug, thiserror::Error)]
-enum ApiFailure {
+pub(super) enum ApiFailure {
     #[error("{0}")]
     Unreachable(String),
     #[error("the daemon answered {0}: {1}")]
@@ -502,7 +518,7 @@ impl Api {
         }
     }
 
-    async fn call<T: DeserializeOwned>(
+    pub(super) async fn call<T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,

@@ -248,7 +248,12 @@ pub fn webhooks(
     }
 }
 
-pub fn webhook_form(token: &str, webhook: Option<&Webhook>, error: Option<&str>) -> Markup {
+pub fn webhook_form(
+    token: &str,
+    principal: Principal,
+    webhook: Option<&Webhook>,
+    error: Option<&str>,
+) -> Markup {
     let (title, action, button) = match webhook {
         Some(w) => (
             "Edit webhook",
@@ -269,11 +274,11 @@ pub fn webhook_form(token: &str, webhook: Option<&Webhook>, error: Option<&str>)
         }
         form .stacked method="post" action=(action) {
             (csrf(token))
-            @if webhook.is_none() {
-                div .field.operator-only {
+            @if webhook.is_none() && principal == Principal::Operator {
+                div .field {
                     label for="account_id" { "Account id" }
-                    input #account_id name="account_id" inputmode="numeric";
-                    small { "Operators only: the account whose events this webhook receives." }
+                    input #account_id name="account_id" inputmode="numeric" required;
+                    small { "The account whose events this webhook receives." }
                 }
             }
             div .field {
