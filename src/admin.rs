@@ -452,7 +452,11 @@ async fn api(
             let mut reply = json(StatusCode::OK, &list);
             if let Some(next) = next {
                 // The next page, as GitHub's API links it (RFC 8288); the body stays a list.
-                let link = format!("</v1/webhooks?limit={limit}&cursor={next}>; rel=\"next\"");
+                let account = asked
+                    .map(|a| format!("&account_id={a}"))
+                    .unwrap_or_default();
+                let link =
+                    format!("</v1/webhooks?limit={limit}{account}&cursor={next}>; rel=\"next\"");
                 if let Ok(value) = header::HeaderValue::from_str(&link) {
                     reply.headers_mut().insert(header::LINK, value);
                 }

@@ -216,7 +216,7 @@ pub fn webhooks(
             p { "No webhooks yet. " a href="/ui/webhooks/new" { "Add new webhook" } " to receive events." }
         } @else {
             div .table-wrap {
-                table {
+                table .cards {
                     caption .visually-hidden { "Webhooks" }
                     thead { tr {
                         th scope="col" { "URL" }
@@ -229,12 +229,12 @@ pub fn webhooks(
                     tbody {
                         @for (webhook, health) in rows {
                             tr {
-                                td { a href={ "/ui/webhooks/" (webhook.id) } { (webhook.url) } }
-                                td { (webhook.name.as_deref().unwrap_or("")) }
-                                @if principal == Principal::Operator { td { (webhook.account_id) } }
-                                td { (webhook.events.join(", ")) }
-                                td { (status_words(webhook.enabled)) }
-                                td { (health_cell(health)) }
+                                td data-label="URL" { a href={ "/ui/webhooks/" (webhook.id) } { (webhook.url) } }
+                                td data-label="Name" { (webhook.name.as_deref().unwrap_or("")) }
+                                @if principal == Principal::Operator { td data-label="Account" { (webhook.account_id) } }
+                                td data-label="Events" { (webhook.events.join(", ")) }
+                                td data-label="Status" { (status_words(webhook.enabled)) }
+                                td data-label="Health" { (health_cell(health)) }
                             }
                         }
                     }

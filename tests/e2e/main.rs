@@ -4,6 +4,7 @@
 mod admin;
 mod broker_tls;
 mod config;
+mod console;
 mod dlq;
 mod faults;
 mod hostile;

@@ -2,6 +2,7 @@
 //! and the real `webhookd` binary with a config written per test.
 
 pub mod broker;
+pub mod browser;
 pub mod daemon;
 pub mod pki;
 pub mod receiver;
