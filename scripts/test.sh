@@ -8,8 +8,24 @@
 # (the 3.10 node's name, webhookd-test; the 4.0 node's is that plus "-4"), and the AMQP ports
 # WEBHOOKD_TEST_BROKER_PORT (3.10's, 5679) and WEBHOOKD_TEST_BROKER_PORT_4 (4.0's, 5681: the
 # benchmark's own node has 5680).
+#
+# `--screenshots` (first argument) has the console's browser tests save the pages they visit into
+# docs/screenshots, the pictures the README shows.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+if [ "${1:-}" = "--screenshots" ]; then
+  shift
+  export WEBHOOKD_SCREENSHOTS=$PWD/docs/screenshots
+fi
+
+# The console's tests drive Debian's Chromium through Debian's chromedriver (never a downloaded
+# browser); install them once.
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+  echo "test.sh: installing Debian's chromium and chromium-driver for the console tests" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
 
 node=${WEBHOOKD_TEST_NODE:-webhookd-test}
 pass=0

@@ -45,6 +45,8 @@ pub struct Run {
     dir: tempfile::TempDir,
     config_path: PathBuf,
     pub topology: Topology,
+    /// The admin server's address, where the console is.
+    pub admin: std::net::SocketAddr,
     /// Every delay queue the daemon's retry schedule may declare.
     pub delay_queues: Vec<String>,
 }
@@ -82,6 +84,7 @@ allow_networks = ["127.0.0.0/8"]
 {timeout}
 [admin]
 listen = "{admin}"
+token = "{token}"
 
 [log]
 level = "{level}"
@@ -92,6 +95,7 @@ drain_timeout = "1s"
             kind = settings.queue_kind,
             store = dir.path().join(STORE).display(),
             level = settings.log_level,
+            token = crate::console::TOKEN,
         );
         std::fs::write(&config_path, text)?;
         let config = Config::load(&config_path)?;
@@ -110,6 +114,7 @@ drain_timeout = "1s"
                 .map(|bucket| topology.delay_queue(bucket))
                 .collect(),
             topology,
+            admin,
             dir,
             config_path,
         })

@@ -25,6 +25,7 @@
 
 mod amqp;
 mod bridge;
+mod console;
 mod daemon;
 mod events;
 mod http;
@@ -288,7 +289,7 @@ fn machine_cpu<'a>(
 }
 
 /// The scenarios, by the names `scripts/bench.sh NAME…` selects them with.
-const SCENARIOS: [&str; 8] = [
+const SCENARIOS: [&str; 9] = [
     "raw",
     "bridge",
     "webhookd",
@@ -297,6 +298,7 @@ const SCENARIOS: [&str; 8] = [
     "latency",
     "backlog",
     "registry",
+    "console",
 ];
 
 /// The raw limits' medians, which the other targets derive from.
@@ -398,6 +400,9 @@ async fn measure(
     if wanted("registry") {
         m.registry().await?;
     }
+    if wanted("console") {
+        m.console().await?;
+    }
     m.details.insert(
         "duration_seconds".to_owned(),
         json!(started.elapsed().as_secs_f64()),
@@ -443,6 +448,7 @@ impl Inputs<'_> {
             window: None,
             request_timeout: None,
             sample_rss: false,
+            console: false,
         }
     }
 }
@@ -778,6 +784,47 @@ impl Measure<'_> {
                 .push(Figure::new(label("max"), "ms", millis(1.0)?)?);
         }
         Ok(p99_classic)
+    }
+
+    /// The console's Webhooks page, as the operator (one account per webhook, so every page is
+    /// full), loaded again and again while webhookd delivers a throughput run.
+    async fn console(&mut self) -> anyhow::Result<()> {
+        let spec = Delivery {
+            console: true,
+            ..self.inputs.delivery("classic", false)
+        };
+        let bench = &mut *self.bench;
+        let webhooks = self.inputs.sizes.accounts;
+        let what = format!("console Webhooks page, {webhooks} webhooks, during a throughput run");
+        let runs = repeat(self.inputs.sizes.runs, &what, async || {
+            bench.deliver(&spec).await
+        })
+        .await?;
+        let page_ms = |q: f64| -> anyhow::Result<Vec<f64>> {
+            runs.iter()
+                .map(|d| Ok(quantile(&d.console_page_ns, q)? as f64 / 1e6))
+                .collect()
+        };
+        let label = |what: &str| {
+            format!("console Webhooks page {what}, {webhooks} webhooks, classic, during delivery")
+        };
+        self.figures.extend([
+            Figure::new(label("p50"), "ms", page_ms(0.5)?)?,
+            Figure::new(label("p99"), "ms", page_ms(0.99)?)?,
+            Figure::new(
+                label("loads"),
+                "",
+                runs.iter()
+                    .map(|d| d.console_page_ns.len() as f64)
+                    .collect(),
+            )?,
+            Figure::new(
+                "webhookd, 1 webhook/event, classic, while the console is loaded",
+                "events/s",
+                runs.iter().map(|d| d.rate).collect(),
+            )?,
+        ]);
+        Ok(())
     }
 
     /// A backlog queued before webhookd starts, RSS sampled over the drain.

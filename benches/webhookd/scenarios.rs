@@ -11,6 +11,7 @@ use webhookd::broker::Version;
 use webhookd::store::NewWebhook;
 
 use crate::amqp::{self, AckStrategy};
+use crate::console;
 use crate::daemon::{Daemon, Run, Settings};
 use crate::events::{now_ns, Bodies};
 use crate::http;
@@ -102,6 +103,8 @@ pub struct Delivery<'a> {
     pub window: Option<Duration>,
     pub request_timeout: Option<&'a str>,
     pub sample_rss: bool,
+    /// Load the console's Webhooks page throughout the run (see `console`).
+    pub console: bool,
 }
 
 /// What P with its client in a process of its own measured.
@@ -131,6 +134,9 @@ pub struct Delivered {
     /// The broker node's CPU over the same stretch, per 1,000 deliveries; `None` when the
     /// benchmark cannot see the broker's process.
     pub broker_cpu_seconds_per_1000: Option<f64>,
+    /// Each load of the console's Webhooks page during the run, in nanoseconds, if it was
+    /// loaded.
+    pub console_page_ns: Vec<u64>,
 }
 
 /// What scenario 9's daemon run measured.
@@ -297,6 +303,10 @@ impl Bench {
                 spec.webhooks_per_account,
             )
             .await?;
+        let stop_console = tokio_util::sync::CancellationToken::new();
+        let console = spec
+            .console
+            .then(|| tokio::spawn(console::probe(run.admin, stop_console.clone())));
         let own_cpu = OwnCpu::start()?;
         let machine = MachineCpu::now()?;
         let broker_cpu = self.broker_cpu()?;
@@ -333,6 +343,11 @@ impl Bench {
             }
             tokio::time::sleep(POLL).await;
         };
+        stop_console.cancel();
+        let console_page_ns = match console {
+            Some(probe) => probe.await??,
+            None => Vec::new(),
+        };
         let cpu = daemon.cpu_seconds()?;
         let machine = machine.shares_since()?;
         let broker_cpu_seconds_per_1000 = match (broker_cpu, self.broker_cpu()?) {
@@ -352,6 +367,7 @@ impl Bench {
             hung: receiver.hung(),
             machine,
             broker_cpu_seconds_per_1000,
+            console_page_ns,
         })
     }
 
