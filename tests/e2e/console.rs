@@ -116,6 +116,14 @@ async fn an_account_adds_a_webhook_sees_its_delivery_then_edits_disables_and_del
     assert_eq!(webhook["name"], "CRM sync (v2)");
     assert_eq!(webhook["events"], serde_json::json!(["message_created"]));
 
+    browser.click_text("Rotate secret").await;
+    browser.wait_for_text("Rotate the signing secret?").await;
+    browser.click(&browser.find("#confirm-yes").await).await;
+    browser.wait_for_text("Signing secret").await;
+    let rotated = browser.value("#secret").await;
+    assert!(rotated.starts_with("whsec_") && rotated != secret);
+    assert!(api_webhook(&daemon, &id).await["previous_secret"].is_string());
+
     browser.click_text("Disable").await;
     browser.wait_for_text("Webhook disabled").await;
     assert_eq!(api_webhook(&daemon, &id).await["enabled"], false);
@@ -486,6 +494,25 @@ async fn a_post_without_the_csrf_token_or_from_another_origin_is_refused() {
         StatusCode::MISDIRECTED_REQUEST,
         "a rebound DNS name"
     );
+    assert_eq!(
+        api_webhook(&daemon, id).await["url"],
+        "https://kept.example/"
+    );
+
+    // Without JavaScript's dialog, an unconfirmed delete answers with a confirmation page.
+    let unconfirmed = send(
+        &daemon,
+        Method::POST,
+        &format!("/ui/webhooks/{id}/delete"),
+        &with_session(Some(("origin", origin.clone()))),
+        format!("csrf={csrf}"),
+    )
+    .await;
+    assert_eq!(unconfirmed.status, StatusCode::OK);
+    assert!(unconfirmed
+        .body
+        .contains("Are you sure to delete the webhook?"));
+    assert!(unconfirmed.body.contains(r#"name="confirmed" value="yes""#));
     assert_eq!(
         api_webhook(&daemon, id).await["url"],
         "https://kept.example/"
