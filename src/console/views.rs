@@ -218,14 +218,11 @@ pub fn webhooks(
             div .table-wrap {
                 table .cards {
                     caption .visually-hidden { "Webhooks" }
-                    thead { tr {
-                        th scope="col" { "URL" }
-                        th scope="col" { "Name" }
-                        @if principal == Principal::Operator { th scope="col" { "Account" } }
-                        th scope="col" { "Events" }
-                        th scope="col" { "Status" }
-                        th scope="col" { "Health" }
-                    } }
+                    @if principal == Principal::Operator {
+                        (head_row(&["URL", "Name", "Account", "Events", "Status", "Health"]))
+                    } @else {
+                        (head_row(&["URL", "Name", "Events", "Status", "Health"]))
+                    }
                     tbody {
                         @for (webhook, health) in rows {
                             tr {
@@ -355,14 +352,7 @@ pub fn webhook(
             div .table-wrap {
                 table #attempts {
                     caption .visually-hidden { "Delivery attempts, newest first" }
-                    thead { tr {
-                        th scope="col" { "Time" }
-                        th scope="col" { "Delivery id" }
-                        th scope="col" { "Attempt" }
-                        th scope="col" { "Status or error" }
-                        th scope="col" { "Latency" }
-                        th scope="col" { "Outcome" }
-                    } }
+                    (head_row(&["Time", "Delivery id", "Attempt", "Status or error", "Latency", "Outcome"]))
                     tbody {
                         @for a in shown {
                             tr {
@@ -379,6 +369,19 @@ pub fn webhook(
             }
         }
         (pager(&base, "?", offset, more))
+    }
+}
+
+/// A table's header row; an empty heading is the selection column's, named for screen readers.
+fn head_row(headings: &[&str]) -> Markup {
+    html! {
+        thead { tr {
+            @for heading in headings {
+                th scope="col" {
+                    @if heading.is_empty() { span .visually-hidden { "Select" } } @else { (heading) }
+                }
+            }
+        } }
     }
 }
 
@@ -465,15 +468,7 @@ pub fn dead_letters(
                 div .table-wrap {
                     table {
                         caption .visually-hidden { "Dead letters, oldest first" }
-                        thead { tr {
-                            th scope="col" { span .visually-hidden { "Select" } }
-                            th scope="col" { "Dead at" }
-                            th scope="col" { "Reason" }
-                            th scope="col" { "Webhook" }
-                            th scope="col" { "Event" }
-                            th scope="col" { "Attempts" }
-                            th scope="col" { "Last status or error" }
-                        } }
+                        (head_row(&["", "Dead at", "Reason", "Webhook", "Event", "Attempts", "Last status or error"]))
                         tbody {
                             @for (i, e) in shown.iter().enumerate() {
                                 tr {

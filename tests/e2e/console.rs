@@ -134,15 +134,17 @@ async fn an_account_adds_a_webhook_sees_its_delivery_then_edits_disables_and_del
         .await;
     browser.click(&browser.find("#confirm-yes").await).await;
     browser.wait_for_text("Deleted the webhook").await;
-    let (status, _) = daemon
-        .request(
-            Method::GET,
-            &format!("/v1/webhooks/{id}"),
-            Some(&daemon.token),
-        )
-        .await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_deleted(&daemon, &id).await;
     browser.quit().await;
+}
+
+/// Asserts that the admin API no longer knows webhook `id`.
+async fn assert_deleted(daemon: &Daemon, id: &str) {
+    let path = format!("/v1/webhooks/{id}");
+    let (status, _) = daemon
+        .request(Method::GET, &path, Some(&daemon.token))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{id} is still there");
 }
 
 async fn api_webhook(daemon: &Daemon, id: &str) -> Value {
@@ -445,42 +447,32 @@ async fn a_post_without_the_csrf_token_or_from_another_origin_is_refused() {
         headers.extend(extra);
         headers
     };
-    assert_eq!(
-        delete(
-            with_session(Some(("origin", origin.clone()))),
-            "confirmed=yes".into()
-        )
-        .await,
-        StatusCode::FORBIDDEN,
-        "no CSRF token"
-    );
-    assert_eq!(
-        delete(
-            with_session(Some(("origin", origin.clone()))),
-            format!("confirmed=yes&csrf={}x", &csrf[..63])
-        )
-        .await,
-        StatusCode::FORBIDDEN,
-        "a wrong CSRF token"
-    );
-    assert_eq!(
-        delete(
-            with_session(Some(("origin", "http://evil.example".into()))),
-            format!("confirmed=yes&csrf={csrf}")
-        )
-        .await,
-        StatusCode::FORBIDDEN,
-        "another origin"
-    );
-    assert_eq!(
-        delete(
-            with_session(Some(("sec-fetch-site", "cross-site".into()))),
-            format!("confirmed=yes&csrf={csrf}")
-        )
-        .await,
-        StatusCode::FORBIDDEN,
-        "a cross-site fetch"
-    );
+    let refused = [
+        (
+            ("origin", origin.clone()),
+            "confirmed=yes".to_owned(),
+            "no CSRF token",
+        ),
+        (
+            ("origin", origin.clone()),
+            format!("confirmed=yes&csrf={}x", &csrf[..63]),
+            "a wrong CSRF token",
+        ),
+        (
+            ("origin", "http://evil.example".to_owned()),
+            format!("confirmed=yes&csrf={csrf}"),
+            "another origin",
+        ),
+        (
+            ("sec-fetch-site", "cross-site".to_owned()),
+            format!("confirmed=yes&csrf={csrf}"),
+            "a cross-site fetch",
+        ),
+    ];
+    for (header, body, why) in refused {
+        let status = delete(with_session(Some(header)), body).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{why}");
+    }
     let rebound = send(
         &daemon,
         Method::GET,
@@ -527,14 +519,7 @@ async fn a_post_without_the_csrf_token_or_from_another_origin_is_refused() {
         .await,
         StatusCode::SEE_OTHER
     );
-    let (status, _) = daemon
-        .request(
-            Method::GET,
-            &format!("/v1/webhooks/{id}"),
-            Some(&daemon.token),
-        )
-        .await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_deleted(&daemon, id).await;
 }
 
 #[tokio::test]
@@ -549,15 +534,11 @@ async fn an_expired_session_returns_to_sign_in() {
     let browser = Browser::start().await;
     sign_in(&browser, &daemon, &daemon.token).await;
     assert!(browser.url().await.ends_with("/ui/webhooks"));
-    eventually(
-        Duration::from_secs(30),
-        "the idle session to end",
-        || async {
-            browser.goto(&ui(&daemon, "dead-letters")).await;
-            let on_sign_in = browser.url().await.ends_with("/ui/");
-            (on_sign_in && browser.try_find("#token").await.is_some()).then_some(())
-        },
-    )
+    eventually(Duration::from_secs(30), "the session to end", || async {
+        browser.goto(&ui(&daemon, "dead-letters")).await;
+        let on_sign_in = browser.url().await.ends_with("/ui/");
+        (on_sign_in && browser.try_find("#token").await.is_some()).then_some(())
+    })
     .await;
     // Signing in again works.
     sign_in(&browser, &daemon, &daemon.token).await;

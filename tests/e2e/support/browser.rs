@@ -146,14 +146,19 @@ impl Browser {
         value.as_str().unwrap_or_default().to_owned()
     }
 
-    /// The first element matching `css` now, if any.
-    pub async fn try_find(&self, css: &str) -> Option<Element> {
+    /// The first element `using` a strategy ("css selector", "xpath") finds now, if any.
+    async fn try_locate(&self, using: &str, value: &str) -> Option<Element> {
         let path = format!("/session/{}/element", self.session);
-        let body = json!({ "using": "css selector", "value": css });
+        let body = json!({ "using": using, "value": value });
         let found = self.try_call(Method::POST, &path, Some(body)).await.ok()?;
         found["value"][ELEMENT]
             .as_str()
             .map(|id| Element(id.to_owned()))
+    }
+
+    /// The first element matching `css` now, if any.
+    pub async fn try_find(&self, css: &str) -> Option<Element> {
+        self.try_locate("css selector", css).await
     }
 
     /// The first element matching `css`, waiting for it to appear.
@@ -170,13 +175,8 @@ impl Browser {
             "//*[self::button or self::a][normalize-space(.)={}]",
             serde_json::to_string(text).expect("json")
         );
-        eventually(PATIENCE, &format!("a button or link {text:?}"), || async {
-            let path = format!("/session/{}/element", self.session);
-            let body = json!({ "using": "xpath", "value": xpath });
-            let found = self.try_call(Method::POST, &path, Some(body)).await.ok()?;
-            found["value"][ELEMENT]
-                .as_str()
-                .map(|id| Element(id.to_owned()))
+        eventually(PATIENCE, &format!("a button or link {text:?}"), || {
+            self.try_locate("xpath", &xpath)
         })
         .await
     }
