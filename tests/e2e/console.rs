@@ -168,6 +168,15 @@ async fn an_account_token_sees_and_changes_nothing_of_another_account() {
         .add_webhook(8, "https://other.example/hook", &[])
         .await;
     let other_id = other["id"].as_str().expect("id");
+    // A dead letter of account 8: its receiver refuses the event for good.
+    let refusing = Receiver::scripted(|_, _| Reply::status(400)).await;
+    let refused = daemon.add_webhook(8, &refusing.url("/no"), &[]).await;
+    let connection = broker::connect().await;
+    broker::publish_event(&connection, &daemon.names.exchange, "contact_created", 8, 1).await;
+    eventually(PATIENCE, "account 8's dead letter", || async {
+        (daemon.dead_letters().await.len() == 1).then_some(())
+    })
+    .await;
 
     // The API: another account's webhook does not exist; admin-only routes are forbidden.
     for (method, path) in [
@@ -222,7 +231,18 @@ async fn an_account_token_sees_and_changes_nothing_of_another_account() {
     browser.wait_for_text("Not found.").await;
     browser.goto(&ui(&daemon, "overview")).await;
     browser.wait_for_text("Not found.").await;
+    browser.goto(&ui(&daemon, "dead-letters?account=8")).await;
+    let page = browser.wait_for_text("No dead letters match.").await;
+    assert!(
+        !page.contains(refused["id"].as_str().expect("id")),
+        "{page}"
+    );
     browser.quit().await;
+    assert_eq!(
+        daemon.dead_letters().await.len(),
+        1,
+        "still there for the operator"
+    );
 
     // A revoked token opens nothing.
     let tokens: Vec<Value> =
