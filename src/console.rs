@@ -270,7 +270,15 @@ impl SignedIn<'_> {
             Problem::Invalid(message) => (StatusCode::BAD_REQUEST, message),
             Problem::Failed(message) => {
                 warn!(%message, "console request failed");
-                (StatusCode::INTERNAL_SERVER_ERROR, message)
+                // The operator reads the cause; an account's user is not shown the daemon's
+                // internals.
+                let shown = match self.session.principal {
+                    Principal::Operator => message,
+                    Principal::Account(_) => {
+                        "Something failed on the server: try again, or ask the operator.".to_owned()
+                    }
+                };
+                (StatusCode::INTERNAL_SERVER_ERROR, shown)
             }
         };
         html(status, self.render(views::problem(&message)))

@@ -303,6 +303,14 @@ impl Store {
         limit: usize,
     ) -> Result<(Vec<Webhook>, Option<Cursor>), StoreError> {
         use std::ops::Bound::{Excluded, Included, Unbounded};
+        if let (Some(account), Some(cursor)) = (account_id, after) {
+            if cursor.account_id != account {
+                return Err(StoreError::Invalid {
+                    field: "cursor",
+                    message: format!("is a cursor of another listing than account {account}'s"),
+                });
+            }
+        }
         let start = match after {
             Some(cursor) => Excluded(account_key(cursor.account_id, &cursor.webhook_id)),
             None => match account_id {
@@ -684,6 +692,11 @@ mod tests {
             assert_eq!(seen.len(), expected);
         }
         assert!("nonsense".parse::<Cursor>().is_err());
+        let elsewhere = Cursor {
+            account_id: 1,
+            webhook_id: "wh_x".into(),
+        };
+        assert!(store.page(Some(2), Some(&elsewhere), 2).is_err());
     }
 
     #[tokio::test]
