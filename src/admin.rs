@@ -47,8 +47,9 @@ use crate::delivery::sign::generate_secret;
 use crate::health::Circuits;
 use crate::health::Readiness;
 use crate::metrics::Metrics;
+use crate::registry::{Registry, RegistryError};
 use crate::store::{
-    now_rfc3339, Cursor, IssuedToken, NewWebhook, Store, StoreError, Webhook, WebhookPatch,
+    now_rfc3339, Cursor, IssuedToken, NewWebhook, StoreError, Webhook, WebhookPatch,
 };
 
 /// Request bodies above this are refused: a webhook definition is a few hundred bytes.
@@ -77,7 +78,7 @@ const BUSY_REPLY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: te
     content-length: 27\r\nconnection: close\r\n\r\ntoo many admin connections\n";
 
 pub struct AdminState {
-    pub store: Store,
+    pub registry: Registry,
     pub access: Access,
     /// How long a rotated-out secret keeps signing (`delivery.secret_rotation_grace`).
     pub secret_rotation_grace: Duration,
@@ -126,7 +127,7 @@ impl AdminState {
                 return Some(Principal::Operator);
             }
         }
-        match self.store.token_account(token) {
+        match self.registry.store().token_account(token) {
             Ok(account) => account.map(Principal::Account),
             Err(error) => {
                 warn!(%error, "reading an account token failed");
@@ -143,7 +144,8 @@ impl AdminState {
         id: &str,
     ) -> Result<Option<Webhook>, StoreError> {
         Ok(self
-            .store
+            .registry
+            .store()
             .get(id)?
             .filter(|webhook| principal.sees(webhook.account_id)))
     }
@@ -359,6 +361,10 @@ pub(crate) enum ApiError {
     NotFound,
     /// An account token asked for an operator's route.
     Forbidden,
+    /// The change lost a race with another change to the same webhook.
+    Conflict(String),
+    /// The registry log cannot take or apply the change now.
+    Unavailable(String),
     Internal(String),
 }
 
@@ -372,7 +378,17 @@ impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> ApiError {
         match error {
             StoreError::Invalid { field, message } => ApiError::bad_request(message, field),
+            StoreError::Conflict => ApiError::Conflict(error.to_string()),
             other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(error: RegistryError) -> ApiError {
+        match error {
+            RegistryError::Store(error) => error.into(),
+            unavailable => ApiError::Unavailable(unavailable.to_string()),
         }
     }
 }
@@ -410,6 +426,11 @@ impl ApiError {
                 "this route is for the admin token only",
                 Some("authorization"),
             ),
+            ApiError::Conflict(message) => json_error(StatusCode::CONFLICT, &message, None),
+            ApiError::Unavailable(message) => {
+                warn!(%message, "admin API write not applied");
+                json_error(StatusCode::SERVICE_UNAVAILABLE, &message, None)
+            }
             ApiError::Internal(message) => {
                 warn!(%message, "admin API request failed");
                 json_error(StatusCode::INTERNAL_SERVER_ERROR, &message, None)
@@ -426,7 +447,8 @@ async fn api(
     query: &str,
     request: Request<Incoming>,
 ) -> Result<Reply, ApiError> {
-    let store = &state.store;
+    let registry = &state.registry;
+    let store = registry.store();
     // The webhook a route names, if this principal may see it.
     let owned = |id: &str| state.webhook_for(principal, id)?.ok_or(ApiError::NotFound);
     match (method, segments) {
@@ -475,7 +497,7 @@ async fn api(
                 }
             }
             let new: NewWebhook = from_fields(fields, &REQUIRED_TO_CREATE)?;
-            let webhook = store.create(new).await?;
+            let webhook = registry.create(new).await?;
             // The secret is shown once, in the reply that set it.
             Ok(json(StatusCode::CREATED, &webhook))
         }
@@ -488,7 +510,7 @@ async fn api(
             }
             let secret_changed = fields.contains_key("secret");
             let patch: WebhookPatch = from_fields(fields, &[])?;
-            match store.update(id, patch).await? {
+            match registry.update(id, &patch).await? {
                 Some(webhook) if secret_changed => Ok(json(StatusCode::OK, &webhook.revealed())),
                 Some(webhook) => Ok(json(StatusCode::OK, &webhook.masked())),
                 None => Err(ApiError::NotFound),
@@ -501,7 +523,7 @@ async fn api(
         }
         (&Method::DELETE, ["webhooks", id]) => {
             owned(id)?;
-            if store.delete(id).await? {
+            if registry.delete(id).await? {
                 Ok(empty(StatusCode::NO_CONTENT))
             } else {
                 Err(ApiError::NotFound)
@@ -544,9 +566,9 @@ async fn api(
 pub(crate) async fn rotate_secret(
     state: &AdminState,
     id: &str,
-) -> Result<Option<Webhook>, StoreError> {
+) -> Result<Option<Webhook>, RegistryError> {
     let rotated = state
-        .store
+        .registry
         .rotate_secret(id, generate_secret(), state.secret_rotation_grace)
         .await?;
     if rotated.is_some() {

@@ -42,7 +42,8 @@ use crate::broker::{self, Receives, Topology};
 use crate::config::{BrokerConfig, Config};
 use crate::delivery::DeadReason;
 use crate::dlq::{self, Action, Filter};
-use crate::store::{Cursor, NewWebhook, Webhook, WebhookPatch};
+use crate::registry::RegistryError;
+use crate::store::{Cursor, NewWebhook, StoreError, Webhook, WebhookPatch};
 
 /// The session cookie; the token never goes into a cookie.
 const SESSION_COOKIE: &str = "webhookd_session";
@@ -308,7 +309,8 @@ impl SignedIn<'_> {
             .map_err(|e| Problem::Invalid(e.to_string()))?;
         let (webhooks, next) =
             self.state
-                .store
+                .registry
+                .store()
                 .page(principal.scope(asked), after.as_ref(), PAGE_ROWS)?;
         let rows: Vec<(Webhook, Health)> = webhooks
             .into_iter()
@@ -338,7 +340,8 @@ impl SignedIn<'_> {
         Health {
             last_attempt: self
                 .state
-                .store
+                .registry
+                .store()
                 .attempts(&webhook.id, 1)
                 .ok()
                 .and_then(|mut a| a.pop()),
@@ -364,13 +367,13 @@ impl SignedIn<'_> {
             name: form.name(),
             enabled: true,
         };
-        match self.state.store.create(new).await {
+        match self.state.registry.create(new).await {
             Ok(webhook) => {
                 info!(webhook_id = %webhook.id, account_id, "webhook created in the console");
                 self.show_secret_once(&webhook);
                 Ok(redirect(&format!("/ui/webhooks/{}", webhook.id)))
             }
-            Err(crate::store::StoreError::Invalid { field, message }) => Ok(html(
+            Err(RegistryError::Store(StoreError::Invalid { field, message })) => Ok(html(
                 StatusCode::BAD_REQUEST,
                 self.render(views::webhook_form(
                     &self.session.csrf,
@@ -405,7 +408,7 @@ impl SignedIn<'_> {
     fn webhook(&self, id: &str) -> Result<Reply, Problem> {
         let webhook = self.owned(id)?;
         let offset = self.offset();
-        let attempts = self.state.store.attempts(id, offset + PAGE_ROWS + 1)?;
+        let attempts = self.state.registry.store().attempts(id, offset + PAGE_ROWS + 1)?;
         let health = self.health(&webhook);
         Ok(self.page(views::webhook(
             &self.session.csrf,
@@ -432,13 +435,13 @@ impl SignedIn<'_> {
             name: Some(form.name()),
             ..WebhookPatch::default()
         };
-        match self.state.store.update(id, patch).await {
+        match self.state.registry.update(id, &patch).await {
             Ok(Some(_)) => {
                 self.notice("Webhook updated.".into());
                 Ok(redirect(&format!("/ui/webhooks/{id}")))
             }
             Ok(None) => Err(Problem::NotFound),
-            Err(crate::store::StoreError::Invalid { field, message }) => Ok(html(
+            Err(RegistryError::Store(StoreError::Invalid { field, message })) => Ok(html(
                 StatusCode::BAD_REQUEST,
                 self.render(views::webhook_form(
                     &self.session.csrf,
@@ -455,7 +458,7 @@ impl SignedIn<'_> {
         self.owned(id)?;
         let enabled = self.visit.form.get("enabled") == Some("true");
         self.state
-            .store
+            .registry
             .set_enabled(id, enabled)
             .await?
             .ok_or(Problem::NotFound)?;
@@ -508,7 +511,7 @@ impl SignedIn<'_> {
         ) {
             return Ok(confirm);
         }
-        if !self.state.store.delete(id).await? {
+        if !self.state.registry.delete(id).await? {
             return Err(Problem::NotFound);
         }
         info!(webhook_id = %id, "webhook deleted in the console");
@@ -635,7 +638,7 @@ impl SignedIn<'_> {
             .await?;
         let mut held = HashSet::new();
         for webhook_id in selected.iter().filter_map(|e| e.webhook_id.as_deref()) {
-            if !self.state.store.get(webhook_id)?.is_some_and(|w| w.enabled) {
+            if !self.state.registry.store().get(webhook_id)?.is_some_and(|w| w.enabled) {
                 held.insert(webhook_id.to_owned());
             }
         }
@@ -665,7 +668,7 @@ impl SignedIn<'_> {
                 |connection, topology| async move { dlq::depth(&connection, &topology).await },
             )
             .await;
-        let webhooks = self.state.store.index_size();
+        let webhooks = self.state.registry.store().index_size();
         Ok(self.page(views::overview(
             self.state.readiness.reason().as_deref(),
             &self.state.metrics.gauges(),
@@ -687,13 +690,25 @@ enum Problem {
     Failed(String),
 }
 
-impl From<crate::store::StoreError> for Problem {
-    fn from(error: crate::store::StoreError) -> Problem {
+impl From<StoreError> for Problem {
+    fn from(error: StoreError) -> Problem {
         match error {
-            crate::store::StoreError::Invalid { field, message } => {
+            StoreError::Invalid { field, message } => {
                 Problem::Invalid(format!("{}: {message}", views::label_of(field)))
             }
+            StoreError::Conflict => Problem::Invalid(
+                "The webhook was changed meanwhile: reload the page and try again.".to_owned(),
+            ),
             other => Problem::Failed(other.to_string()),
+        }
+    }
+}
+
+impl From<RegistryError> for Problem {
+    fn from(error: RegistryError) -> Problem {
+        match error {
+            RegistryError::Store(error) => error.into(),
+            unavailable => Problem::Failed(unavailable.to_string()),
         }
     }
 }

@@ -55,7 +55,8 @@ pub async fn tokens(config: &Config, command: TokensCommand) -> anyhow::Result<(
                     api.call::<Issued>(Method::POST, "/v1/tokens", Some(body))
                         .await?
                 }
-                Registry::Direct(store) => {
+                Registry::Direct(registry) => {
+                    let store = registry.store();
                     let issued = IssuedToken::generate(account, name, now_rfc3339());
                     store.add_token(&issued.record).await?;
                     Issued {
@@ -78,7 +79,7 @@ pub async fn tokens(config: &Config, command: TokensCommand) -> anyhow::Result<(
         TokensCommand::List { json } => {
             let tokens = match &registry {
                 Registry::Api(api) => api.call(Method::GET, "/v1/tokens", None).await?,
-                Registry::Direct(store) => store.tokens()?,
+                Registry::Direct(registry) => registry.store().tokens()?,
             };
             if json {
                 println!("{}", serde_json::to_string_pretty(&tokens)?);
@@ -101,7 +102,7 @@ pub async fn tokens(config: &Config, command: TokensCommand) -> anyhow::Result<(
                         Err(other) => return Err(other.into()),
                     }
                 }
-                Registry::Direct(store) => store.revoke_token(&id).await?,
+                Registry::Direct(registry) => registry.store().revoke_token(&id).await?,
             };
             if !revoked {
                 bail!("no token with id {id}");
