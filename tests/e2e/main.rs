@@ -5,6 +5,7 @@ mod admin;
 mod broker_tls;
 mod config;
 mod dlq;
+mod failover;
 mod faults;
 mod hostile;
 mod limits;
