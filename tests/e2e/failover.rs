@@ -20,7 +20,9 @@ fn consuming_on(daemon: &Daemon, port: u16) -> usize {
     daemon
         .logs()
         .lines()
-        .filter(|line| line.contains("consuming") && line.contains(&format!("127.0.0.1:{port}")))
+        .filter(|line| {
+            line.contains("consuming") && line.contains(&format!("broker=127.0.0.1:{port} "))
+        })
         .count()
 }
 
@@ -69,7 +71,7 @@ async fn a_dead_node_is_skipped_and_losing_a_node_moves_webhookd_to_the_next() {
     assert!(
         logs.lines().any(|line| line
             .contains("cannot connect to this broker node; trying the next")
-            && line.contains(&format!("127.0.0.1:{dead}"))),
+            && line.contains(&format!("broker=127.0.0.1:{dead} "))),
         "{logs}"
     );
     delivered(&a, 1).await;

@@ -3,6 +3,7 @@
 
 mod admin;
 mod broker_tls;
+mod cluster;
 mod config;
 mod dlq;
 mod failover;

@@ -3,6 +3,8 @@
 //! The broker is real: `scripts/test.sh` starts a private node and exports its URL. A missing
 //! broker fails every test loudly; nothing here skips.
 
+use std::sync::Arc;
+
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
@@ -84,7 +86,8 @@ pub async fn connect_to(url: &str) -> Connection {
 pub struct PrivateNode {
     pub name: String,
     pub port: u16,
-    home: tempfile::TempDir,
+    /// Shared by the nodes of one cluster (one Erlang cookie), removed with the last of them.
+    home: Arc<tempfile::TempDir>,
 }
 
 impl PrivateNode {
@@ -111,8 +114,42 @@ impl PrivateNode {
         PrivateNode {
             name: super::unique(prefix).replace('-', "_"),
             port: free_amqp_port(),
-            home: tempfile::tempdir().expect("temp dir"),
+            home: Arc::new(tempfile::tempdir().expect("temp dir")),
         }
+    }
+
+    /// A RabbitMQ cluster of `size` nodes on this machine, started with `conf` as their
+    /// `rabbitmq.conf`: the nodes share one home (one Erlang cookie, one config), and each
+    /// after the first joins the first's cluster. Stopped on drop, node by node.
+    pub async fn cluster(prefix: &str, size: usize, conf: &str) -> Vec<PrivateNode> {
+        let first = PrivateNode::reserve(prefix);
+        let mut nodes: Vec<PrivateNode> = (1..size)
+            .map(|_| PrivateNode {
+                name: super::unique(prefix).replace('-', "_"),
+                port: free_amqp_port(),
+                home: first.home.clone(),
+            })
+            .collect();
+        // The first start writes the cookie the others read, so it goes alone.
+        first.start_with_conf(conf).await;
+        futures_util::future::join_all(nodes.iter().map(PrivateNode::restart)).await;
+        // Joins one at a time, as RabbitMQ asks.
+        for node in &nodes {
+            node.script(&["join", &node.name, &first.name]).await;
+        }
+        nodes.insert(0, first);
+        nodes
+    }
+
+    /// Starts the node again (after [`kill9`](Self::kill9) or a stop) with the data it had.
+    pub async fn restart(&self) {
+        let port = self.port.to_string();
+        self.script(&["start", &self.name, &port]).await;
+    }
+
+    /// SIGKILL to the node's VM, as a crash would; returns once it is gone.
+    pub async fn kill9(&self) {
+        self.script(&["kill", &self.name]).await;
     }
 
     /// The node's state folder (`WEBHOOKD_BROKER_HOME`).
@@ -211,11 +248,55 @@ pub async fn publish_event(
     account: u64,
     n: u64,
 ) {
+    let (body, props) = small_event(event, account, n);
+    publish(connection, exchange, event, &body, props).await;
+}
+
+/// The body and properties [`publish_event`] sends.
+fn small_event(event: &str, account: u64, n: u64) -> (Vec<u8>, BasicProperties) {
     let body = serde_json::to_vec(&serde_json::json!({
         "event": event, "id": n, "account": { "id": account },
     }))
     .expect("json");
     let props =
         BasicProperties::default().with_message_id(ShortString::from(format!("ev-{account}-{n}")));
-    publish(connection, exchange, event, &body, props).await;
+    (body, props)
+}
+
+/// Publishes many small events (`(account, n)` each, as [`publish_event`] does) on one channel,
+/// persistent, and waits for every confirm: thousands of events in the time of a few hundred
+/// one-by-one publishes.
+pub async fn publish_events(
+    connection: &Connection,
+    exchange: &str,
+    event: &str,
+    events: impl IntoIterator<Item = (u64, u64)>,
+) {
+    let channel = connection.create_channel().await.expect("channel");
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm mode");
+    let mut confirms = Vec::new();
+    for (account, n) in events {
+        let (body, props) = small_event(event, account, n);
+        let confirm = channel
+            .basic_publish(
+                ShortString::from(exchange),
+                ShortString::from(event),
+                BasicPublishOptions::default(),
+                &body,
+                props.with_delivery_mode(2),
+            )
+            .await
+            .expect("publish");
+        confirms.push(confirm);
+    }
+    for confirm in confirms {
+        assert!(
+            confirm.await.expect("confirm").is_ack(),
+            "broker nacked a test publish"
+        );
+    }
+    let _ = channel.close(200, ShortString::from("done")).await;
 }

@@ -186,6 +186,39 @@ drain_timeout = "{drain_timeout}"
         }
     }
 
+    /// A second instance beside this one: the same config (broker, queues, token), its own
+    /// admin port, store and log, and `broker_urls` as its list of nodes. Not started.
+    pub fn beside(&self, broker_urls: &[String]) -> Daemon {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let admin = free_port();
+        let config_path = dir.path().join("webhookd.toml");
+        let text = std::fs::read_to_string(&self.config_path).expect("read config");
+        let ours = |path: &std::path::Path| path.join("store").display().to_string();
+        let nodes = text
+            .lines()
+            .find(|line| line.starts_with("url = ") || line.starts_with("urls = "))
+            .expect("a url line");
+        let text = text
+            .replace(&ours(self.dir.path()), &ours(dir.path()))
+            .replace(&self.admin.to_string(), &admin.to_string())
+            .replace(nodes, &format!("urls = {broker_urls:?}"));
+        std::fs::write(&config_path, text).expect("write config");
+        Daemon {
+            dir,
+            config_path,
+            admin,
+            token: self.token.clone(),
+            names: self.names.clone(),
+            child: None,
+            runs: 0,
+        }
+    }
+
+    /// The store's folder.
+    pub fn store_path(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+
     pub fn log_path(&self) -> PathBuf {
         self.dir.path().join("webhookd.log")
     }
