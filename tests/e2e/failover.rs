@@ -10,8 +10,8 @@ use http::StatusCode;
 
 use crate::support::broker::{self, PrivateNode};
 use crate::support::daemon::{Daemon, Settings};
-use crate::support::eventually;
 use crate::support::receiver::Receiver;
+use crate::support::{deliver_nth, eventually};
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -52,18 +52,7 @@ async fn a_dead_node_is_skipped_and_losing_a_node_moves_webhookd_to_the_next() {
     .await;
     let receiver = Receiver::ok().await;
     daemon.add_webhook(1, &receiver.url("/hook"), &[]).await;
-    let exchange = daemon.names.exchange.clone();
-    let delivered = |node: &PrivateNode, n: u64| {
-        let (url, exchange, receiver) = (node.url(), exchange.clone(), receiver.clone());
-        async move {
-            let amqp = broker::connect_to(&url).await;
-            broker::publish_event(&amqp, &exchange, "message_created", 1, n).await;
-            eventually(WAIT, &format!("event {n} delivered"), || async {
-                (receiver.requests("/hook").len() as u64 == n).then_some(())
-            })
-            .await;
-        }
-    };
+    let delivered = |node, n| deliver_nth(node, &daemon, &receiver, n);
 
     // The dead node is named as skipped, A takes the session.
     wait_consuming_on(&daemon, a.port, 1).await;
