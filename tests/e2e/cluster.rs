@@ -116,16 +116,13 @@ async fn two_instances_on_a_cluster_lose_nothing_through_a_node_and_an_instance_
     // The events go to node 3, which stays up; the faults come between batches, with
     // deliveries in flight.
     let amqp = broker::connect_to(&nodes[2].url()).await;
+    let nacked = std::sync::atomic::AtomicUsize::new(0);
     let publish = |range: std::ops::Range<u64>| {
-        let (amqp, exchange) = (&amqp, a.names.exchange.clone());
+        let (amqp, exchange, nacked) = (&amqp, a.names.exchange.clone(), &nacked);
         async move {
-            broker::publish_events(
-                amqp,
-                &exchange,
-                "message_created",
-                range.map(|n| (account_of(n), n)),
-            )
-            .await;
+            let events = range.map(|n| (account_of(n), n));
+            let refused = broker::publish_events(amqp, &exchange, "message_created", events).await;
+            nacked.fetch_add(refused, std::sync::atomic::Ordering::Relaxed);
         }
     };
     let progress = |at_least: usize, what: &'static str| {
@@ -223,10 +220,11 @@ async fn two_instances_on_a_cluster_lose_nothing_through_a_node_and_an_instance_
     eprintln!(
         "cluster test: {WEBHOOKS} webhooks, {EVENTS} events, {DELIVERIES} deliveries made \
          ({} requests, {} answered 503, {duplicates} duplicate deliveries, each under its \
-         delivery id); node 1 killed after {killed_node_at} deliveries, instance B after \
+         delivery id; {} publishes nacked by the broker and published again); node 1 killed after {killed_node_at} deliveries, instance B after \
          {killed_instance_at}; cluster up in {:.0?}, whole run {:.0?}",
         requests.len(),
         requests.iter().filter(|r| r.status == Some(503)).count(),
+        nacked.into_inner(),
         cluster_up,
         started.elapsed(),
     );

@@ -213,6 +213,17 @@ impl PrivateNode {
 
 impl Drop for PrivateNode {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.home().join(format!("log/{}@localhost.log", self.name));
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            eprintln!(
+                "--- {} (last 40 lines) ---\n{}",
+                log.display(),
+                tail.join("\n")
+            );
+        }
         let _ = std::process::Command::new(script_path())
             .args(["stop", &self.name])
             .env("WEBHOOKD_BROKER_HOME", self.home.path())
@@ -265,38 +276,58 @@ fn small_event(event: &str, account: u64, n: u64) -> (Vec<u8>, BasicProperties) 
 
 /// Publishes many small events (`(account, n)` each, as [`publish_event`] does) on one channel,
 /// persistent, and waits for every confirm: thousands of events in the time of a few hundred
-/// one-by-one publishes.
+/// one-by-one publishes. What the broker nacks is published again, as a publisher must: a
+/// quorum queue whose leader was lost nacks until it has a new one. Returns how many publishes
+/// were nacked.
 pub async fn publish_events(
     connection: &Connection,
     exchange: &str,
     event: &str,
     events: impl IntoIterator<Item = (u64, u64)>,
-) {
-    let channel = connection.create_channel().await.expect("channel");
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .expect("confirm mode");
-    let mut confirms = Vec::new();
-    for (account, n) in events {
-        let (body, props) = small_event(event, account, n);
-        let confirm = channel
-            .basic_publish(
-                ShortString::from(exchange),
-                ShortString::from(event),
-                BasicPublishOptions::default(),
-                &body,
-                props.with_delivery_mode(2),
-            )
+) -> usize {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut pending: Vec<(u64, u64)> = events.into_iter().collect();
+    let mut nacked = 0;
+    loop {
+        // A channel per round: one that saw the leader go may keep sending to it.
+        let channel = connection.create_channel().await.expect("channel");
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
             .await
-            .expect("publish");
-        confirms.push(confirm);
-    }
-    for confirm in confirms {
+            .expect("confirm mode");
+        let mut confirms = Vec::new();
+        for &(account, n) in &pending {
+            let (body, props) = small_event(event, account, n);
+            let confirm = channel
+                .basic_publish(
+                    ShortString::from(exchange),
+                    ShortString::from(event),
+                    BasicPublishOptions::default(),
+                    &body,
+                    props.with_delivery_mode(2),
+                )
+                .await
+                .expect("publish");
+            confirms.push(((account, n), confirm));
+        }
+        let mut refused = Vec::new();
+        for (pair, confirm) in confirms {
+            if !confirm.await.expect("confirm").is_ack() {
+                refused.push(pair);
+            }
+        }
+        let _ = channel.close(200, ShortString::from("done")).await;
+        nacked += refused.len();
+        pending = refused;
+        if pending.is_empty() {
+            return nacked;
+        }
         assert!(
-            confirm.await.expect("confirm").is_ack(),
-            "broker nacked a test publish"
+            std::time::Instant::now() < deadline,
+            "the broker still nacks {} events after 60 s",
+            pending.len()
         );
+        // A publisher's pause before it tries again, not a wait for a condition.
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }
-    let _ = channel.close(200, ShortString::from("done")).await;
 }
