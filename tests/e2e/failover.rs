@@ -90,3 +90,37 @@ async fn a_dead_node_is_skipped_and_losing_a_node_moves_webhookd_to_the_next() {
     // Nodes are named by address; the password is in no log line.
     assert!(!daemon.logs().contains(":guest@"), "{}", daemon.logs());
 }
+
+/// A node cut off by the network accepts nothing and refuses nothing: a listener that never
+/// answers stands for it. webhookd gives up on it after its per-node timeout and consumes from
+/// the next node, well within the session's own setup timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_never_answers_is_given_up_on_for_the_next() {
+    // The kernel completes connections into the backlog; nothing ever reads or writes them.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = silent.local_addr().expect("address").port();
+    let started = std::time::Instant::now();
+    let daemon = Daemon::start(Settings {
+        broker_urls: Some(vec![
+            format!("amqp://guest:guest@127.0.0.1:{port}/%2f"),
+            broker::url(),
+        ]),
+        ..Settings::default()
+    })
+    .await;
+    let waited = started.elapsed();
+    let logs = daemon.logs();
+    assert!(
+        logs.lines()
+            .any(|line| line.contains(&format!("broker=127.0.0.1:{port} "))
+                && line.contains("took longer than 10s")),
+        "{logs}"
+    );
+    assert!(
+        logs.lines()
+            .any(|line| line.contains("consuming") && line.contains("node=2 nodes=2")),
+        "{logs}"
+    );
+    assert!(waited >= Duration::from_secs(10), "ready after {waited:?}");
+    drop(silent);
+}
