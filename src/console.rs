@@ -408,7 +408,11 @@ impl SignedIn<'_> {
     fn webhook(&self, id: &str) -> Result<Reply, Problem> {
         let webhook = self.owned(id)?;
         let offset = self.offset();
-        let attempts = self.state.registry.store().attempts(id, offset + PAGE_ROWS + 1)?;
+        let attempts = self
+            .state
+            .registry
+            .store()
+            .attempts(id, offset + PAGE_ROWS + 1)?;
         let health = self.health(&webhook);
         Ok(self.page(views::webhook(
             &self.session.csrf,
@@ -638,7 +642,13 @@ impl SignedIn<'_> {
             .await?;
         let mut held = HashSet::new();
         for webhook_id in selected.iter().filter_map(|e| e.webhook_id.as_deref()) {
-            if !self.state.registry.store().get(webhook_id)?.is_some_and(|w| w.enabled) {
+            if !self
+                .state
+                .registry
+                .store()
+                .get(webhook_id)?
+                .is_some_and(|w| w.enabled)
+            {
                 held.insert(webhook_id.to_owned());
             }
         }
@@ -652,11 +662,11 @@ impl SignedIn<'_> {
         Fut: std::future::Future<Output = Result<T, broker::BrokerError>> + 'f,
     {
         let config = &self.state.console.broker;
-        let connection = Arc::new(
-            broker::connect(config, "console", Receives::Messages)
-                .await
-                .map_err(|e| Problem::Failed(format!("The broker is not reachable: {e}")))?,
-        );
+        // Any node of `broker.urls` will do: the dead-letter queue is a cluster's.
+        let (connection, _) = broker::connect(config, 0, "console", Receives::Messages)
+            .await
+            .map_err(|e| Problem::Failed(format!("The broker is not reachable: {e}")))?;
+        let connection = Arc::new(connection);
         let result = work(connection.clone(), Topology::from_config(config)).await;
         let _ = connection.close(200, ShortString::from("done")).await;
         result.map_err(|e| Problem::Failed(format!("The broker refused: {e}")))

@@ -205,11 +205,14 @@ impl Bench {
             .ok();
         Ok(Bench {
             amqp: amqp::connect(&url).await?,
-            version: webhookd::broker::announced_version(&webhookd::config::BrokerConfig {
-                url: url.clone().into(),
-                ..webhookd::config::BrokerConfig::default()
-            })
-            .await?,
+            version: {
+                let broker = webhookd::config::BrokerConfig {
+                    url: url.clone().into(),
+                    ..webhookd::config::BrokerConfig::default()
+                };
+                let node = webhookd::broker::Node::of(&broker, 0)?;
+                webhookd::broker::announced_version(&broker, &node).await?
+            },
             url,
             log_level,
             broker_pid,

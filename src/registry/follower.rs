@@ -43,8 +43,19 @@ pub(super) async fn follow(
 ) {
     let mut replica = Replica::default();
     let mut backoff = Duration::from_millis(200);
+    // The node of `broker.urls` to try first: the one after the node last reached, so a session
+    // that fails on a node moves on to the next.
+    let mut first_node = 0;
     loop {
-        let result = session(&broker, &log, &store, &mut replica, &stopped).await;
+        let result = session(
+            &broker,
+            &mut first_node,
+            &log,
+            &store,
+            &mut replica,
+            &stopped,
+        )
+        .await;
         log.publisher.send_replace(None);
         log.leader.store(false, Ordering::Relaxed);
         match result {
@@ -77,12 +88,15 @@ enum FollowError {
 /// One connection's worth of following: declare, consume from the stored position, apply.
 async fn session(
     broker: &BrokerConfig,
+    first_node: &mut usize,
     log: &Arc<Log>,
     store: &Store,
     replica: &mut Replica,
     stopped: &CancellationToken,
 ) -> Result<(), FollowError> {
-    let connection = broker::connect(broker, "registry", Receives::Messages).await?;
+    let (connection, node) =
+        broker::connect(broker, *first_node, "registry", Receives::Messages).await?;
+    *first_node = node.index + 1;
     declare_stream(&connection, broker).await?;
     let publisher = connection.create_channel().await?;
     publisher

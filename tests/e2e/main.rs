@@ -3,9 +3,11 @@
 
 mod admin;
 mod broker_tls;
+mod cluster;
 mod config;
 mod console;
 mod dlq;
+mod failover;
 mod faults;
 mod hostile;
 mod limits;
