@@ -232,3 +232,63 @@ async fn an_empty_store_rebuilds_the_registry_from_a_snapshot_once_retention_rem
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_instance_shows_the_attempts_both_made() {
+    let first = Daemon::start(Settings::default()).await;
+    let mut second = first.sibling(Settings::default());
+    second.spawn();
+    second.wait_ready().await;
+    let receiver = Receiver::ok().await;
+    let webhook = first.add_webhook(51, &receiver.url("/both"), &[]).await;
+    let id = webhook["id"].as_str().expect("id").to_owned();
+    eventually(
+        PROPAGATION,
+        "the second instance to know the webhook",
+        || webhook_on(&second, &id),
+    )
+    .await;
+
+    let amqp = broker::connect().await;
+    for n in 0..40 {
+        broker::publish_event(&amqp, &first.names.exchange, "message_created", 51, n).await;
+    }
+    let delivered: BTreeSet<String> = eventually(WAIT, "40 deliveries", || async {
+        let ids: BTreeSet<String> = receiver
+            .requests("/both")
+            .iter()
+            .map(|r| r.header("webhook-id").to_owned())
+            .collect();
+        (ids.len() == 40).then_some(ids)
+    })
+    .await;
+    for daemon in [&first, &second] {
+        assert!(
+            daemon.metric("webhookd_deliveries_total").await > 0.0,
+            "one instance made every attempt: the test shows nothing"
+        );
+    }
+    for daemon in [&first, &second] {
+        eventually(
+            WAIT,
+            "every attempt in this instance's attempt log",
+            || async {
+                let (status, body) = daemon
+                    .request(
+                        Method::GET,
+                        &format!("/v1/webhooks/{id}/attempts?limit=100"),
+                        Some(&daemon.token),
+                    )
+                    .await;
+                assert_eq!(status, StatusCode::OK, "{body}");
+                let attempts: Vec<Value> = serde_json::from_str(&body).expect("attempts JSON");
+                let logged: BTreeSet<String> = attempts
+                    .iter()
+                    .map(|a| a["delivery_id"].as_str().expect("delivery id").to_owned())
+                    .collect();
+                (logged == delivered).then_some(())
+            },
+        )
+        .await;
+    }
+}
