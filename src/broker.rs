@@ -537,6 +537,16 @@ fn is_other_delivery_limit(error: &lapin::Error) -> bool {
     )
 }
 
+/// The arguments of a quorum queue webhookd declares on a broker of `version` (its delivery
+/// limit, see [`Topology::on`]), plus `extra`.
+pub fn quorum_arguments(version: Option<Version>, extra: &[(&str, AMQPValue)]) -> FieldTable {
+    let mut arguments = queue_arguments(QueueKind::Quorum, delivery_limit(version));
+    for (key, value) in extra {
+        arguments.insert(ShortString::from(*key), value.clone());
+    }
+    arguments
+}
+
 fn queue_arguments(kind: QueueKind, delivery_limit: Option<i64>) -> FieldTable {
     let mut arguments = FieldTable::default();
     put(&mut arguments, "x-queue-type", kind.as_str());

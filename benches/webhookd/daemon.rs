@@ -45,10 +45,12 @@ pub struct Run {
     dir: tempfile::TempDir,
     config_path: PathBuf,
     pub topology: Topology,
-    /// The admin server's address, where the console is.
-    pub admin: std::net::SocketAddr,
     /// Every delay queue the daemon's retry schedule may declare.
     pub delay_queues: Vec<String>,
+    /// The config's broker section, for the registry log's names and an in-process follower.
+    pub broker: webhookd::config::BrokerConfig,
+    /// The admin listener, for `/readyz` and the console.
+    pub admin: std::net::SocketAddr,
 }
 
 impl Run {
@@ -115,6 +117,7 @@ drain_timeout = "1s"
                 .map(|bucket| topology.delay_queue(bucket))
                 .collect(),
             topology,
+            broker: config.broker,
             admin,
             dir,
             config_path,
