@@ -24,9 +24,11 @@ mod dlq;
 mod publish;
 mod webhooks;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use clap::{Parser, Subcommand};
+use anyhow::Context;
+use clap::{CommandFactory, Parser, Subcommand};
+use clap_complete::Shell;
 
 use crate::config::{Config, DEFAULT_PATH};
 
@@ -34,10 +36,18 @@ pub use self::dlq::{dlq, DlqCommand, FilterArgs};
 pub use self::publish::{publish, PublishArgs};
 pub use self::webhooks::{webhooks, SecretArgs, WebhooksCommand};
 
+/// What `--version` prints after the name: the crate's version and the commit it was built from.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("WEBHOOKD_BUILD_COMMIT"),
+    ")"
+);
+
 #[derive(Debug, Parser)]
 #[command(
     name = "webhookd",
-    version,
+    version = VERSION,
     about = "Delivers account events from RabbitMQ to webhooks: signed, retried, dead-lettered with a reason."
 )]
 pub struct Cli {
@@ -62,11 +72,34 @@ pub enum Command {
     /// Inspect, replay and purge the dead-letter queue.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Write the man pages and the bash, zsh and fish completions into DIR, for packaging.
+    #[command(hide = true)]
+    PackageAssets {
+        /// Gets `man/` (webhookd.1 and a page per subcommand) and `completions/`.
+        dir: PathBuf,
+    },
 }
 
 /// `webhookd check-config`.
 pub fn check_config(config: &Config) {
     print!("{}", config.to_masked_toml());
+}
+
+/// `webhookd package-assets DIR`: the man pages and completions come from this grammar at build
+/// time, so what an installed system documents is what the binary parses.
+pub fn package_assets(dir: &Path) -> anyhow::Result<()> {
+    let man = dir.join("man");
+    let completions = dir.join("completions");
+    for dir in [&man, &completions] {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    clap_mangen::generate_to(Cli::command(), &man)
+        .with_context(|| format!("writing the man pages into {}", man.display()))?;
+    for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+        clap_complete::generate_to(shell, &mut Cli::command(), "webhookd", &completions)
+            .with_context(|| format!("writing the {shell} completions"))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -75,7 +108,38 @@ mod tests {
 
     #[test]
     fn the_command_line_is_consistent() {
-        use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn package_assets_document_every_visible_command_and_hide_their_own() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        package_assets(dir.path()).expect("package assets");
+        let read = |path: &str| {
+            std::fs::read_to_string(dir.path().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+        };
+        let page = read("man/webhookd.1");
+        assert!(
+            page.contains(VERSION),
+            "the page names the version and commit"
+        );
+        for command in ["run", "check\\-config", "publish", "webhooks", "dlq"] {
+            assert!(page.contains(command), "webhookd(1) lists {command}");
+        }
+        read("man/webhookd-webhooks-add.1");
+        for (path, command) in [
+            ("completions/webhookd.bash", "check-config"),
+            ("completions/_webhookd", "check-config"),
+            ("completions/webhookd.fish", "check-config"),
+        ] {
+            let script = read(path);
+            assert!(script.contains(command), "{path} completes {command}");
+            assert!(
+                !script.contains("package-assets"),
+                "{path} hides the packaging command"
+            );
+        }
+        assert!(!page.contains("package\\-assets"));
+        assert!(!dir.path().join("man/webhookd-package-assets.1").exists());
     }
 }
