@@ -5,6 +5,7 @@
 //! The script reruns only when the checked-out commit changes, so an ordinary edit-and-build
 //! cycle never pays for it.
 
+use std::path::PathBuf;
 use std::process::Command;
 
 fn main() {
@@ -24,21 +25,22 @@ fn main() {
 /// in its loose file or, once packed, in packed-refs. Watching that one ref, rather than all of
 /// refs/heads, keeps commits on other branches of a shared repository from rebuilding this one.
 fn rerun_when_head_moves() {
-    let mut watched = vec!["HEAD".to_owned(), "packed-refs".to_owned()];
-    if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
-        watched.push(branch);
-    }
-    for name in &watched {
-        let Some(path) = git(&["rev-parse", "--git-path", name]) else {
-            continue;
-        };
-        let path = std::path::Path::new(&path);
-        if path.exists() {
-            println!("cargo:rerun-if-changed={}", path.display());
-        } else if let Some(parent) = path.parent().filter(|parent| parent.exists()) {
+    let git_path = |name: &str| git(&["rev-parse", "--git-path", name]).map(PathBuf::from);
+    let mut watched: Vec<PathBuf> = ["HEAD", "packed-refs"]
+        .into_iter()
+        .filter_map(git_path)
+        .filter(|path| path.exists())
+        .collect();
+    if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]).and_then(|r| git_path(&r)) {
+        if branch.exists() {
+            watched.push(branch);
+        } else if let Some(folder) = branch.parent().filter(|folder| folder.exists()) {
             // A branch only in packed-refs gets its loose file on the next commit.
-            println!("cargo:rerun-if-changed={}", parent.display());
+            watched.push(folder.to_owned());
         }
+    }
+    for path in watched {
+        println!("cargo:rerun-if-changed={}", path.display());
     }
 }
 

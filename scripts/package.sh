@@ -36,11 +36,9 @@ out=target/debian
 stage=$out/webhookd_${version}_$arch
 deb=$stage.deb
 
-if [ "$profile" = release ]; then
-  cargo build --locked --release --bin webhookd
-else
-  cargo build --locked --bin webhookd
-fi
+cargo_profile=()
+[ "$profile" = debug ] || cargo_profile=(--release)
+cargo build --locked "${cargo_profile[@]}" --bin webhookd --example package-assets
 bin=target/$profile/webhookd
 
 rm -rf "$stage"
@@ -58,7 +56,7 @@ install -m 0644 LICENSE "$stage/usr/share/doc/webhookd/copyright"
 
 assets=$(mktemp -d)
 trap 'rm -rf "$assets"' EXIT
-"$bin" package-assets "$assets"
+"target/$profile/examples/package-assets" "$assets"
 for page in "$assets"/man/*.1; do
   gzip -9n <"$page" >"$stage/usr/share/man/man1/$(basename "$page").gz"
 done
@@ -100,6 +98,10 @@ Description: delivers account events from RabbitMQ to webhooks
 EOF
 (cd "$stage" && find . -type f ! -path './DEBIAN/*' -printf '%P\0' | sort -z | xargs -0 md5sum) >"$stage/DEBIAN/md5sums"
 
-dpkg-deb --root-owner-group --build "$stage" "$deb" >/dev/null
+# xz, Debian's default, for a release; the debug package is a test artifact, and gzip builds it in
+# a second where xz takes most of a minute.
+compression=xz
+[ "$profile" = release ] || compression=gzip
+dpkg-deb --root-owner-group -Z"$compression" --build "$stage" "$deb" >/dev/null
 rm -rf "$stage"
 echo "$deb"

@@ -72,12 +72,6 @@ pub enum Command {
     /// Inspect, replay and purge the dead-letter queue.
     #[command(subcommand)]
     Dlq(DlqCommand),
-    /// Write the man pages and the bash, zsh and fish completions into DIR, for packaging.
-    #[command(hide = true)]
-    PackageAssets {
-        /// Gets `man/` (webhookd.1 and a page per subcommand) and `completions/`.
-        dir: PathBuf,
-    },
 }
 
 /// `webhookd check-config`.
@@ -85,8 +79,11 @@ pub fn check_config(config: &Config) {
     print!("{}", config.to_masked_toml());
 }
 
-/// `webhookd package-assets DIR`: the man pages and completions come from this grammar at build
-/// time, so what an installed system documents is what the binary parses.
+/// Writes the man pages (`DIR/man`: webhookd.1 and a page per subcommand) and the bash, zsh and
+/// fish completions (`DIR/completions`) for the package. They come from this grammar when the
+/// package is built (`cargo run --example package-assets DIR`), so what an installed system
+/// documents is what the binary parses. An example rather than a hidden subcommand: clap's
+/// completions would offer even a hidden one.
 pub fn package_assets(dir: &Path) -> anyhow::Result<()> {
     let man = dir.join("man");
     let completions = dir.join("completions");
@@ -112,7 +109,7 @@ mod tests {
     }
 
     #[test]
-    fn package_assets_document_every_visible_command_and_hide_their_own() {
+    fn package_assets_document_every_command() {
         let dir = tempfile::tempdir().expect("temporary directory");
         package_assets(dir.path()).expect("package assets");
         let read = |path: &str| {
@@ -127,19 +124,15 @@ mod tests {
             assert!(page.contains(command), "webhookd(1) lists {command}");
         }
         read("man/webhookd-webhooks-add.1");
-        for (path, command) in [
-            ("completions/webhookd.bash", "check-config"),
-            ("completions/_webhookd", "check-config"),
-            ("completions/webhookd.fish", "check-config"),
+        for path in [
+            "completions/webhookd.bash",
+            "completions/_webhookd",
+            "completions/webhookd.fish",
         ] {
             let script = read(path);
-            assert!(script.contains(command), "{path} completes {command}");
-            assert!(
-                !script.contains("package-assets"),
-                "{path} hides the packaging command"
-            );
+            for command in ["check-config", "webhooks", "replay"] {
+                assert!(script.contains(command), "{path} completes {command}");
+            }
         }
-        assert!(!page.contains("package\\-assets"));
-        assert!(!dir.path().join("man/webhookd-package-assets.1").exists());
     }
 }

@@ -22,16 +22,6 @@ const EXIT_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Packaging runs before any config exists.
-    if let Command::PackageAssets { dir } = &cli.command {
-        return match cli::package_assets(dir) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(error) => {
-                eprintln!("webhookd: {error:#}");
-                ExitCode::from(EXIT_FAILURE)
-            }
-        };
-    }
     let config = match Config::load(&cli.config) {
         Ok(config) => config,
         Err(error) => {
@@ -80,8 +70,6 @@ fn main() -> ExitCode {
             Command::Publish(args) => cli::publish(&config, args).await,
             Command::Webhooks(command) => cli::webhooks(&config, command).await,
             Command::Dlq(command) => cli::dlq(&config, command).await,
-            // Returned above; a config that loads changes nothing for it.
-            Command::PackageAssets { dir } => cli::package_assets(&dir),
         }
     });
     match result {
