@@ -36,6 +36,7 @@ pub mod health;
 pub mod job;
 pub mod metrics;
 pub mod privilege;
+pub mod registry;
 pub mod retry;
 pub mod service;
 pub mod store;

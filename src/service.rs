@@ -35,8 +35,9 @@ use crate::admin::{self, Access, AdminState};
 use crate::broker::{BrokerError, Publisher};
 use crate::config::Config;
 use crate::delivery::{self, Client, ClientSettings};
-use crate::health::{self, Readiness};
+use crate::health::{self, Readiness, State};
 use crate::metrics::Metrics;
+use crate::registry::Registry;
 use crate::retry::Schedule;
 use crate::store::{Store, ATTEMPT_SHARES};
 
@@ -47,6 +48,8 @@ const ATTEMPT_LOG_PERIOD: Duration = Duration::from_secs(1);
 pub enum ServiceError {
     #[error("store: {0}")]
     Store(#[from] crate::store::StoreError),
+    #[error("registry: {0}")]
+    Registry(#[from] crate::registry::RegistryError),
     #[error("delivery client: {0}")]
     Client(#[from] delivery::ClientError),
     #[error("retry schedule: {0}")]
@@ -127,7 +130,10 @@ impl Outbox for Publisher {
 
 /// What every message's processing shares. Built once; sessions come and go around it.
 struct Shared {
+    /// The registry's local copy, which every lookup reads.
     store: Store,
+    /// Where a change the daemon makes itself (a 410 disables its webhook) is written.
+    registry: Registry,
     metrics: Arc<Metrics>,
     live: RwLock<Arc<Live>>,
     /// Per-URL in-flight caps and circuits. Outside [`Live`] so a reload changes the policy
@@ -233,8 +239,13 @@ pub async fn run(
         })?;
     let metrics = Arc::new(Metrics::default());
     let readiness = Arc::new(Readiness::default());
+    // Stopped after the sessions have drained: a delivery finishing then may still disable its
+    // webhook through the log.
+    let stopped = CancellationToken::new();
+    let (registry, follower) = Registry::follow(&config.broker, store.clone(), &stopped)?;
     let shared = Arc::new(Shared {
         store: store.clone(),
+        registry: registry.clone(),
         metrics: metrics.clone(),
         live: RwLock::new(Arc::new(Live::build(&config, None)?)),
         endpoints: Arc::new(Endpoints::new(
@@ -245,14 +256,13 @@ pub async fn run(
     });
 
     let admin_state = Arc::new(AdminState {
-        store: store.clone(),
+        registry: registry.clone(),
         access: Access::from_config(&config.admin),
         secret_rotation_grace: config.delivery.secret_rotation_grace,
         readiness: readiness.clone(),
         metrics: metrics.clone(),
     });
     info!(listen = %config.admin.listen, "admin API listening");
-    let stopped = CancellationToken::new();
     let admin_task = tokio::spawn(admin::serve(listener, admin_state, shutdown.clone()));
     let watchdog = tokio::spawn(health::watchdog(stopped.clone()));
     let reloader = tokio::spawn(reload::follow(
@@ -267,13 +277,25 @@ pub async fn run(
         stopped.clone(),
     ));
 
-    session::supervise(&config, &shared, &readiness, &shutdown).await;
+    // Consuming waits until the registry is current: an event must not meet an old registry.
+    let waiting = |why: &str| readiness.set(State::Reconnecting(why.to_owned()));
+    match registry.catch_up(&shutdown, waiting).await {
+        Ok(()) => session::supervise(&config, &shared, &readiness, &shutdown).await,
+        Err(error) => info!(%error, "stopped before the registry log was applied"),
+    }
 
     if let Err(error) = store.flush().await {
         error!(%error, "flushing the store at shutdown failed");
     }
     stopped.cancel();
-    let _ = tokio::join!(admin_task, watchdog, reloader, attempt_log, stall_sweep);
+    let _ = tokio::join!(
+        admin_task,
+        watchdog,
+        reloader,
+        attempt_log,
+        stall_sweep,
+        follower
+    );
     info!("stopped");
     Ok(())
 }
@@ -392,8 +414,10 @@ mod testing {
         let mut config = Config::default();
         config.delivery.allow_networks = vec!["127.0.0.0/8".parse().expect("network")];
         let metrics = Arc::new(Metrics::default());
+        let store = Store::open_temporary().expect("store");
         Shared {
-            store: Store::open_temporary().expect("store"),
+            registry: crate::registry::Registry::local(store.clone()),
+            store,
             metrics: metrics.clone(),
             live: RwLock::new(Arc::new(Live::build(&config, None).expect("live"))),
             endpoints: Arc::new(Endpoints::new(Policy::from(&config.delivery), metrics)),

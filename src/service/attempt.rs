@@ -27,6 +27,8 @@ pub(super) enum Unsettled {
     Broker(#[from] BrokerError),
     #[error("store: {0}")]
     Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Registry(#[from] crate::registry::RegistryError),
     #[error("shutting down before it was settled")]
     ShuttingDown,
 }
@@ -235,7 +237,7 @@ impl<O: Outbox> Leg<'_, O> {
                 // would bring the event back to a webhook it now skips, and the dead letter
                 // would never be written.
                 if reason == DeadReason::Gone {
-                    shared.store.set_enabled(&webhook.id, false).await?;
+                    shared.registry.set_enabled(&webhook.id, false).await?;
                     warn!("receiver answered 410 Gone: webhook disabled");
                 }
                 Ok(())

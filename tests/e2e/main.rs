@@ -11,6 +11,7 @@ mod limits;
 mod ownership;
 mod pipeline;
 mod retries;
+mod scale;
 mod security;
 mod service;
 mod support;
