@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds webhookd's Debian package: target/debian/webhookd_<version>_amd64.deb.
+# Builds webhookd's Debian package: target/debian/webhookd_<version>_amd64.deb (under
+# $CARGO_TARGET_DIR if that is set).
 #
 #   scripts/package.sh           from a release build
 #   scripts/package.sh --debug   from the debug build (what scripts/systemd-test.sh installs:
@@ -30,16 +31,17 @@ case "${1:-}" in
     ;;
 esac
 
+target=${CARGO_TARGET_DIR:-target}
 version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)
 arch=$(dpkg --print-architecture)
-out=target/debian
+out=$target/debian
 stage=$out/webhookd_${version}_$arch
 deb=$stage.deb
 
 cargo_profile=()
 [ "$profile" = debug ] || cargo_profile=(--release)
 cargo build --locked "${cargo_profile[@]}" --bin webhookd --example package-assets
-bin=target/$profile/webhookd
+bin=$target/$profile/webhookd
 
 rm -rf "$stage"
 install -d "$stage/DEBIAN" "$stage/usr/bin" "$stage/lib/systemd/system" "$stage/etc/webhookd" \
@@ -56,7 +58,7 @@ install -m 0644 LICENSE "$stage/usr/share/doc/webhookd/copyright"
 
 assets=$(mktemp -d)
 trap 'rm -rf "$assets"' EXIT
-"target/$profile/examples/package-assets" "$assets"
+"$target/$profile/examples/package-assets" "$assets"
 for page in "$assets"/man/*.1; do
   gzip -9n <"$page" >"$stage/usr/share/man/man1/$(basename "$page").gz"
 done
