@@ -109,6 +109,24 @@ mod tests {
     }
 
     #[test]
+    fn version_names_the_commit_built_from() {
+        let head = std::process::Command::new("git")
+            .args(["rev-parse", "--short=12", "HEAD"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .ok()
+            .filter(|output| output.status.success());
+        let built_from = match head {
+            Some(output) => format!("commit {}", String::from_utf8_lossy(&output.stdout).trim()),
+            None => "commit unknown: not built from a git checkout".to_owned(),
+        };
+        assert_eq!(
+            Cli::command().render_version().trim(),
+            format!("webhookd {} ({built_from})", env!("CARGO_PKG_VERSION"))
+        );
+    }
+
+    #[test]
     fn package_assets_document_every_command() {
         let dir = tempfile::tempdir().expect("temporary directory");
         package_assets(dir.path()).expect("package assets");
