@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs webhookd's .deb into a Debian 12 root, boots a real systemd as PID 1 inside that root,
 # and checks the service through `systemctl` there: start, the sandbox, reload, the watchdog
-# through a broker outage, kill -9, a draining stop, a bad config, and a purge.
+# through a broker outage, kill -9, a draining stop, a bad config, an upgrade and a purge.
 #
 #   scripts/systemd-test.sh [PATH.deb]    default: builds one with scripts/package.sh --debug
 #
@@ -379,7 +379,19 @@ say "ok: systemctl start: active, status \"$(prop StatusText)\""
 inside systemctl status --no-pager --lines=5 webhookd >"$run.status.txt" || true
 cat "$run.status.txt" >&2
 
-# 9. Purge: stops it, removes the config, the secrets and the store, keeps the user.
+# 9. An upgrade (the same package again): the running service restarts on the new files, and an
+# operator's edit of the conffile stays.
+main=$(prop MainPID)
+inside sed -i 's/^prefetch = 256$/prefetch = 128/' /etc/webhookd/webhookd.toml
+cp "$deb" "$run/root/webhookd.deb"
+inside env DEBIAN_FRONTEND=noninteractive dpkg -i /root/webhookd.deb >/dev/null 2>&1 || fail "dpkg -i over the installed package"
+wait_for "consuming after the upgrade" 60 consuming
+[ "$(prop MainPID)" != "$main" ] || fail "the upgrade did not restart webhookd"
+inside grep -q '^prefetch = 128$' /etc/webhookd/webhookd.toml || fail "the upgrade replaced the edited conffile"
+journal_has "prefetch=128" || fail "the restarted webhookd does not run the edited config"
+say "ok: upgrade: restarted ($main -> $(prop MainPID)), the edited conffile kept"
+
+# 10. Purge: stops it, removes the config, the secrets and the store, keeps the user.
 inside env DEBIAN_FRONTEND=noninteractive dpkg --purge webhookd >/dev/null 2>&1 || fail "dpkg --purge"
 [ "$(inside systemctl is-active webhookd || true)" = inactive ] || fail "still running after purge"
 for path in /etc/webhookd /var/lib/webhookd /usr/bin/webhookd /lib/systemd/system/webhookd.service; do
