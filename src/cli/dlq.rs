@@ -105,7 +105,8 @@ fn parse_since(value: &str) -> Result<SystemTime, String> {
 /// `webhookd dlq …`.
 pub async fn dlq(config: &Config, command: DlqCommand) -> anyhow::Result<()> {
     let topology = Topology::from_config(&config.broker);
-    let connection = Arc::new(broker::connect(&config.broker, "dlq", Receives::Messages).await?);
+    let (connection, _) = broker::connect(&config.broker, 0, "dlq", Receives::Messages).await?;
+    let connection = Arc::new(connection);
     let outcome = dlq_on(config, &connection, &topology, command).await;
     let _ = connection.close(200, ShortString::from("done")).await;
     outcome
