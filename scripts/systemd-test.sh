@@ -357,7 +357,8 @@ inside systemctl stop webhookd
 [ "$(prop Result)" = success ] || fail "stop: Result=$(prop Result)"
 [ "$(prop ExecMainCode)" = 1 ] && [ "$(prop ExecMainStatus)" = 0 ] ||
   fail "stop: exit code $(prop ExecMainCode)/$(prop ExecMainStatus), expected exited/0"
-journal | grep -q "stopping: draining" || fail "no drain in the journal"
+# journald takes the service's last lines from its stream after the process has gone.
+wait_for "the drain in the journal" 10 journal_has "stopping: draining"
 say "ok: stop: drained, exited 0"
 
 # 7. A bad config fails ExecStartPre, with the key named in the journal.
@@ -366,8 +367,8 @@ inside sed -i 's/^\[broker\]$/[broker]\nexhange = "chatwoot.events"/' /etc/webho
 cursor=$(inside journalctl --no-pager -n 0 --show-cursor | sed -n 's/^-- cursor: //p')
 if inside systemctl start webhookd 2>/dev/null; then fail "started with a bad config"; fi
 [ "$(prop Result)" = exit-code ] || fail "bad config: Result=$(prop Result)"
-journal --after-cursor="$cursor" | grep -q "Control process exited" || fail "ExecStartPre did not fail"
-journal --after-cursor="$cursor" | grep -q "broker.exhange" || fail "the journal does not name broker.exhange"
+wait_for "ExecStartPre failing in the journal" 10 journal_has "Control process exited" --after-cursor="$cursor"
+wait_for "the journal naming broker.exhange" 10 journal_has "broker.exhange" --after-cursor="$cursor"
 say "ok: bad config: ExecStartPre failed: $(journal --after-cursor="$cursor" | grep -m1 'broker.exhange')"
 inside cp /root/webhookd.toml /etc/webhookd/webhookd.toml
 inside systemctl reset-failed webhookd
@@ -388,7 +389,7 @@ inside env DEBIAN_FRONTEND=noninteractive dpkg -i /root/webhookd.deb >/dev/null 
 wait_for "consuming after the upgrade" 60 consuming
 [ "$(prop MainPID)" != "$main" ] || fail "the upgrade did not restart webhookd"
 inside grep -q '^prefetch = 128$' /etc/webhookd/webhookd.toml || fail "the upgrade replaced the edited conffile"
-journal_has "prefetch=128" || fail "the restarted webhookd does not run the edited config"
+wait_for "the restarted webhookd running the edited config" 10 journal_has "prefetch=128"
 say "ok: upgrade: restarted ($main -> $(prop MainPID)), the edited conffile kept"
 
 # 10. Purge: stops it, removes the config, the secrets and the store, keeps the user.
