@@ -312,7 +312,7 @@ fn exposure(output: &str) -> f64 {
 }
 
 /// `systemd-analyze verify` insists that the binaries the unit names exist; the unit names
-/// /usr/local/bin/webhookd, where the install steps put it. So verify runs on a copy whose
+/// /usr/bin/webhookd, where the package installs it. So verify runs on a copy whose
 /// commands point at the binary this build made, and is otherwise the shipped file.
 #[test]
 fn the_unit_file_verifies_clean_and_rates_1_5_or_lower() {
@@ -336,7 +336,7 @@ fn the_unit_file_verifies_clean_and_rates_1_5_or_lower() {
     let copy = dir.path().join("webhookd.service");
     std::fs::write(
         &copy,
-        text.replace("/usr/local/bin/webhookd", crate::support::daemon::BIN),
+        text.replace("/usr/bin/webhookd", crate::support::daemon::BIN),
     )
     .expect("write the unit copy");
     let verify = std::process::Command::new(analyze)
@@ -357,11 +357,10 @@ fn the_unit_file_verifies_clean_and_rates_1_5_or_lower() {
     // What the daemon relies on the unit for.
     for line in [
         "Type=notify",
-        "ExecStartPre=/usr/local/bin/webhookd --config /etc/webhookd/webhookd.toml check-config",
+        "ExecStartPre=/usr/bin/webhookd --config /etc/webhookd/webhookd.toml check-config",
         "Restart=on-failure",
         "WatchdogSec=",
         "StateDirectory=webhookd",
-        "ConfigurationDirectory=webhookd",
         "LoadCredential=broker-url:",
         "LoadCredential=admin-token:",
         "Environment=WEBHOOKD_BROKER__URL_FILE=%d/broker-url",
@@ -375,6 +374,13 @@ fn the_unit_file_verifies_clean_and_rates_1_5_or_lower() {
             "the unit lacks {line}"
         );
     }
+    // Under ProtectSystem=strict it would make /etc/webhookd writable to the service.
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.starts_with("ConfigurationDirectory=")),
+        "the unit opens /etc/webhookd for writing"
+    );
     let stop: Duration = text
         .lines()
         .find_map(|l| l.strip_prefix("TimeoutStopSec="))
