@@ -236,6 +236,9 @@ impl Store {
             previous_secret: None,
             previous_secret_expires_at: None,
             enabled: new.enabled,
+            disabled_reason: (!new.enabled).then(|| "manual".to_owned()),
+            disabled_at: (!new.enabled).then(|| now.clone()),
+            rate_limit: new.rate_limit,
             name: new.name,
             created_at: now.clone(),
             updated_at: now,
@@ -402,7 +405,23 @@ impl Store {
         id: &str,
         patch: WebhookPatch,
     ) -> Result<Option<Webhook>, StoreError> {
-        self.modify(id, |webhook| patch.apply(webhook)).await
+        let now = now_rfc3339();
+        self.modify(id, &now, |webhook| patch.apply(webhook, &now))
+            .await
+    }
+
+    /// Disables the webhook for `reason` (`gone`, `failing`) at `at`, as webhookd decided it;
+    /// `None` when there is no such webhook. Everything is the caller's, so the change is one
+    /// fully determined operation.
+    pub async fn disable(
+        &self,
+        id: &str,
+        reason: &str,
+        at: SystemTime,
+    ) -> Result<Option<Webhook>, StoreError> {
+        let at = humantime::format_rfc3339_seconds(at).to_string();
+        self.modify(id, &at, |webhook| webhook.disable(reason, &at))
+            .await
     }
 
     /// Replaces the webhook's secret with `secret`, keeping the previous one signing for `grace`
@@ -417,18 +436,21 @@ impl Store {
         let now = SystemTime::now();
         // Config bounds the grace to a year; an overflow would only mean "no grace".
         let until = now.checked_add(grace).unwrap_or(now);
-        self.modify(id, |webhook| webhook.rotate_to(secret.clone(), until))
-            .await
+        self.modify(id, &now_rfc3339(), |webhook| {
+            webhook.rotate_to(secret.clone(), until);
+        })
+        .await
     }
 
-    /// Reads the webhook, changes it with `change`, validates the result as a whole, stores and
-    /// flushes. `change` may run more than once: sled retries a transaction that lost a race.
+    /// Reads the webhook, changes it with `change`, stamps it updated at `now` (RFC 3339),
+    /// validates the result as a whole, stores and flushes. `change` may run more than once: sled
+    /// retries a transaction that lost a race.
     async fn modify(
         &self,
         id: &str,
+        now: &str,
         change: impl Fn(&mut Webhook),
     ) -> Result<Option<Webhook>, StoreError> {
-        let now = now_rfc3339();
         let updated = self.write(
             |(by_id, by_account)| {
                 let Some(account) = by_id.get(id)? else {
@@ -443,7 +465,7 @@ impl Store {
                 };
                 let mut webhook = decode::<Webhook>(&value).or_else(abort)?;
                 change(&mut webhook);
-                webhook.updated_at.clone_from(&now);
+                now.clone_into(&mut webhook.updated_at);
                 validate(&webhook).or_else(abort)?;
                 by_account.insert(key.as_slice(), encode(&webhook).or_else(abort)?)?;
                 Ok(Some(webhook))
