@@ -17,6 +17,10 @@ mod notice;
 mod pace;
 mod trial;
 
+use std::collections::HashMap;
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
 use serde::{Deserialize, Serialize};
 
 pub use health::{past_disable_after, Attempted, Circuit, Failing, Health, Tracker};
@@ -47,4 +51,25 @@ pub struct WebhookView {
     pub webhook: Webhook,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<Health>,
+}
+
+/// A map by webhook id, split into shards each behind its own lock, for state every delivery
+/// touches: deliveries to different webhooks rarely wait for one another (the attempt buffer in
+/// `store/attempts.rs` is split the same way).
+struct Shards<V>([Mutex<HashMap<String, V>>; 16]);
+
+impl<V> Default for Shards<V> {
+    fn default() -> Self {
+        Shards(std::array::from_fn(|_| Mutex::default()))
+    }
+}
+
+impl<V> Shards<V> {
+    /// The shard that holds `webhook_id`, locked.
+    fn lock(&self, webhook_id: &str) -> MutexGuard<'_, HashMap<String, V>> {
+        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(webhook_id);
+        self.0[(hash % self.0.len() as u64) as usize]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
 }

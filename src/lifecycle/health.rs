@@ -1,9 +1,8 @@
 //! Each webhook's health, kept in memory from the attempts this instance makes.
 //!
 //! Every attempt passes through here, so the tracker must cost the delivery path almost nothing:
-//! it is split by webhook id into [`SHARDS`] maps, each behind its own lock, so deliveries to
-//! different webhooks rarely meet (the attempt buffer in `store/attempts.rs` is split the same
-//! way). It sends nothing to the broker and writes nothing to disk.
+//! it is a map split by webhook id into shards, each behind its own lock, so deliveries to
+//! different webhooks rarely meet. It sends nothing to the broker and writes nothing to disk.
 //!
 //! Memory is fixed per webhook: the last success and failure, the failure streak, and a ring of
 //! [`SLOTS`] two-hour slots, each counting successes, failures and a latency histogram of
@@ -11,15 +10,13 @@
 //! cover the last 22 to 24 hours; the percentiles are the upper bound of the bucket they fall in,
 //! which is what a fixed-size histogram can say.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use super::Shards;
+
 /// The tracker is split into this many maps by webhook id.
-const SHARDS: usize = 16;
 /// The window's slots, and how long each one counts for.
 const SLOTS: usize = 12;
 const SLOT_SECS: u64 = 2 * 3600;
@@ -87,7 +84,7 @@ pub struct Failing {
 /// Every tracked webhook's health.
 #[derive(Default)]
 pub struct Tracker {
-    shards: [Mutex<HashMap<String, Entry>>; SHARDS],
+    shards: Shards<Entry>,
 }
 
 #[derive(Default)]
@@ -116,7 +113,7 @@ struct Slot {
 impl Tracker {
     /// Takes one attempt; returns since when the webhook has been failing, if it is.
     pub fn record(&self, webhook_id: &str, attempt: &Attempted<'_>) -> Option<SystemTime> {
-        let mut shard = self.shard(webhook_id);
+        let mut shard = self.shards.lock(webhook_id);
         let entry = match shard.get_mut(webhook_id) {
             Some(entry) => entry,
             None => shard.entry(webhook_id.to_owned()).or_default(),
@@ -127,14 +124,16 @@ impl Tracker {
 
     /// Since when the webhook has been failing, if it is.
     pub fn failing_since(&self, webhook_id: &str) -> Option<SystemTime> {
-        self.shard(webhook_id)
+        self.shards
+            .lock(webhook_id)
             .get(webhook_id)
             .and_then(|entry| entry.failing_since)
     }
 
     /// What a notice says of the webhook's failures.
     pub fn failing(&self, webhook_id: &str) -> Failing {
-        self.shard(webhook_id)
+        self.shards
+            .lock(webhook_id)
             .get(webhook_id)
             .map(|entry| Failing {
                 since: entry.failing_since,
@@ -146,7 +145,7 @@ impl Tracker {
 
     /// `true` for the first caller since the webhook was last enabled: that one disables it.
     pub fn claim_disabling(&self, webhook_id: &str) -> bool {
-        let mut shard = self.shard(webhook_id);
+        let mut shard = self.shards.lock(webhook_id);
         let entry = shard.entry(webhook_id.to_owned()).or_default();
         !std::mem::replace(&mut entry.disabling, true)
     }
@@ -154,7 +153,7 @@ impl Tracker {
     /// The claimed disable did not happen (a publish or the store failed): the next failure
     /// tries again.
     pub fn release_disabling(&self, webhook_id: &str) {
-        if let Some(entry) = self.shard(webhook_id).get_mut(webhook_id) {
+        if let Some(entry) = self.shards.lock(webhook_id).get_mut(webhook_id) {
             entry.disabling = false;
         }
     }
@@ -162,7 +161,7 @@ impl Tracker {
     /// The webhook was enabled again: its failures so far no longer count towards
     /// `disable_after`, or it would be disabled again at its next failure.
     pub fn enabled(&self, webhook_id: &str) {
-        if let Some(entry) = self.shard(webhook_id).get_mut(webhook_id) {
+        if let Some(entry) = self.shards.lock(webhook_id).get_mut(webhook_id) {
             entry.consecutive = 0;
             entry.failing_since = None;
             entry.disabling = false;
@@ -171,12 +170,12 @@ impl Tracker {
 
     /// The webhook was deleted.
     pub fn forget(&self, webhook_id: &str) {
-        self.shard(webhook_id).remove(webhook_id);
+        self.shards.lock(webhook_id).remove(webhook_id);
     }
 
     /// The webhook's health at `now`, with its URL's circuit.
     pub fn health(&self, webhook_id: &str, now: SystemTime, circuit: Circuit) -> Health {
-        let shard = self.shard(webhook_id);
+        let shard = self.shards.lock(webhook_id);
         let entry = shard.get(webhook_id);
         let text =
             |t: Option<SystemTime>| t.map(|t| humantime::format_rfc3339_millis(t).to_string());
@@ -209,13 +208,6 @@ impl Tracker {
             latency_p99_ms_24h: percentile(&window.latency, 0.99),
             circuit,
         }
-    }
-
-    fn shard(&self, webhook_id: &str) -> MutexGuard<'_, HashMap<String, Entry>> {
-        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(webhook_id);
-        self.shards[(hash % SHARDS as u64) as usize]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 

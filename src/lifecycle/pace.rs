@@ -1,64 +1,70 @@
-//! A webhook's rate limit: each delivery takes a send slot, `1/rate` after the one before.
+//! A webhook's rate limit, in two parts: a gate on what is sent, and a schedule of when what waits
+//! comes back.
 //!
-//! A delivery whose slot lies ahead is not held in memory (it would hold its message's place in
+//! The gate is what holds the limit: a delivery is sent only if the sends so far are no more than
+//! [`BURST`] intervals ahead of the rate (a virtual-clock limiter, exact over any window).
+//!
+//! A delivery the gate turns away is not held in memory (it would hold its message's place in
 //! the prefetch window, and so every other receiver's events behind it): it waits in a delay
-//! queue, carrying its slot in `x-webhookd-not-before`, and is sent once that time has come
-//! without taking another. So a backlog of a thousand events is spread over the slots ahead at
-//! once, each hop to a delay queue costs one confirmed publish, and the waits add no attempt.
+//! queue, carrying the time it is due in `x-webhookd-not-before`. A new delivery takes the next
+//! free slot of the schedule, `1/rate` after the one before, so a backlog of a thousand events
+//! is spread over the slots ahead at once and each comes back about when the gate has room for
+//! it; a delivery that comes back due and still finds the gate full (the daemon fell behind, and
+//! earlier ones are catching up) waits only until the gate has room. Each hop to a delay queue
+//! is one confirmed publish, and no wait is an attempt.
 //!
 //! A 429 with `Retry-After` halves the rate until that time has passed: the receiver said it is
-//! overloaded, and the slots it is given thin out by themselves.
+//! overloaded.
 //!
-//! The slots are kept per instance, in memory, split into shards by webhook id like the health
-//! tracker. [`Lane`] is the pure bookkeeping, tested on synthetic instants.
+//! Kept per instance, in memory, in a map split by webhook id like the health tracker. [`Lane`]
+//! is the pure bookkeeping, tested on synthetic instants.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-const SHARDS: usize = 16;
+use super::Shards;
 
-/// Every rate-limited webhook's next free send slot.
+/// How many intervals the sends may run ahead of the rate: room for deliveries that come back
+/// together to go together, without a burst the receiver would notice.
+const BURST: u32 = 2;
+
+/// Every rate-limited webhook's gate and schedule.
 #[derive(Default)]
 pub struct Pace {
-    shards: [Mutex<HashMap<String, Lane>>; SHARDS],
+    shards: Shards<Lane>,
 }
 
 impl Pace {
-    /// Takes the next send slot of `webhook_id` at `rate` per second: how long until it.
-    pub fn reserve(&self, webhook_id: &str, rate: u32, now: Instant) -> Duration {
-        let mut shard = self.shard(webhook_id);
+    /// Whether a delivery to `webhook_id`, limited to `rate` per second, may be sent at `now`:
+    /// `None` if so (the send is counted), else how long it waits. A delivery that `due` (it
+    /// already waited for its slot) waits until the gate has room; a new one takes the next
+    /// free slot.
+    pub fn admit(&self, webhook_id: &str, rate: u32, due: bool, now: Instant) -> Option<Duration> {
+        let mut shard = self.shards.lock(webhook_id);
         let lane = match shard.get_mut(webhook_id) {
             Some(lane) => lane,
             None => shard
                 .entry(webhook_id.to_owned())
                 .or_insert_with(|| Lane::new(now)),
         };
-        lane.reserve(rate, now)
+        lane.admit(rate, due, now)
     }
 
     /// The receiver answered 429 with `Retry-After` at `now`: half the rate until `until`.
     pub fn slow_down(&self, webhook_id: &str, now: Instant, until: Instant) {
-        let mut shard = self.shard(webhook_id);
+        let mut shard = self.shards.lock(webhook_id);
         let lane = shard
             .entry(webhook_id.to_owned())
             .or_insert_with(|| Lane::new(now));
         lane.slow_until = Some(lane.slow_until.map_or(until, |t| t.max(until)));
-    }
-
-    fn shard(&self, webhook_id: &str) -> MutexGuard<'_, HashMap<String, Lane>> {
-        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(webhook_id);
-        self.shards[(hash % SHARDS as u64) as usize]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
 /// One webhook's pacing.
 #[derive(Debug)]
 struct Lane {
-    /// The next free send slot.
+    /// When the gate is next free: each send moves it one interval on.
+    sent: Instant,
+    /// The next free slot of the schedule for deliveries that wait.
     next: Instant,
     /// Until when a 429 halved the rate.
     slow_until: Option<Instant>,
@@ -67,21 +73,27 @@ struct Lane {
 impl Lane {
     fn new(now: Instant) -> Lane {
         Lane {
+            sent: now,
             next: now,
             slow_until: None,
         }
     }
 
-    fn reserve(&mut self, rate: u32, now: Instant) -> Duration {
+    fn admit(&mut self, rate: u32, due: bool, now: Instant) -> Option<Duration> {
         let slowed = self.slow_until.is_some_and(|until| now < until);
-        let rate = if slowed {
-            (rate / 2).max(1)
-        } else {
-            rate.max(1)
-        };
-        let slot = self.next.max(now);
-        self.next = slot + Duration::from_secs(1) / rate;
-        slot - now
+        let rate = if slowed { rate / 2 } else { rate }.max(1);
+        let interval = Duration::from_secs(1) / rate;
+        let room_at = self.sent.checked_sub(interval * BURST).unwrap_or(now);
+        if room_at <= now {
+            self.sent = self.sent.max(now) + interval;
+            return None;
+        }
+        if due {
+            return Some(room_at - now);
+        }
+        let slot = self.next.max(room_at);
+        self.next = slot + interval;
+        Some(slot - now)
     }
 }
 
@@ -89,17 +101,35 @@ impl Lane {
 mod tests {
     use super::*;
 
+    fn ms(n: u64) -> Option<Duration> {
+        Some(Duration::from_millis(n))
+    }
+
     #[test]
-    fn slots_follow_one_another_at_the_rate_and_an_idle_lane_starts_now() {
+    fn new_deliveries_over_the_rate_take_slots_one_interval_apart() {
         let now = Instant::now();
         let mut lane = Lane::new(now);
-        let waits: Vec<Duration> = (0..4).map(|_| lane.reserve(20, now)).collect();
-        let ms = Duration::from_millis;
-        assert_eq!(waits, [ms(0), ms(50), ms(100), ms(150)]);
-        // Idle for a while: no burst is saved up, the next delivery goes at once.
+        let waits: Vec<Option<Duration>> = (0..6).map(|_| lane.admit(20, false, now)).collect();
+        // Three go at once (the burst), the rest are given the slots after the gate's room.
+        assert_eq!(waits, [None, None, None, ms(50), ms(100), ms(150)]);
+        // Idle for a while: the gate is free again, and no larger burst was saved up.
         let later = now + Duration::from_secs(10);
-        assert_eq!(lane.reserve(20, later), Duration::ZERO);
-        assert_eq!(lane.reserve(20, later), ms(50));
+        let waits: Vec<Option<Duration>> = (0..4).map(|_| lane.admit(20, false, later)).collect();
+        assert_eq!(waits, [None, None, None, ms(50)]);
+    }
+
+    #[test]
+    fn due_deliveries_coming_back_together_go_at_the_rate_and_the_rest_wait_for_room() {
+        let now = Instant::now();
+        let mut lane = Lane::new(now);
+        let sent = (0..10)
+            .filter(|_| lane.admit(10, true, now).is_none())
+            .count();
+        assert_eq!(sent, 3, "the burst, and no more");
+        assert_eq!(lane.admit(10, true, now), ms(100));
+        let soon = now + Duration::from_millis(100);
+        assert_eq!(lane.admit(10, true, soon), None);
+        assert_eq!(lane.admit(10, true, soon), ms(100));
     }
 
     #[test]
@@ -107,11 +137,13 @@ mod tests {
         let now = Instant::now();
         let pace = Pace::default();
         pace.slow_down("w", now, now + Duration::from_secs(1));
-        assert_eq!(pace.reserve("w", 10, now), Duration::ZERO);
-        assert_eq!(pace.reserve("w", 10, now), Duration::from_millis(200));
+        let waits: Vec<Option<Duration>> =
+            (0..4).map(|_| pace.admit("w", 10, false, now)).collect();
+        assert_eq!(waits, [None, None, None, ms(200)]);
         let after = now + Duration::from_secs(2);
-        assert_eq!(pace.reserve("w", 10, after), Duration::ZERO);
-        assert_eq!(pace.reserve("w", 10, after), Duration::from_millis(100));
-        assert_eq!(pace.reserve("other", 1, now), Duration::ZERO);
+        let waits: Vec<Option<Duration>> =
+            (0..4).map(|_| pace.admit("w", 10, false, after)).collect();
+        assert_eq!(waits, [None, None, None, ms(100)]);
+        assert_eq!(pace.admit("other", 1, false, now), None);
     }
 }

@@ -106,27 +106,29 @@ impl<O: Outbox> Leg<'_, O> {
         (self.unattempted(job), next)
     }
 
-    /// A delivery its webhook's rate limit holds back (`lifecycle/pace.rs`): it waits for its
-    /// send slot in a delay queue, which is not an attempt. `None` when it may go now: the
-    /// webhook has no limit, its slot has come, or the slot it takes is now.
+    /// A delivery its webhook's rate limit holds back (`lifecycle/pace.rs`): it waits in a delay
+    /// queue until it is due, which is not an attempt. `None` when it may go now: the webhook
+    /// has no limit, or the limit has room.
     fn paced(&self, job: Option<&Job>) -> Option<(Job, Next)> {
         let rate = self.webhook.rate_limit?;
         let now_ms = job::unix_ms(self.now);
-        let slot_ms = match job.and_then(|j| j.not_before_ms) {
-            // Taken on an earlier turn: it only waits for it.
-            Some(slot_ms) => slot_ms,
-            None => {
-                let shared = self.stage.shared;
-                let wait = shared.pace.reserve(&self.webhook.id, rate, Instant::now());
-                now_ms.saturating_add(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX))
-            }
+        let due_ms = job.and_then(|j| j.not_before_ms);
+        let wait = match due_ms {
+            // Not due yet: it waits on, and takes nothing from the limit meanwhile.
+            Some(due_ms) if due_ms > now_ms => Duration::from_millis(due_ms - now_ms),
+            _ => self.stage.shared.pace.admit(
+                &self.webhook.id,
+                rate,
+                due_ms.is_some(),
+                Instant::now(),
+            )?,
         };
-        let wait = Duration::from_millis(slot_ms.checked_sub(now_ms).filter(|&w| w > 0)?);
+        let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
         let next = Next::Retry(self.stage.live.schedule.pace_bucket(wait));
         self.stage.shared.metrics.paced();
-        debug!(outcome = %next, wait_ms = wait.as_millis() as u64, "rate limit: waiting for its send slot without an attempt");
+        debug!(outcome = %next, wait_ms, "rate limit: waiting without an attempt");
         let mut state = self.unattempted(job);
-        state.not_before_ms = Some(slot_ms);
+        state.not_before_ms = Some(now_ms.saturating_add(wait_ms));
         Some((state, next))
     }
 
@@ -534,14 +536,11 @@ mod tests {
             .await
             .expect("update")
             .expect("there");
-        for n in 1..=2 {
+        // A limit of 1/s lets a burst of three through, then gives the fourth a slot.
+        for n in 1..=4 {
             assert!(turn(&shared, &outbox, &webhook, n).await.is_ok());
         }
-        assert_eq!(
-            receiver.count(),
-            1,
-            "the second waits a second for its slot"
-        );
+        assert_eq!(receiver.count(), 3, "the fourth waits for its slot");
         let delayed = outbox.delayed.lock().expect("recorder");
         let [(bucket, properties)] = delayed.as_slice() else {
             panic!("one paced job, got {}", delayed.len());
