@@ -7,6 +7,7 @@ mod config;
 mod dlq;
 mod faults;
 mod hostile;
+mod lifecycle;
 mod limits;
 mod ownership;
 mod pipeline;
