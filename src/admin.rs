@@ -46,7 +46,8 @@ use crate::delivery::sign::generate_secret;
 use crate::health::Readiness;
 use crate::lifecycle::{check_event, send_test, Monitor, WebhookView, DEFAULT_TEST_EVENT};
 use crate::metrics::Metrics;
-use crate::store::{NewWebhook, Store, StoreError, WebhookPatch};
+use crate::registry::{Registry, RegistryError};
+use crate::store::{NewWebhook, StoreError, WebhookPatch};
 
 /// Request bodies above this are refused: a webhook definition is a few hundred bytes.
 const MAX_REQUEST_BYTES: usize = 64 * 1024;
@@ -71,7 +72,7 @@ const BUSY_REPLY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: te
     content-length: 27\r\nconnection: close\r\n\r\ntoo many admin connections\n";
 
 pub struct AdminState {
-    pub store: Store,
+    pub registry: Registry,
     pub access: Access,
     /// How long a rotated-out secret keeps signing (`delivery.secret_rotation_grace`).
     pub secret_rotation_grace: Duration,
@@ -290,6 +291,10 @@ enum ApiError {
     /// The body did not arrive within [`BODY_READ_TIMEOUT`].
     BodyTimeout,
     NotFound,
+    /// The change lost a race with another change to the same webhook.
+    Conflict(String),
+    /// The registry log cannot take or apply the change now.
+    Unavailable(String),
     Internal(String),
 }
 
@@ -303,7 +308,17 @@ impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> ApiError {
         match error {
             StoreError::Invalid { field, message } => ApiError::bad_request(message, field),
+            StoreError::Conflict => ApiError::Conflict(error.to_string()),
             other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(error: RegistryError) -> ApiError {
+        match error {
+            RegistryError::Store(error) => error.into(),
+            unavailable => ApiError::Unavailable(unavailable.to_string()),
         }
     }
 }
@@ -336,6 +351,11 @@ impl ApiError {
                 reply
             }
             ApiError::NotFound => json_error(StatusCode::NOT_FOUND, "no such webhook", None),
+            ApiError::Conflict(message) => json_error(StatusCode::CONFLICT, &message, None),
+            ApiError::Unavailable(message) => {
+                warn!(%message, "admin API write not applied");
+                json_error(StatusCode::SERVICE_UNAVAILABLE, &message, None)
+            }
             ApiError::Internal(message) => {
                 warn!(%message, "admin API request failed");
                 json_error(StatusCode::INTERNAL_SERVER_ERROR, &message, None)
@@ -351,7 +371,8 @@ async fn api(
     query: &str,
     request: Request<Incoming>,
 ) -> Result<Reply, ApiError> {
-    let store = &state.store;
+    let registry = &state.registry;
+    let store = registry.store();
     match (method, segments) {
         (&Method::GET, ["webhooks"]) => {
             let account = match query_param(query, "account_id") {
@@ -374,7 +395,7 @@ async fn api(
                 fields.insert("secret".into(), Value::String(generate_secret()));
             }
             let new: NewWebhook = from_fields(fields, &REQUIRED_TO_CREATE)?;
-            let webhook = store.create(new).await?;
+            let webhook = registry.create(new).await?;
             // The secret is shown once, in the reply that set it.
             Ok(json(StatusCode::CREATED, &webhook))
         }
@@ -403,19 +424,14 @@ async fn api(
             }
             let secret_changed = fields.contains_key("secret");
             let patch: WebhookPatch = from_fields(fields, &[])?;
-            let enabling = patch.enabled == Some(true);
-            let updated = store.update(id, patch).await?;
-            if enabling && updated.is_some() {
-                state.monitor.enabled(id);
-            }
-            match updated {
+            match registry.update(id, &patch).await? {
                 Some(webhook) if secret_changed => Ok(json(StatusCode::OK, &webhook.revealed())),
                 Some(webhook) => Ok(json(StatusCode::OK, &webhook.masked())),
                 None => Err(ApiError::NotFound),
             }
         }
         (&Method::POST, ["webhooks", id, "rotate-secret"]) => {
-            let rotated = store
+            let rotated = registry
                 .rotate_secret(id, generate_secret(), state.secret_rotation_grace)
                 .await?
                 .ok_or(ApiError::NotFound)?;
@@ -423,7 +439,7 @@ async fn api(
             Ok(json(StatusCode::OK, &rotated.revealed()))
         }
         (&Method::DELETE, ["webhooks", id]) => {
-            if store.delete(id).await? {
+            if registry.delete(id).await? {
                 state.monitor.deleted(id);
                 Ok(empty(StatusCode::NO_CONTENT))
             } else {

@@ -106,6 +106,20 @@ pub struct BrokerConfig {
     pub retry_queue_prefix: String,
     /// Where undeliverable events are parked for `webhookd dlq`.
     pub dead_letter_queue: String,
+    /// The stream that holds the registry's log: every change to a webhook, which every instance
+    /// applies to its own store in the same order (see `registry`).
+    pub registry_stream: String,
+    /// How long the registry stream keeps a change (`x-max-age`); snapshots keep everything
+    /// older reachable.
+    #[serde(with = "duration_text")]
+    pub registry_max_age: Duration,
+    /// The size of the stream's segment files, the unit retention deletes in.
+    pub registry_segment_bytes: u32,
+    /// How often the elected instance writes a snapshot of the registry into the stream, when it
+    /// changed since the last one; at most half of `registry_max_age`, so a whole snapshot is
+    /// always within retention.
+    #[serde(with = "duration_text")]
+    pub registry_snapshot_every: Duration,
 }
 
 impl Default for BrokerConfig {
@@ -124,6 +138,10 @@ impl Default for BrokerConfig {
             heartbeat: Duration::from_secs(10),
             retry_queue_prefix: "webhookd.retry".to_owned(),
             dead_letter_queue: "webhookd.dead".to_owned(),
+            registry_stream: "webhookd.registry".to_owned(),
+            registry_max_age: Duration::from_secs(7 * 24 * 3600),
+            registry_segment_bytes: 8 * 1024 * 1024,
+            registry_snapshot_every: Duration::from_secs(3600),
         }
     }
 }

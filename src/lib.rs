@@ -39,6 +39,7 @@ pub mod job;
 pub mod lifecycle;
 pub mod metrics;
 pub mod privilege;
+pub mod registry;
 pub mod retry;
 pub mod service;
 pub mod store;

@@ -35,8 +35,6 @@ use crate::store::Webhook;
 pub trait Monitor: Send + Sync {
     /// The webhook's health, with its URL's circuit.
     fn health(&self, webhook: &Webhook) -> Health;
-    /// The webhook was enabled again: its failures so far stop counting.
-    fn enabled(&self, webhook_id: &str);
     /// The webhook was deleted: its health is forgotten.
     fn deleted(&self, webhook_id: &str);
     /// The delivery client in force (SIGHUP may replace it).

@@ -35,9 +35,10 @@ use crate::admin::{self, Access, AdminState};
 use crate::broker::{BrokerError, Publisher};
 use crate::config::Config;
 use crate::delivery::{self, Client};
-use crate::health::{self, Readiness};
+use crate::health::{self, Readiness, State};
 use crate::lifecycle::{Health, Monitor, Pace, Tracker, WEBHOOK_DISABLED};
 use crate::metrics::Metrics;
+use crate::registry::Registry;
 use crate::retry::Schedule;
 use crate::store::{Store, Webhook, ATTEMPT_SHARES};
 
@@ -48,6 +49,8 @@ const ATTEMPT_LOG_PERIOD: Duration = Duration::from_secs(1);
 pub enum ServiceError {
     #[error("store: {0}")]
     Store(#[from] crate::store::StoreError),
+    #[error("registry: {0}")]
+    Registry(#[from] crate::registry::RegistryError),
     #[error("delivery client: {0}")]
     Client(#[from] delivery::ClientError),
     #[error("retry schedule: {0}")]
@@ -143,7 +146,10 @@ impl Outbox for Publisher {
 
 /// What every message's processing shares. Built once; sessions come and go around it.
 struct Shared {
+    /// The registry's local copy, which every lookup reads.
     store: Store,
+    /// Where a change the daemon makes itself (a 410 disables its webhook) is written.
+    registry: Registry,
     metrics: Arc<Metrics>,
     live: RwLock<Arc<Live>>,
     /// Per-URL in-flight caps and circuits. Outside [`Live`] so a reload changes the policy
@@ -162,9 +168,15 @@ struct Shared {
 }
 
 impl Shared {
-    fn new(config: &Config, store: Store, metrics: Arc<Metrics>) -> Result<Shared, ServiceError> {
+    fn new(
+        config: &Config,
+        store: Store,
+        registry: Registry,
+        metrics: Arc<Metrics>,
+    ) -> Result<Shared, ServiceError> {
         Ok(Shared {
             store,
+            registry,
             live: RwLock::new(Arc::new(Live::build(config, None)?)),
             endpoints: Arc::new(Endpoints::new(
                 Policy::from(&config.delivery),
@@ -187,10 +199,6 @@ impl Monitor for Shared {
     fn health(&self, webhook: &Webhook) -> Health {
         let circuit = self.endpoints.circuit(&webhook.url);
         self.health.health(&webhook.id, SystemTime::now(), circuit)
-    }
-
-    fn enabled(&self, webhook_id: &str) {
-        self.health.enabled(webhook_id);
     }
 
     fn deleted(&self, webhook_id: &str) {
@@ -290,10 +298,19 @@ pub async fn run(
         })?;
     let metrics = Arc::new(Metrics::default());
     let readiness = Arc::new(Readiness::default());
-    let shared = Arc::new(Shared::new(&config, store.clone(), metrics.clone())?);
+    // Stopped after the sessions have drained: a delivery finishing then may still disable its
+    // webhook through the log.
+    let stopped = CancellationToken::new();
+    let (registry, follower) = Registry::follow(&config.broker, store.clone(), &stopped)?;
+    let shared = Arc::new(Shared::new(
+        &config,
+        store.clone(),
+        registry.clone(),
+        metrics.clone(),
+    )?);
 
     let admin_state = Arc::new(AdminState {
-        store: store.clone(),
+        registry: registry.clone(),
         access: Access::from_config(&config.admin),
         secret_rotation_grace: config.delivery.secret_rotation_grace,
         readiness: readiness.clone(),
@@ -301,7 +318,6 @@ pub async fn run(
         monitor: shared.clone(),
     });
     info!(listen = %config.admin.listen, "admin API listening");
-    let stopped = CancellationToken::new();
     let admin_task = tokio::spawn(admin::serve(listener, admin_state, shutdown.clone()));
     let watchdog = tokio::spawn(health::watchdog(stopped.clone()));
     let reloader = tokio::spawn(reload::follow(
@@ -316,13 +332,25 @@ pub async fn run(
         stopped.clone(),
     ));
 
-    session::supervise(&config, &shared, &readiness, &shutdown).await;
+    // Consuming waits until the registry is current: an event must not meet an old registry.
+    let waiting = |why: &str| readiness.set(State::Reconnecting(why.to_owned()));
+    match registry.catch_up(&shutdown, waiting).await {
+        Ok(()) => session::supervise(&config, &shared, &readiness, &shutdown).await,
+        Err(error) => info!(%error, "stopped before the registry log was applied"),
+    }
 
     if let Err(error) = store.flush().await {
         error!(%error, "flushing the store at shutdown failed");
     }
     stopped.cancel();
-    let _ = tokio::join!(admin_task, watchdog, reloader, attempt_log, stall_sweep);
+    let _ = tokio::join!(
+        admin_task,
+        watchdog,
+        reloader,
+        attempt_log,
+        stall_sweep,
+        follower
+    );
     info!("stopped");
     Ok(())
 }
@@ -451,7 +479,8 @@ mod testing {
         let mut config = Config::default();
         config.delivery.allow_networks = vec!["127.0.0.0/8".parse().expect("network")];
         let store = Store::open_temporary().expect("store");
-        Shared::new(&config, store, Arc::new(Metrics::default())).expect("shared")
+        let registry = crate::registry::Registry::local(store.clone());
+        Shared::new(&config, store, registry, Arc::new(Metrics::default())).expect("shared")
     }
 
     pub(super) async fn webhook(shared: &Shared, account_id: u64, url: &str) -> Webhook {

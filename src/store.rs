@@ -62,6 +62,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGua
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use sled::transaction::{
     abort, ConflictableTransactionResult, TransactionError, Transactional, TransactionalTree,
 };
@@ -83,6 +84,10 @@ pub use self::webhook::{NewWebhook, Webhook, WebhookPatch};
 
 const TREE_BY_ACCOUNT: &str = "by_account";
 const TREE_BY_ID: &str = "by_id";
+/// What the store knows about itself rather than about webhooks.
+const TREE_META: &str = "meta";
+/// In `meta`: the registry log offset of the next change to apply (u64 big-endian).
+const LOG_POSITION: &[u8] = b"log_position";
 
 /// How many attempts are kept per webhook: enough to see a pattern of failures in
 /// `webhookd webhooks attempts ID`, small enough that a million webhooks stay a bounded store.
@@ -147,10 +152,94 @@ pub enum StoreError {
     },
     #[error("store error: {0}")]
     Sled(#[from] sled::Error),
+    #[error(
+        "the webhook was changed at the same time by another request; read it again and retry"
+    )]
+    Conflict,
     #[error("corrupt store record: {0}")]
     Corrupt(String),
     #[error("attempt log {}: {source}", path.display())]
     AttemptLog { path: PathBuf, source: io::Error },
+}
+
+/// One change to the registry, fully decided by the instance that makes it (ids, secrets and
+/// timestamps included), so that every instance applying the same changes in the same order holds
+/// the same registry. The registry log carries these as JSON.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Change {
+    Create {
+        webhook: Webhook,
+    },
+    /// The whole new record, applied only if the stored one is still the record `base` is the
+    /// [`Webhook::revision`] of: two instances changing one webhook at once cannot silently undo
+    /// each other, and a change cannot bring back a webhook deleted meanwhile.
+    Replace {
+        webhook: Webhook,
+        base: String,
+    },
+    Delete {
+        id: String,
+    },
+}
+
+impl Change {
+    /// A new webhook from `new`: a fresh `wh_…` id and timestamps, validated.
+    pub fn create(new: NewWebhook) -> Result<Change, StoreError> {
+        let now = now_rfc3339();
+        let webhook = Webhook {
+            id: generate_id(),
+            account_id: new.account_id,
+            url: new.url,
+            events: new.events,
+            inbox_id: new.inbox_id,
+            secret: new.secret,
+            previous_secret: None,
+            previous_secret_expires_at: None,
+            enabled: new.enabled,
+            disabled_reason: (!new.enabled).then(|| "manual".to_owned()),
+            disabled_at: (!new.enabled).then(|| now.clone()),
+            rate_limit: new.rate_limit,
+            name: new.name,
+            created_at: now.clone(),
+            updated_at: now,
+        };
+        validate(&webhook)?;
+        Ok(Change::Create { webhook })
+    }
+}
+
+/// What applying a [`Change`] did.
+#[allow(clippy::large_enum_variant)] // one per registry write, never held in bulk
+#[derive(Debug, PartialEq)]
+pub enum Applied {
+    /// Created or replaced: the webhook as stored now.
+    Webhook(Webhook),
+    Deleted,
+    /// The webhook a replace or delete names does not exist (any more).
+    Missing,
+    /// A create of an id that exists, or a replace of a record changed since its base.
+    Conflict,
+}
+
+impl Applied {
+    /// The account whose index entry a write that did this must refresh.
+    fn account(&self) -> Option<u64> {
+        match self {
+            Applied::Webhook(webhook) => Some(webhook.account_id),
+            _ => None,
+        }
+    }
+
+    /// The webhook a create or replace left, `None` when it found none, and an error for a
+    /// conflict.
+    pub fn into_webhook(self) -> Result<Option<Webhook>, StoreError> {
+        match self {
+            Applied::Webhook(webhook) => Ok(Some(webhook)),
+            Applied::Missing | Applied::Deleted => Ok(None),
+            Applied::Conflict => Err(StoreError::Conflict),
+        }
+    }
 }
 
 /// sled's page cache. Lookups never read sled (the index answers them), so it serves only the
@@ -165,6 +254,7 @@ pub struct Store {
     db: sled::Db,
     by_account: sled::Tree,
     by_id: sled::Tree,
+    meta: sled::Tree,
     log: Arc<AttemptLog>,
     /// Attempts recorded since their share was last persisted, by webhook, oldest first: share
     /// [`attempt_share`] of a webhook's id holds its attempts.
@@ -215,6 +305,7 @@ impl Store {
             index: Arc::new(RwLock::new(load_index(&by_account)?)),
             by_account,
             by_id: db.open_tree(TREE_BY_ID)?,
+            meta: db.open_tree(TREE_META)?,
             log: Arc::new(AttemptLog::open(path.join(ATTEMPTS_DIR))?),
             buffered: Arc::default(),
             persisting: Arc::default(),
@@ -223,47 +314,17 @@ impl Store {
         })
     }
 
-    /// Validates, assigns a fresh `wh_…` id and timestamps, stores and flushes.
+    /// Creates a webhook in this store alone and flushes: for a store that is being filled
+    /// before a daemon runs on it (tests, the benchmark). A daemon publishes what it finds
+    /// stored but never logged to the registry log when it starts (see `registry`), so such a
+    /// webhook still reaches every instance; everything else writes through the log.
     pub async fn create(&self, new: NewWebhook) -> Result<Webhook, StoreError> {
-        let now = now_rfc3339();
-        let webhook = Webhook {
-            id: generate_id(),
-            account_id: new.account_id,
-            url: new.url,
-            events: new.events,
-            inbox_id: new.inbox_id,
-            secret: new.secret,
-            previous_secret: None,
-            previous_secret_expires_at: None,
-            enabled: new.enabled,
-            disabled_reason: (!new.enabled).then(|| "manual".to_owned()),
-            disabled_at: (!new.enabled).then(|| now.clone()),
-            rate_limit: new.rate_limit,
-            name: new.name,
-            created_at: now.clone(),
-            updated_at: now,
-        };
-        validate(&webhook)?;
-        let value = encode(&webhook)?;
-        let account = webhook.account_id.to_be_bytes();
-        let key = account_key(webhook.account_id, &webhook.id);
-        self.write(
-            |(by_id, by_account)| {
-                if by_id.insert(webhook.id.as_bytes(), &account[..])?.is_some() {
-                    // 103 random bits make this unreachable in practice; refuse rather than let
-                    // two webhooks share an id.
-                    return abort(StoreError::Corrupt(format!(
-                        "generated webhook id {} already exists",
-                        webhook.id
-                    )));
-                }
-                by_account.insert(key.as_slice(), value.as_slice())?;
-                Ok(())
-            },
-            |()| Some(webhook.account_id),
-        )?;
+        let change = Change::create(new)?;
+        let applied = self.apply(&change)?;
         self.flush().await?;
-        Ok(webhook)
+        applied
+            .into_webhook()?
+            .ok_or_else(|| StoreError::Corrupt("a generated webhook id already exists".to_owned()))
     }
 
     pub fn get(&self, id: &str) -> Result<Option<Webhook>, StoreError> {
@@ -398,88 +459,141 @@ impl Store {
         self.cache.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Applies the patch, validates the result as a whole, stores and flushes; `None` when there
-    /// is no such webhook.
-    pub async fn update(
+    /// The change that applies `patch` to the webhook as stored now, validated as a whole;
+    /// `None` when there is no such webhook.
+    pub fn update_change(
         &self,
         id: &str,
-        patch: WebhookPatch,
-    ) -> Result<Option<Webhook>, StoreError> {
+        patch: &WebhookPatch,
+    ) -> Result<Option<Change>, StoreError> {
         let now = now_rfc3339();
-        self.modify(id, &now, |webhook| patch.apply(webhook, &now))
-            .await
+        self.replacement(id, &now, |webhook| patch.apply(webhook, &now))
     }
 
-    /// Disables the webhook for `reason` (`gone`, `failing`) at `at`, as webhookd decided it;
-    /// `None` when there is no such webhook. Everything is the caller's, so the change is one
-    /// fully determined operation.
-    pub async fn disable(
+    /// The change that disables the webhook for `reason` (`gone`, `failing`) at `at`, as
+    /// webhookd decided it; `None` when there is no such webhook.
+    pub fn disable_change(
         &self,
         id: &str,
         reason: &str,
         at: SystemTime,
-    ) -> Result<Option<Webhook>, StoreError> {
+    ) -> Result<Option<Change>, StoreError> {
         let at = humantime::format_rfc3339_seconds(at).to_string();
-        self.modify(id, &at, |webhook| webhook.disable(reason, &at))
-            .await
+        self.replacement(id, &at, |webhook| webhook.disable(reason, &at))
     }
 
-    /// Replaces the webhook's secret with `secret`, keeping the previous one signing for `grace`
-    /// (see [`Webhook::previous_secret`]); `None` when there is no such webhook. A rotation during
-    /// another's grace ends that grace: only the secret being replaced keeps signing.
-    pub async fn rotate_secret(
+    /// The change that makes `secret` the webhook's secret, keeping the previous one signing for
+    /// `grace` (see [`Webhook::previous_secret`]); `None` when there is no such webhook. A rotation
+    /// during another's grace ends that grace: only the secret being replaced keeps signing.
+    pub fn rotation_change(
         &self,
         id: &str,
         secret: String,
         grace: Duration,
-    ) -> Result<Option<Webhook>, StoreError> {
+    ) -> Result<Option<Change>, StoreError> {
         let now = SystemTime::now();
         // Config bounds the grace to a year; an overflow would only mean "no grace".
         let until = now.checked_add(grace).unwrap_or(now);
-        self.modify(id, &now_rfc3339(), |webhook| {
+        self.replacement(id, &now_rfc3339(), |webhook| {
             webhook.rotate_to(secret.clone(), until);
         })
-        .await
     }
 
-    /// Reads the webhook, changes it with `change`, stamps it updated at `now` (RFC 3339),
-    /// validates the result as a whole, stores and flushes. `change` may run more than once: sled
-    /// retries a transaction that lost a race.
-    async fn modify(
+    /// The change that enables or disables the webhook by hand (a disable records `manual`);
+    /// webhookd's own disables are [`Store::disable_change`].
+    pub fn enabled_change(&self, id: &str, enabled: bool) -> Result<Option<Change>, StoreError> {
+        let patch = WebhookPatch {
+            enabled: Some(enabled),
+            ..WebhookPatch::default()
+        };
+        self.update_change(id, &patch)
+    }
+
+    /// A [`Change::Replace`] of the webhook as stored now by the result of `change`, updated at
+    /// `now` (RFC 3339), validated; `None` when there is no such webhook.
+    fn replacement(
         &self,
         id: &str,
         now: &str,
-        change: impl Fn(&mut Webhook),
-    ) -> Result<Option<Webhook>, StoreError> {
-        let updated = self.write(
+        change: impl FnOnce(&mut Webhook),
+    ) -> Result<Option<Change>, StoreError> {
+        let Some(current) = self.get(id)? else {
+            return Ok(None);
+        };
+        let mut webhook = current.clone();
+        change(&mut webhook);
+        now.clone_into(&mut webhook.updated_at);
+        validate(&webhook)?;
+        Ok(Some(Change::Replace {
+            base: current.revision()?,
+            webhook,
+        }))
+    }
+
+    /// Applies one change as every instance applies it, in the registry log's order. The same
+    /// change applied twice leaves the store as once (an instance that crashed before recording
+    /// how far it had applied reads some changes again): a create of an id that exists and a
+    /// replace whose base is no longer current change nothing, a delete of a missing id neither.
+    /// Not flushed: the log, not this copy, is what a write's caller was promised.
+    pub fn apply(&self, change: &Change) -> Result<Applied, StoreError> {
+        match change {
+            Change::Create { webhook } => self.insert(webhook),
+            Change::Replace { webhook, base } => self.replace(webhook, base),
+            Change::Delete { id } => self.remove(id),
+        }
+    }
+
+    fn insert(&self, webhook: &Webhook) -> Result<Applied, StoreError> {
+        validate(webhook)?;
+        let value = encode(webhook)?;
+        let account = webhook.account_id.to_be_bytes();
+        let key = account_key(webhook.account_id, &webhook.id);
+        self.write(
+            |(by_id, by_account)| {
+                if by_id.get(webhook.id.as_bytes())?.is_some() {
+                    return Ok(Applied::Conflict);
+                }
+                by_id.insert(webhook.id.as_bytes(), &account[..])?;
+                by_account.insert(key.as_slice(), value.as_slice())?;
+                Ok(Applied::Webhook(webhook.clone()))
+            },
+            Applied::account,
+        )
+    }
+
+    fn replace(&self, webhook: &Webhook, base: &str) -> Result<Applied, StoreError> {
+        validate(webhook)?;
+        let value = encode(webhook)?;
+        let id = webhook.id.as_str();
+        self.write(
             |(by_id, by_account)| {
                 let Some(account) = by_id.get(id)? else {
-                    return Ok(None);
+                    return Ok(Applied::Missing);
                 };
                 let account = decode_account(&account).or_else(abort)?;
+                if account != webhook.account_id {
+                    return abort(StoreError::Corrupt(format!(
+                        "a change moves webhook {id} to another account"
+                    )));
+                }
                 let key = account_key(account, id);
-                let Some(value) = by_account.get(key.as_slice())? else {
+                let Some(stored) = by_account.get(key.as_slice())? else {
                     return abort(StoreError::Corrupt(format!(
                         "webhook {id} is indexed by id but missing from its account"
                     )));
                 };
-                let mut webhook = decode::<Webhook>(&value).or_else(abort)?;
-                change(&mut webhook);
-                now.clone_into(&mut webhook.updated_at);
-                validate(&webhook).or_else(abort)?;
-                by_account.insert(key.as_slice(), encode(&webhook).or_else(abort)?)?;
-                Ok(Some(webhook))
+                if revision_of(&stored) != base {
+                    return Ok(Applied::Conflict);
+                }
+                by_account.insert(key.as_slice(), value.as_slice())?;
+                Ok(Applied::Webhook(webhook.clone()))
             },
-            |updated| updated.as_ref().map(|webhook| webhook.account_id),
-        )?;
-        if updated.is_some() {
-            self.flush().await?;
-        }
-        Ok(updated)
+            Applied::account,
+        )
     }
 
-    /// Removes the webhook and its attempt log, then flushes; `false` when there was none.
-    pub async fn delete(&self, id: &str) -> Result<bool, StoreError> {
+    /// Removes the webhook and its attempt log.
+    fn remove(&self, id: &str) -> Result<Applied, StoreError> {
         let deleted = self.write(
             |(by_id, by_account)| {
                 let Some(account) = by_id.remove(id)? else {
@@ -492,31 +606,48 @@ impl Store {
             |account| *account,
         )?;
         if deleted.is_none() {
-            return Ok(false);
+            return Ok(Applied::Missing);
         }
         // A delivery racing the delete may still buffer an attempt, and a persist may have
         // found the webhook just before the transaction: the log goes under the persist lock,
         // after any such persist has appended, and later persists skip the webhook.
-        {
-            let _persisting = self.persisting();
-            self.buffer(attempt_share(id)).remove(id);
-            self.log.remove(id)?;
-        }
-        self.flush().await?;
-        Ok(true)
+        let _persisting = self.persisting();
+        self.buffer(attempt_share(id)).remove(id);
+        self.log.remove(id)?;
+        Ok(Applied::Deleted)
     }
 
-    /// Used by the API and by delivery when a receiver answers 410 Gone.
-    pub async fn set_enabled(
-        &self,
-        id: &str,
-        enabled: bool,
-    ) -> Result<Option<Webhook>, StoreError> {
-        let patch = WebhookPatch {
-            enabled: Some(enabled),
-            ..WebhookPatch::default()
-        };
-        self.update(id, patch).await
+    /// Replaces every webhook with `webhooks` (an instance rebuilding its copy from a snapshot
+    /// of the log). Attempt logs of webhooks that are gone stay as orphans under ids never reused.
+    pub fn replace_all(&self, webhooks: &[Webhook]) -> Result<(), StoreError> {
+        let mut index = self.index_mut();
+        self.by_id.clear()?;
+        self.by_account.clear()?;
+        for webhook in webhooks {
+            self.by_id
+                .insert(webhook.id.as_bytes(), &webhook.account_id.to_be_bytes()[..])?;
+            self.by_account.insert(
+                account_key(webhook.account_id, &webhook.id),
+                encode(webhook)?,
+            )?;
+        }
+        *index = load_index(&self.by_account)?;
+        self.cache().clear();
+        Ok(())
+    }
+
+    /// Where this copy stands in the registry log: the offset of the next change to apply, or
+    /// `None` for a store that has never followed a log.
+    pub fn log_position(&self) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .meta
+            .get(LOG_POSITION)?
+            .and_then(|bytes| decode_u64(&bytes)))
+    }
+
+    pub fn set_log_position(&self, next: u64) -> Result<(), StoreError> {
+        self.meta.insert(LOG_POSITION, &next.to_be_bytes()[..])?;
+        Ok(())
     }
 
     /// Waits until everything written so far, buffered attempts included, is on disk.
@@ -524,6 +655,54 @@ impl Store {
         self.persist_attempts()?;
         self.db.flush_async().await?;
         Ok(())
+    }
+}
+
+/// The writes of the store's own tests, each one change applied here and flushed, as a registry
+/// log with this one instance would do.
+#[cfg(test)]
+impl Store {
+    pub(crate) async fn update(
+        &self,
+        id: &str,
+        patch: WebhookPatch,
+    ) -> Result<Option<Webhook>, StoreError> {
+        let change = self.update_change(id, &patch)?;
+        self.apply_local(change).await
+    }
+
+    pub(crate) async fn rotate_secret(
+        &self,
+        id: &str,
+        secret: String,
+        grace: Duration,
+    ) -> Result<Option<Webhook>, StoreError> {
+        let change = self.rotation_change(id, secret, grace)?;
+        self.apply_local(change).await
+    }
+
+    pub(crate) async fn set_enabled(
+        &self,
+        id: &str,
+        enabled: bool,
+    ) -> Result<Option<Webhook>, StoreError> {
+        let change = self.enabled_change(id, enabled)?;
+        self.apply_local(change).await
+    }
+
+    pub(crate) async fn delete(&self, id: &str) -> Result<bool, StoreError> {
+        let applied = self.apply(&Change::Delete { id: id.to_owned() })?;
+        self.flush().await?;
+        Ok(applied == Applied::Deleted)
+    }
+
+    async fn apply_local(&self, change: Option<Change>) -> Result<Option<Webhook>, StoreError> {
+        let Some(change) = change else {
+            return Ok(None);
+        };
+        let applied = self.apply(&change)?;
+        self.flush().await?;
+        applied.into_webhook()
     }
 }
 
@@ -542,6 +721,11 @@ fn from_transaction(error: TransactionError<StoreError>) -> StoreError {
         TransactionError::Abort(error) => error,
         TransactionError::Storage(error) => StoreError::Sled(error),
     }
+}
+
+/// The revision of a stored record (see [`Webhook::revision`]).
+fn revision_of(stored: &[u8]) -> String {
+    hex::encode(&Sha256::digest(stored)[..16])
 }
 
 fn now_rfc3339() -> String {

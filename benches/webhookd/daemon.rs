@@ -73,6 +73,7 @@ queue = "{tag}.work"
 queue_kind = "{kind}"
 retry_queue_prefix = "{tag}.retry"
 dead_letter_queue = "{tag}.dead"
+registry_stream = "{tag}.registry"
 
 [store]
 path = "{store}"

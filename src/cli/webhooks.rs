@@ -14,9 +14,12 @@ use hyper_util::rt::TokioExecutor;
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
+use tokio_util::sync::CancellationToken;
+
 use crate::config::Config;
 use crate::delivery::{sign, Client};
 use crate::lifecycle::{check_event, send_test, Health, Trial, WebhookView, DEFAULT_TEST_EVENT};
+use crate::registry;
 use crate::store::{Attempt, NewWebhook, Store, StoreError, Webhook, WebhookPatch};
 
 #[derive(Debug, Subcommand)]
@@ -388,11 +391,15 @@ fn print_webhook(webhook: &Webhook, json: bool) {
     );
 }
 
-/// Where webhook commands go: the daemon's API, or the store itself when no daemon runs.
+/// Where webhook commands go: the daemon's API, or, when no daemon runs here, the store itself
+/// brought up to date with the registry log, and changed through it as the daemon would.
 pub(super) enum Registry {
     Api(Api),
-    Direct(Store),
+    Direct(registry::Registry),
 }
+
+/// How long the CLI waits for the broker to bring a store no daemon holds up to date.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Registry {
     pub(super) async fn connect(config: &Config) -> anyhow::Result<Registry> {
@@ -400,7 +407,7 @@ impl Registry {
         match api.call::<Value>(Method::GET, "/healthz", None).await {
             Ok(_) => Ok(Registry::Api(api)),
             Err(ApiFailure::Unreachable(why)) => match Store::open(&config.store.path) {
-                Ok(store) => Ok(Registry::Direct(store)),
+                Ok(store) => Ok(Registry::Direct(follow_log(config, store).await?)),
                 Err(StoreError::Locked { .. }) => bail!(
                     "the daemon's admin API at {} is not answering ({why}) and its store {} is locked by another process",
                     config.admin.listen,
@@ -425,7 +432,7 @@ impl Registry {
                     Some(serde_json::to_value(&new)?),
                 )
                 .await?),
-            Registry::Direct(store) => Ok(store.create(new).await?),
+            Registry::Direct(registry) => Ok(registry.create(new).await?),
         }
     }
 
@@ -438,9 +445,12 @@ impl Registry {
                 };
                 Ok(api.call(Method::GET, &path, None).await?)
             }
-            Registry::Direct(store) => {
-                Ok(store.list(account)?.iter().map(Webhook::masked).collect())
-            }
+            Registry::Direct(registry) => Ok(registry
+                .store()
+                .list(account)?
+                .iter()
+                .map(Webhook::masked)
+                .collect()),
         }
     }
 
@@ -457,7 +467,7 @@ impl Registry {
                     Err(other) => Err(other.into()),
                 }
             }
-            Registry::Direct(store) => Ok(store.get(id)?.map(|w| w.masked())),
+            Registry::Direct(registry) => Ok(registry.store().get(id)?.map(|w| w.masked())),
         }
     }
 
@@ -467,7 +477,8 @@ impl Registry {
             Registry::Api(api) => Ok(api
                 .call(Method::GET, &format!("/v1/webhooks/{id}"), None)
                 .await?),
-            Registry::Direct(store) => store
+            Registry::Direct(registry) => registry
+                .store()
                 .get(id)?
                 .map(|w| WebhookView {
                     webhook: w.masked(),
@@ -487,7 +498,8 @@ impl Registry {
                     None,
                 )
                 .await?),
-            Registry::Direct(store) => {
+            Registry::Direct(registry) => {
+                let store = registry.store();
                 let webhook = store
                     .get(id)?
                     .ok_or_else(|| anyhow!("no webhook with id {id}"))?;
@@ -508,10 +520,10 @@ impl Registry {
                     Some(patch_json(&patch)),
                 )
                 .await?),
-            Registry::Direct(store) => {
+            Registry::Direct(registry) => {
                 let secret_changed = patch.secret.is_some();
-                let webhook = store
-                    .update(id, patch)
+                let webhook = registry
+                    .update(id, &patch)
                     .await?
                     .ok_or_else(|| anyhow!("no webhook with id {id}"))?;
                 Ok(if secret_changed {
@@ -534,7 +546,7 @@ impl Registry {
                     None,
                 )
                 .await?),
-            Registry::Direct(store) => Ok(store
+            Registry::Direct(registry) => Ok(registry
                 .rotate_secret(id, sign::generate_secret(), grace)
                 .await?
                 .ok_or_else(|| anyhow!("no webhook with id {id}"))?
@@ -554,7 +566,7 @@ impl Registry {
                     Err(other) => return Err(other.into()),
                 }
             }
-            Registry::Direct(store) => store.delete(id).await?,
+            Registry::Direct(registry) => registry.delete(id).await?,
         };
         if deleted {
             Ok(())
@@ -572,7 +584,8 @@ impl Registry {
                     None,
                 )
                 .await?),
-            Registry::Direct(store) => {
+            Registry::Direct(registry) => {
+                let store = registry.store();
                 if store.get(id)?.is_none() {
                     bail!("no webhook with id {id}");
                 }
@@ -580,6 +593,33 @@ impl Registry {
             }
         }
     }
+}
+
+/// The registry over `store` once it has applied the log up to now. The follower it starts runs
+/// until the command's process ends.
+async fn follow_log(config: &Config, store: Store) -> anyhow::Result<registry::Registry> {
+    let stopped = CancellationToken::new();
+    let (registry, _follower) = registry::Registry::follow(&config.broker, store, &stopped)?;
+    let why = std::sync::Mutex::new(None);
+    let waiting = |reason: &str| {
+        if let Ok(mut why) = why.lock() {
+            *why = Some(reason.to_owned());
+        }
+    };
+    match tokio::time::timeout(CATCH_UP_TIMEOUT, registry.catch_up(&stopped, waiting)).await {
+        Ok(caught_up) => caught_up?,
+        Err(_) => bail!(
+            "no daemon answers at {}, and the registry log in the broker could not be read \
+             within {}s ({})",
+            config.admin.listen,
+            CATCH_UP_TIMEOUT.as_secs(),
+            why.lock()
+                .ok()
+                .and_then(|why| why.clone())
+                .unwrap_or_else(|| "the broker did not answer".to_owned())
+        ),
+    }
+    Ok(registry)
 }
 
 /// The PATCH body for a patch: only the fields that change.

@@ -54,6 +54,26 @@ impl Config {
         amqp_name("broker.queue", &broker.queue)?;
         amqp_name("broker.retry_queue_prefix", &broker.retry_queue_prefix)?;
         amqp_name("broker.dead_letter_queue", &broker.dead_letter_queue)?;
+        amqp_name("broker.registry_stream", &broker.registry_stream)?;
+        ensure(
+            broker.registry_stream != broker.queue
+                && broker.registry_stream != broker.dead_letter_queue,
+            "broker.registry_stream",
+            "must differ from `broker.queue` and `broker.dead_letter_queue`",
+        )?;
+        ensure(
+            (4096..=1 << 30).contains(&broker.registry_segment_bytes),
+            "broker.registry_segment_bytes",
+            format!(
+                "must be from 4096 to 1073741824, got {}",
+                broker.registry_segment_bytes
+            ),
+        )?;
+        ensure(
+            broker.registry_snapshot_every <= broker.registry_max_age / 2,
+            "broker.registry_snapshot_every",
+            "must be at most half of `broker.registry_max_age`, so that a whole snapshot is always within retention",
+        )?;
         ensure(
             broker.dead_letter_queue != broker.queue,
             "broker.dead_letter_queue",
@@ -91,6 +111,20 @@ impl Config {
         // above any sensible setting and says what bounds it.
         let (min, hour, day) = (Duration::from_secs(60), HOUR, 24 * HOUR);
         for (key, value, floor, ceiling, why) in [
+            (
+                "broker.registry_max_age",
+                self.broker.registry_max_age,
+                Duration::from_secs(2),
+                10 * YEAR,
+                "retention is whole seconds, and ten years is forever for a registry log",
+            ),
+            (
+                "broker.registry_snapshot_every",
+                self.broker.registry_snapshot_every,
+                Duration::from_secs(1),
+                5 * YEAR,
+                "it is at most half of broker.registry_max_age",
+            ),
             (
                 "delivery.connect_timeout",
                 delivery.connect_timeout,

@@ -65,6 +65,9 @@ pub enum Circuit {
 /// One attempt as the tracker takes it.
 #[derive(Debug, Clone, Copy)]
 pub struct Attempted<'a> {
+    /// The webhook's `updated_at`: a change to the webhook (enabling it again, a new URL) ends
+    /// the failure streak, on every instance alike, since each reads the change in the record.
+    pub version: &'a str,
     pub at: SystemTime,
     /// Answered 2xx.
     pub ok: bool,
@@ -89,6 +92,8 @@ pub struct Tracker {
 
 #[derive(Default)]
 struct Entry {
+    /// The webhook's `updated_at` when the streak below was counted.
+    version: Box<str>,
     last_success: Option<SystemTime>,
     last_failure: Option<SystemTime>,
     last_status: Option<u16>,
@@ -96,8 +101,9 @@ struct Entry {
     consecutive: u32,
     failing_since: Option<SystemTime>,
     /// Set by the one delivery that goes on to disable the webhook, so concurrent ones do not
-    /// all publish a notice.
-    disabling: bool,
+    /// all publish a notice: to the `updated_at` of the record it disables, so that once the
+    /// webhook is changed (enabled again) a later disable is claimed afresh.
+    disabling: Option<Box<str>>,
     slots: [Slot; SLOTS],
 }
 
@@ -122,11 +128,12 @@ impl Tracker {
         entry.failing_since
     }
 
-    /// Since when the webhook has been failing, if it is.
-    pub fn failing_since(&self, webhook_id: &str) -> Option<SystemTime> {
+    /// Since when the webhook, as it stands at `version`, has been failing, if it is.
+    pub fn failing_since(&self, webhook_id: &str, version: &str) -> Option<SystemTime> {
         self.shards
             .lock(webhook_id)
             .get(webhook_id)
+            .filter(|entry| &*entry.version == version)
             .and_then(|entry| entry.failing_since)
     }
 
@@ -143,28 +150,23 @@ impl Tracker {
             .unwrap_or_default()
     }
 
-    /// `true` for the first caller since the webhook was last enabled: that one disables it.
-    pub fn claim_disabling(&self, webhook_id: &str) -> bool {
+    /// `true` for the first caller to disable the webhook as it stands at `version` (its
+    /// `updated_at`): that one disables it.
+    pub fn claim_disabling(&self, webhook_id: &str, version: &str) -> bool {
         let mut shard = self.shards.lock(webhook_id);
         let entry = shard.entry(webhook_id.to_owned()).or_default();
-        !std::mem::replace(&mut entry.disabling, true)
+        if entry.disabling.as_deref() == Some(version) {
+            return false;
+        }
+        entry.disabling = Some(version.into());
+        true
     }
 
     /// The claimed disable did not happen (a publish or the store failed): the next failure
     /// tries again.
     pub fn release_disabling(&self, webhook_id: &str) {
         if let Some(entry) = self.shards.lock(webhook_id).get_mut(webhook_id) {
-            entry.disabling = false;
-        }
-    }
-
-    /// The webhook was enabled again: its failures so far no longer count towards
-    /// `disable_after`, or it would be disabled again at its next failure.
-    pub fn enabled(&self, webhook_id: &str) {
-        if let Some(entry) = self.shards.lock(webhook_id).get_mut(webhook_id) {
-            entry.consecutive = 0;
-            entry.failing_since = None;
-            entry.disabling = false;
+            entry.disabling = None;
         }
     }
 
@@ -213,6 +215,11 @@ impl Tracker {
 
 impl Entry {
     fn record(&mut self, attempt: &Attempted<'_>) {
+        if *self.version != *attempt.version {
+            self.version = attempt.version.into();
+            self.consecutive = 0;
+            self.failing_since = None;
+        }
         let at = attempt.at;
         if attempt.ok {
             self.last_success = Some(at);
@@ -296,6 +303,7 @@ mod tests {
 
     fn attempt(at: SystemTime, ok: bool, latency_ms: u64) -> Attempted<'static> {
         Attempted {
+            version: "v1",
             at,
             ok,
             status: Some(if ok { 200 } else { 503 }),
@@ -359,14 +367,13 @@ mod tests {
     }
 
     #[test]
-    fn one_caller_claims_a_disable_until_it_is_released_or_enabled() {
+    fn one_caller_claims_a_disable_until_it_is_released_or_the_webhook_changes() {
         let tracker = Tracker::default();
-        assert!(tracker.claim_disabling("w"));
-        assert!(!tracker.claim_disabling("w"));
+        assert!(tracker.claim_disabling("w", "t1"));
+        assert!(!tracker.claim_disabling("w", "t1"));
         tracker.release_disabling("w");
-        assert!(tracker.claim_disabling("w"));
-        tracker.enabled("w");
-        assert!(tracker.claim_disabling("w"));
+        assert!(tracker.claim_disabling("w", "t1"));
+        assert!(tracker.claim_disabling("w", "t2"), "enabled again since");
     }
 
     #[test]
@@ -378,5 +385,27 @@ mod tests {
         assert!(!past_disable_after(Some(t0), after, at(2)));
         assert!(past_disable_after(Some(t0), after, at(3)));
         assert!(!past_disable_after(Some(t0), None, at(1_000_000)));
+    }
+
+    #[test]
+    fn a_change_to_the_webhook_ends_its_failure_streak() {
+        let tracker = Tracker::default();
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        tracker.record("w", &attempt(t0, false, 10));
+        assert_eq!(tracker.failing_since("w", "v1"), Some(t0));
+        assert_eq!(
+            tracker.failing_since("w", "v2"),
+            None,
+            "enabled again since"
+        );
+        let later = t0 + Duration::from_secs(60);
+        let after_change = Attempted {
+            version: "v2",
+            ..attempt(later, false, 10)
+        };
+        assert_eq!(tracker.record("w", &after_change), Some(later));
+        let health = tracker.health("w", later, Circuit::Closed);
+        assert_eq!(health.consecutive_failures, 1);
+        assert_eq!(health.attempts_24h, 2, "the window keeps both");
     }
 }

@@ -28,6 +28,8 @@ pub(super) enum Unsettled {
     Broker(#[from] BrokerError),
     #[error("store: {0}")]
     Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Registry(#[from] crate::registry::RegistryError),
     #[error("shutting down before it was settled")]
     ShuttingDown,
 }
@@ -148,7 +150,8 @@ impl<O: Outbox> Leg<'_, O> {
         if matches!(next, Next::Done | Next::Dead(DeadReason::Gone)) {
             return next;
         }
-        let since = self.stage.shared.health.failing_since(&self.webhook.id);
+        let (id, version) = (&self.webhook.id, &self.webhook.updated_at);
+        let since = self.stage.shared.health.failing_since(id, version);
         if past_disable_after(since, self.stage.live.disable_after, self.stage.clock.now()) {
             Next::Dead(DeadReason::WebhookDisabled)
         } else {
@@ -184,6 +187,7 @@ impl<O: Outbox> Leg<'_, O> {
         let status = result.as_ref().ok().map(|r| r.status.as_u16());
         let error = result.as_ref().err().map(ToString::to_string);
         let attempted = Attempted {
+            version: &webhook.updated_at,
             at: now,
             ok: outcome == Outcome::Delivered,
             status,
@@ -312,7 +316,7 @@ impl<O: Outbox> Leg<'_, O> {
     /// rather than never.
     async fn disable(&self, reason: &str) -> Result<(), Unsettled> {
         let (health, id) = (&self.stage.shared.health, &self.webhook.id);
-        if !health.claim_disabling(id) {
+        if !health.claim_disabling(id, &self.webhook.updated_at) {
             return Ok(());
         }
         let disabled = self.disable_claimed(reason).await;
@@ -331,7 +335,7 @@ impl<O: Outbox> Leg<'_, O> {
             .outbox
             .notify(WEBHOOK_DISABLED, &notice.to_json())
             .await?;
-        shared.store.disable(&webhook.id, reason, now).await?;
+        shared.registry.disable(&webhook.id, reason, now).await?;
         shared.metrics.webhook_disabled(reason);
         warn!(
             reason,
@@ -499,6 +503,7 @@ mod tests {
         let webhook = testing::webhook(&shared, 1, &receiver.url()).await;
         let six_days_ago = SystemTime::now() - Duration::from_secs(6 * 24 * 3600);
         let failed = Attempted {
+            version: &webhook.updated_at,
             at: six_days_ago,
             ok: false,
             status: Some(503),

@@ -206,6 +206,14 @@ impl Cache {
         self.entries += entries;
     }
 
+    /// Forgets every account, and counts as a write (see `generation`).
+    pub(super) fn clear(&mut self) {
+        *self = Cache {
+            generation: self.generation + 1,
+            ..Cache::default()
+        };
+    }
+
     pub(super) fn remove(&mut self, account_id: u64) {
         let Some(removed) = self.accounts.remove(&account_id) else {
             return;

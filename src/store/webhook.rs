@@ -127,6 +127,13 @@ impl Webhook {
         self.disabled_at = None;
     }
 
+    /// A short digest of the record as stored, which a [`Change::Replace`] names as its base.
+    ///
+    /// [`Change::Replace`]: super::Change::Replace
+    pub fn revision(&self) -> Result<String, StoreError> {
+        Ok(super::revision_of(&super::encode(self)?))
+    }
+
     /// Makes `secret` the current secret and keeps the one it replaces signing until `until`.
     /// Without a current secret there is nothing to keep: the webhook simply gets one.
     pub(super) fn rotate_to(&mut self, secret: String, until: SystemTime) {

@@ -12,6 +12,7 @@ mod limits;
 mod ownership;
 mod pipeline;
 mod retries;
+mod scale;
 mod security;
 mod service;
 mod support;

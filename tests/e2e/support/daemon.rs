@@ -23,6 +23,7 @@ pub struct Names {
     pub queue: String,
     pub retry_prefix: String,
     pub dead_letters: String,
+    pub registry: String,
 }
 
 /// What a test may change in the config; the rest is the harness's short-schedule default.
@@ -91,14 +92,27 @@ impl Daemon {
 
     /// Writes the config only (for tests of the CLI without a daemon).
     pub fn configure(settings: Settings) -> Daemon {
-        let dir = tempfile::tempdir().expect("temp dir");
         let id = unique("t");
-        let names = Names {
-            exchange: format!("{id}.events-x"),
-            queue: format!("{id}.work"),
-            retry_prefix: format!("{id}.retry"),
-            dead_letters: format!("{id}.dead"),
-        };
+        Daemon::configure_on(
+            settings,
+            Names {
+                exchange: format!("{id}.events-x"),
+                queue: format!("{id}.work"),
+                retry_prefix: format!("{id}.retry"),
+                dead_letters: format!("{id}.dead"),
+                registry: format!("{id}.registry"),
+            },
+        )
+    }
+
+    /// A second instance beside this one: the same queues and registry log, its own store and
+    /// admin listener, as on another host. Configured, not started.
+    pub fn sibling(&self, settings: Settings) -> Daemon {
+        Daemon::configure_on(settings, self.names.clone())
+    }
+
+    fn configure_on(settings: Settings, names: Names) -> Daemon {
+        let dir = tempfile::tempdir().expect("temp dir");
         let admin = free_port();
         let token = format!("token-{}", unique("admin"));
         let config_path = dir.path().join("webhookd.toml");
@@ -132,6 +146,7 @@ queue = "{queue}"
 queue_kind = "{queue_kind}"
 retry_queue_prefix = "{retry_prefix}"
 dead_letter_queue = "{dead}"
+registry_stream = "{registry}"
 prefetch = 64
 {broker_extra}
 
@@ -165,6 +180,7 @@ drain_timeout = "{drain_timeout}"
             queue = names.queue,
             retry_prefix = names.retry_prefix,
             dead = names.dead_letters,
+            registry = names.registry,
             store = dir.path().join("store").display(),
         );
         std::fs::write(&config_path, text).expect("write config");

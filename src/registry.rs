@@ -1,0 +1,454 @@
+//! The replicated registry: every instance's store follows one log of changes kept in the broker.
+//!
+//! Instances on different hosts each have their own sled store, and an event may be consumed by
+//! any of them, so each must know every webhook. The broker is already the one thing they all
+//! share and trust with durability, so the registry's source of truth is a RabbitMQ stream
+//! (`broker.registry_stream`): an append-only, replicated log that any number of consumers read
+//! from an offset of their choice. A write (the admin API, the CLI, a receiver's 410) is one
+//! [`Change`], decided entirely by the instance that makes it (ids, secrets, timestamps), published
+//! with a confirm; every instance applies the changes in the stream's order to its own store, so
+//! all of them hold the same registry. The store stays the local copy, and the in-memory index in
+//! front of it stays the lookup path: nothing on the delivery path talks to the broker for it.
+//!
+//! # Read your writes
+//!
+//! A write returns once its own change has been applied by this instance (`Registry::submit`),
+//! so the webhook an API call created is the one the next call reads; if that takes longer than
+//! [`APPLY_TIMEOUT`] the caller hears so rather than a guess. At start an instance publishes a
+//! marker and applies the log up to it before it consumes the work queue: it never delivers with
+//! a registry older than the moment it started.
+//!
+//! # Position, gaps and snapshots
+//!
+//! Each instance keeps in its store the offset of the next change to apply, and resumes there.
+//! Streams have retention (`broker.registry_max_age`) but no compaction, so the log's start is
+//! eventually deleted; an instance whose position was deleted (a new one, a lost store, one that
+//! was down too long) sees the first offset the broker delivers beyond it — the broker moves such
+//! a consumer silently — and rebuilds from a snapshot instead. Snapshots are written into the same
+//! stream (begin, chunks, end with a count and a digest) by one instance at a time: the one that
+//! holds the token of a single-active-consumer queue (`snapshot` below). The snapshot is the
+//! registry exactly at its begin entry's offset, because the writer takes it when it applies that
+//! entry; a rebuilding instance loads it and applies what came after the begin entry.
+//!
+//! # Parts
+//!
+//! - this file: [`Registry`], the write side, and the log's entries;
+//! - `registry/follower.rs`: the connection that reads the stream and applies it;
+//! - `registry/snapshot.rs`: the election, and writing and reading snapshots.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use lapin::options::BasicPublishOptions;
+use lapin::types::ShortString;
+use lapin::Confirmation;
+use lapin::{BasicProperties, Channel};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::config::BrokerConfig;
+use crate::store::{Applied, Change, NewWebhook, Store, StoreError, Webhook, WebhookPatch};
+
+mod follower;
+mod snapshot;
+
+/// How long a write waits for its change to come back from the log and be applied here.
+pub const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Entries published before waiting for their confirms, when there are many.
+const BATCH: usize = 1000;
+
+/// One entry of the registry log, as JSON.
+#[allow(clippy::large_enum_variant)] // one per registry write, never held in bulk
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "entry", rename_all = "snake_case")]
+enum Entry {
+    /// A change to apply; `id` lets the instance that wrote it hear when it is applied.
+    Change {
+        id: String,
+        change: Change,
+    },
+    /// Changes nothing: an instance that wrote it has applied everything before it once it
+    /// reads it back.
+    Marker {
+        id: String,
+    },
+    /// Asks the elected instance for a snapshot now (an instance is waiting to rebuild).
+    SnapshotRequest,
+    SnapshotBegin {
+        snapshot: String,
+    },
+    SnapshotChunk {
+        snapshot: String,
+        webhooks: Vec<Webhook>,
+    },
+    SnapshotEnd {
+        snapshot: String,
+        count: u64,
+        digest: String,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the registry log in the broker is unavailable: {0}")]
+    Unavailable(String),
+    #[error(
+        "the change is in the registry log but was not applied here within {0:?}; it will be, \
+         read it again shortly"
+    )]
+    NotApplied(Duration),
+}
+
+/// What applying an entry this instance wrote came to.
+type Outcome = Result<Applied, StoreError>;
+
+/// The instance's end of the log, shared by the writers and the follower.
+struct Log {
+    stream: String,
+    /// The follower's confirm-mode channel while it is connected.
+    publisher: watch::Sender<Option<Channel>>,
+    /// Writers waiting for their entry to be applied, by entry id.
+    waiting: Mutex<HashMap<String, oneshot::Sender<Outcome>>>,
+    /// Whether this instance holds the snapshot token.
+    leader: AtomicBool,
+    /// What the store held when it had never followed a log, for `catch_up` to publish.
+    unlogged: Mutex<Vec<Webhook>>,
+    /// Why the follower's last connection failed, while it is not connected.
+    down: Mutex<Option<String>>,
+}
+
+impl Log {
+    fn new(stream: &str, unlogged: Vec<Webhook>) -> Log {
+        Log {
+            stream: stream.to_owned(),
+            publisher: watch::Sender::new(None),
+            waiting: Mutex::default(),
+            leader: AtomicBool::new(false),
+            unlogged: Mutex::new(unlogged),
+            down: Mutex::new(None),
+        }
+    }
+
+    /// Publishes one entry to the stream and waits for the broker's confirm, waiting up to
+    /// [`APPLY_TIMEOUT`] for a connection first.
+    async fn append(&self, entry: &Entry) -> Result<(), RegistryError> {
+        self.append_all(std::slice::from_ref(entry)).await
+    }
+
+    /// Publishes `entries` in order, all before waiting for their confirms: a batch costs one
+    /// round trip to the broker, not one per entry.
+    async fn append_all(&self, entries: &[Entry]) -> Result<(), RegistryError> {
+        let mut connected = self.publisher.subscribe();
+        let waited = tokio::time::timeout(APPLY_TIMEOUT, connected.wait_for(Option::is_some)).await;
+        let Some(channel) = waited.ok().and_then(|ready| ready.ok()?.clone()) else {
+            let why = self
+                .down
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
+            return Err(RegistryError::Unavailable(match why {
+                Some(why) => format!("not connected to the broker: {why}"),
+                None => "not connected to the broker yet".to_owned(),
+            }));
+        };
+        let unavailable = |error: lapin::Error| RegistryError::Unavailable(error.to_string());
+        let mut confirms = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let body = serde_json::to_vec(entry)
+                .map_err(|error| StoreError::Corrupt(error.to_string()))?;
+            let confirm = channel
+                .basic_publish(
+                    ShortString::from(""),
+                    ShortString::from(self.stream.as_str()),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
+                    &body,
+                    BasicProperties::default()
+                        .with_delivery_mode(2)
+                        .with_content_type(ShortString::from("application/json")),
+                )
+                .await
+                .map_err(unavailable)?;
+            confirms.push(confirm);
+        }
+        for confirm in confirms {
+            match confirm.await.map_err(unavailable)? {
+                Confirmation::Ack(None) => {}
+                Confirmation::Ack(Some(_)) => {
+                    return Err(RegistryError::Unavailable(format!(
+                        "the stream {} does not exist",
+                        self.stream
+                    )))
+                }
+                Confirmation::Nack(_) | Confirmation::NotRequested => {
+                    return Err(RegistryError::Unavailable(
+                        "the broker did not confirm the change".to_owned(),
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Registers a writer waiting for entry `id`.
+    fn expect(&self, id: &str) -> oneshot::Receiver<Outcome> {
+        let (sender, receiver) = oneshot::channel();
+        self.waiting().insert(id.to_owned(), sender);
+        receiver
+    }
+
+    /// Tells the writer of entry `id`, if it is this instance and still waiting, what applying
+    /// it came to.
+    fn applied(&self, id: &str, outcome: Outcome) {
+        if let Some(sender) = self.waiting().remove(id) {
+            let _ = sender.send(outcome);
+        }
+    }
+
+    fn forget(&self, id: &str) {
+        self.waiting().remove(id);
+    }
+
+    fn waiting(&self) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<Outcome>>> {
+        self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn is_leader(&self) -> bool {
+        self.leader.load(Ordering::Relaxed)
+    }
+}
+
+/// The registry as the admin API, the CLI and delivery change it: reads from the local store,
+/// writes through the log. Cloning is cheap.
+#[derive(Clone)]
+pub struct Registry {
+    store: Store,
+    writer: Writer,
+}
+
+#[derive(Clone)]
+enum Writer {
+    Log(Arc<Log>),
+    /// Applies each change straight to the store: the stages' unit tests, which have no broker.
+    #[cfg(test)]
+    Local,
+}
+
+impl Registry {
+    /// Starts following the log into `store`, until `stopped`; returns the registry and the
+    /// follower's task. Call [`Registry::catch_up`] before relying on the store being current.
+    pub fn follow(
+        broker: &BrokerConfig,
+        store: Store,
+        stopped: &CancellationToken,
+    ) -> Result<(Registry, JoinHandle<()>), RegistryError> {
+        let unlogged = match store.log_position()? {
+            Some(_) => Vec::new(),
+            None => store.list(None)?,
+        };
+        let log = Arc::new(Log::new(&broker.registry_stream, unlogged));
+        let follower = tokio::spawn(follower::follow(
+            broker.clone(),
+            log.clone(),
+            store.clone(),
+            stopped.clone(),
+        ));
+        let registry = Registry {
+            store,
+            writer: Writer::Log(log),
+        };
+        Ok((registry, follower))
+    }
+
+    /// Returns once the store has applied the log up to now (see the module docs), waiting for
+    /// the broker as long as it takes unless `stopped`; `waiting` hears why each time it waits.
+    ///
+    /// A store that had never followed a log (an upgrade from a single-instance webhookd, or one
+    /// filled before its first start) first publishes each webhook it holds as a create: that is
+    /// how those webhooks reach the other instances. One another instance already logged under
+    /// the same id stays as it was.
+    pub async fn catch_up(
+        &self,
+        stopped: &CancellationToken,
+        waiting: impl Fn(&str),
+    ) -> Result<(), RegistryError> {
+        #[allow(clippy::infallible_destructuring_match)] // `Local` exists in unit tests only
+        let log = match &self.writer {
+            Writer::Log(log) => log,
+            #[cfg(test)]
+            Writer::Local => return Ok(()),
+        };
+        let unlogged =
+            std::mem::take(&mut *log.unlogged.lock().unwrap_or_else(PoisonError::into_inner));
+        if !unlogged.is_empty() {
+            info!(
+                webhooks = unlogged.len(),
+                "publishing the webhooks of a store that never followed the registry log"
+            );
+        }
+        for batch in unlogged.chunks(BATCH) {
+            let entries: Vec<Entry> = batch
+                .iter()
+                .map(|webhook| Entry::Change {
+                    id: uuid::Uuid::new_v4().to_string(),
+                    change: Change::Create {
+                        webhook: webhook.clone(),
+                    },
+                })
+                .collect();
+            retry_unavailable(stopped, &waiting, || log.append_all(&entries)).await?;
+        }
+        let id = uuid::Uuid::new_v4().to_string();
+        let applied = log.expect(&id);
+        let marker = Entry::Marker { id: id.clone() };
+        retry_unavailable(stopped, &waiting, || log.append(&marker)).await?;
+        tokio::select! {
+            () = stopped.cancelled() => Err(RegistryError::Unavailable("stopped".to_owned())),
+            outcome = applied => match outcome {
+                Ok(_) => {
+                    info!("registry log applied up to now");
+                    Ok(())
+                }
+                Err(_) => Err(RegistryError::Unavailable("the follower stopped".to_owned())),
+            },
+        }
+    }
+
+    /// A registry over `store` whose writes apply to it directly, for unit tests.
+    #[cfg(test)]
+    pub(crate) fn local(store: Store) -> Registry {
+        Registry {
+            store,
+            writer: Writer::Local,
+        }
+    }
+
+    /// The local copy, for reads.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Creates a webhook with a fresh id (see [`Change::create`]).
+    pub async fn create(&self, new: NewWebhook) -> Result<Webhook, RegistryError> {
+        let applied = self.submit(Change::create(new)?).await?;
+        Ok(applied.into_webhook()?.ok_or(StoreError::Conflict)?)
+    }
+
+    /// Applies `patch`; `None` when there is no such webhook.
+    pub async fn update(
+        &self,
+        id: &str,
+        patch: &WebhookPatch,
+    ) -> Result<Option<Webhook>, RegistryError> {
+        let change = self.store.update_change(id, patch)?;
+        self.replace(change).await
+    }
+
+    /// A new secret, the previous one signing for `grace`; `None` when there is no such webhook.
+    pub async fn rotate_secret(
+        &self,
+        id: &str,
+        secret: String,
+        grace: Duration,
+    ) -> Result<Option<Webhook>, RegistryError> {
+        let change = self.store.rotation_change(id, secret, grace)?;
+        self.replace(change).await
+    }
+
+    pub async fn set_enabled(
+        &self,
+        id: &str,
+        enabled: bool,
+    ) -> Result<Option<Webhook>, RegistryError> {
+        let change = self.store.enabled_change(id, enabled)?;
+        self.replace(change).await
+    }
+
+    /// Disables the webhook for `reason` at `at`, as webhookd decided it (a 410, or
+    /// `delivery.disable_after`); `None` when there is no such webhook.
+    pub async fn disable(
+        &self,
+        id: &str,
+        reason: &str,
+        at: SystemTime,
+    ) -> Result<Option<Webhook>, RegistryError> {
+        let change = self.store.disable_change(id, reason, at)?;
+        self.replace(change).await
+    }
+
+    /// `false` when there was no such webhook.
+    pub async fn delete(&self, id: &str) -> Result<bool, RegistryError> {
+        let applied = self.submit(Change::Delete { id: id.to_owned() }).await?;
+        Ok(applied == Applied::Deleted)
+    }
+
+    async fn replace(&self, change: Option<Change>) -> Result<Option<Webhook>, RegistryError> {
+        match change {
+            Some(change) => Ok(self.submit(change).await?.into_webhook()?),
+            None => Ok(None),
+        }
+    }
+
+    /// Writes `change` to the log and returns what applying it here did.
+    async fn submit(&self, change: Change) -> Result<Applied, RegistryError> {
+        #[allow(clippy::infallible_destructuring_match)] // `Local` exists in unit tests only
+        let log = match &self.writer {
+            Writer::Log(log) => log,
+            #[cfg(test)]
+            Writer::Local => return Ok(self.store.apply(&change)?),
+        };
+        let id = uuid::Uuid::new_v4().to_string();
+        let applied = log.expect(&id);
+        if let Err(error) = log
+            .append(&Entry::Change {
+                id: id.clone(),
+                change,
+            })
+            .await
+        {
+            log.forget(&id);
+            return Err(error);
+        }
+        match tokio::time::timeout(APPLY_TIMEOUT, applied).await {
+            Ok(Ok(outcome)) => Ok(outcome?),
+            Ok(Err(_)) => Err(RegistryError::Unavailable(
+                "the registry follower stopped".to_owned(),
+            )),
+            Err(_) => {
+                log.forget(&id);
+                Err(RegistryError::NotApplied(APPLY_TIMEOUT))
+            }
+        }
+    }
+}
+
+/// Runs `append` until the broker takes the entry, waiting a second after each failure to reach
+/// it (told to `waiting`), unless `stopped`.
+async fn retry_unavailable<F: std::future::Future<Output = Result<(), RegistryError>>>(
+    stopped: &CancellationToken,
+    waiting: &impl Fn(&str),
+    mut append: impl FnMut() -> F,
+) -> Result<(), RegistryError> {
+    loop {
+        match append().await {
+            Err(RegistryError::Unavailable(why)) => {
+                waiting(&why);
+                tokio::select! {
+                    () = stopped.cancelled() => return Err(RegistryError::Unavailable(why)),
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+            done => return done,
+        }
+    }
+}

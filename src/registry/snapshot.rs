@@ -1,0 +1,217 @@
+//! Snapshots of the registry in its own log: who writes them, how, and how an instance rebuilds
+//! from one.
+//!
+//! One instance writes them, so the stream does not fill with copies: the one that holds the
+//! token of a queue with `x-single-active-consumer`. Every instance consumes that queue with a
+//! prefetch of one and never acknowledges what it receives; the broker delivers only to the
+//! active consumer, so the instance that received the token keeps it until its connection ends,
+//! and then the broker hands it to the next one. An instance that finds the queue without a ready
+//! token puts one in, so a token exists once anyone has started (two racing instances may add
+//! two; the spare waits in the queue, harmlessly).
+//!
+//! A snapshot is a begin entry, chunks of [`CHUNK`] webhooks, and an end entry with the count and
+//! a SHA-256 digest of the webhooks' JSON in order. The writer takes it when its follower applies
+//! its own begin entry, so it is the registry at exactly that offset, whatever other instances
+//! append while the chunks are written; an instance that rebuilds keeps the changes that arrive
+//! after the begin entry and applies them on top once the end entry checks out.
+
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Connection, Consumer};
+use sha2::{Digest, Sha256};
+use tracing::{info, warn};
+
+use super::{Entry, Log};
+use crate::config::BrokerConfig;
+use crate::store::Webhook;
+
+/// Webhooks per chunk entry: a few hundred kilobytes of JSON.
+const CHUNK: usize = 1000;
+
+/// This instance's place in the election for the snapshot writer.
+pub(super) struct Election {
+    tokens: Consumer,
+}
+
+impl Election {
+    /// Declares the election queue (`<registry_stream>.snapshot-writer`), adds a token if none is
+    /// waiting, and consumes it.
+    pub(super) async fn join(
+        connection: &Connection,
+        broker: &BrokerConfig,
+    ) -> Result<Election, lapin::Error> {
+        let queue = format!("{}.snapshot-writer", broker.registry_stream);
+        let channel = connection.create_channel().await?;
+        channel.basic_qos(1, BasicQosOptions::default()).await?;
+        let mut arguments = FieldTable::default();
+        arguments.insert(
+            ShortString::from("x-single-active-consumer"),
+            AMQPValue::Boolean(true),
+        );
+        arguments.insert(
+            ShortString::from("x-queue-type"),
+            AMQPValue::LongString(LongString::from("classic")),
+        );
+        let declared = channel
+            .queue_declare(
+                ShortString::from(queue.as_str()),
+                QueueDeclareOptions::durable(),
+                arguments,
+            )
+            .await?;
+        if declared.message_count() == 0 {
+            channel
+                .basic_publish(
+                    ShortString::from(""),
+                    ShortString::from(queue.as_str()),
+                    BasicPublishOptions::default(),
+                    b"token",
+                    BasicProperties::default().with_delivery_mode(2),
+                )
+                .await?;
+        }
+        let tokens = channel
+            .basic_consume(
+                ShortString::from(queue.as_str()),
+                ShortString::from(format!("webhookd-snapshots-{}", std::process::id())),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(Election { tokens })
+    }
+
+    /// Completes when this instance receives the token (never, if another keeps it); an error
+    /// when the election's channel ends.
+    pub(super) async fn won(&mut self) -> Result<(), lapin::Error> {
+        match self.tokens.next().await {
+            Some(Ok(_token)) => Ok(()),
+            Some(Err(error)) => Err(error),
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// Writes the snapshot `id` of `webhooks` (the registry at its begin entry) into the log, in the
+/// background: the follower goes on applying meanwhile.
+pub(super) fn write(log: &Arc<Log>, snapshot: String, webhooks: Vec<Webhook>) {
+    let log = log.clone();
+    tokio::spawn(async move {
+        let count = webhooks.len();
+        let mut digest = Sha256::new();
+        for chunk in webhooks.chunks(CHUNK) {
+            for webhook in chunk {
+                digest.update(encoded(webhook));
+            }
+            let entry = Entry::SnapshotChunk {
+                snapshot: snapshot.clone(),
+                webhooks: chunk.to_vec(),
+            };
+            if let Err(error) = log.append(&entry).await {
+                warn!(%error, "writing a registry snapshot failed; the next one will be tried");
+                return;
+            }
+        }
+        let end = Entry::SnapshotEnd {
+            snapshot,
+            count: count as u64,
+            digest: hex::encode(digest.finalize()),
+        };
+        match log.append(&end).await {
+            Ok(()) => info!(webhooks = count, "registry snapshot written to the log"),
+            Err(error) => {
+                warn!(%error, "writing a registry snapshot failed; the next one will be tried")
+            }
+        }
+    });
+}
+
+/// A webhook as the digest covers it.
+fn encoded(webhook: &Webhook) -> Vec<u8> {
+    serde_json::to_vec(webhook).unwrap_or_default()
+}
+
+/// A store waiting for a snapshot: what it has read of the latest one, and what came after.
+#[derive(Default)]
+pub(super) struct Rebuild {
+    reading: Option<Reading>,
+    /// Markers written before any snapshot began: answered once the store is rebuilt.
+    markers: Vec<String>,
+}
+
+struct Reading {
+    snapshot: String,
+    begin: u64,
+    webhooks: Vec<Webhook>,
+    digest: Sha256,
+    after: Vec<(u64, Entry)>,
+}
+
+/// A snapshot read whole and checked.
+pub(super) struct Rebuilt {
+    pub(super) begin: u64,
+    pub(super) webhooks: Vec<Webhook>,
+    /// Entries after the begin entry, to apply on top, with their offsets.
+    pub(super) after: Vec<(u64, Entry)>,
+    pub(super) markers: Vec<String>,
+}
+
+impl Rebuild {
+    /// Takes the entry at `offset`; returns the snapshot once its end entry checks out.
+    pub(super) fn receive(&mut self, entry: Entry, offset: u64) -> Option<Rebuilt> {
+        match entry {
+            Entry::SnapshotBegin { snapshot } => {
+                // A later snapshot replaces one being read: the earlier may never end.
+                self.reading = Some(Reading {
+                    snapshot,
+                    begin: offset,
+                    webhooks: Vec::new(),
+                    digest: Sha256::new(),
+                    after: Vec::new(),
+                });
+            }
+            Entry::SnapshotChunk { snapshot, webhooks } => {
+                if let Some(reading) = self.reading.as_mut().filter(|r| r.snapshot == snapshot) {
+                    for webhook in &webhooks {
+                        reading.digest.update(encoded(webhook));
+                    }
+                    reading.webhooks.extend(webhooks);
+                }
+            }
+            Entry::SnapshotEnd {
+                snapshot,
+                count,
+                digest,
+            } => {
+                let reading = self.reading.take_if(|r| r.snapshot == snapshot)?;
+                let actual = hex::encode(reading.digest.finalize());
+                if reading.webhooks.len() as u64 != count || actual != digest {
+                    warn!(
+                        snapshot,
+                        "a registry snapshot in the log does not match its count or digest; \
+                         waiting for the next one"
+                    );
+                    return None;
+                }
+                return Some(Rebuilt {
+                    begin: reading.begin,
+                    webhooks: reading.webhooks,
+                    after: reading.after,
+                    markers: std::mem::take(&mut self.markers),
+                });
+            }
+            Entry::Marker { id } if self.reading.is_none() => self.markers.push(id),
+            other => {
+                if let Some(reading) = &mut self.reading {
+                    reading.after.push((offset, other));
+                }
+            }
+        }
+        None
+    }
+}

@@ -1,0 +1,234 @@
+//! More than one instance: the registry is one log in the broker that every instance applies,
+//! so a webhook added or changed through any instance is known to all of them, and an instance
+//! with an empty store rebuilds it, from a snapshot once retention has removed the log's start.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use http::{Method, StatusCode};
+use lapin::options::{BasicConsumeOptions, BasicQosOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use serde_json::Value;
+
+use crate::support::broker;
+use crate::support::daemon::{Daemon, Settings};
+use crate::support::eventually;
+use crate::support::receiver::{Receiver, Reply};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// How soon a change made through one instance must be in effect on another.
+const PROPAGATION: Duration = Duration::from_secs(1);
+
+/// The webhook as `daemon` serves it, or `None` while it does not know it.
+async fn webhook_on(daemon: &Daemon, id: &str) -> Option<Value> {
+    let (status, body) = daemon
+        .request(
+            Method::GET,
+            &format!("/v1/webhooks/{id}"),
+            Some(&daemon.token),
+        )
+        .await;
+    (status == StatusCode::OK).then(|| serde_json::from_str(&body).expect("webhook JSON"))
+}
+
+/// Every webhook `daemon` serves, as (id, url).
+async fn registry_of(daemon: &Daemon) -> BTreeSet<(String, String)> {
+    let (status, body) = daemon
+        .request(Method::GET, "/v1/webhooks", Some(&daemon.token))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let list: Vec<Value> = serde_json::from_str(&body).expect("list JSON");
+    list.iter()
+        .map(|w| {
+            (
+                w["id"].as_str().expect("id").to_owned(),
+                w["url"].as_str().expect("url").to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_one_registry_and_together_deliver_every_event() {
+    let first = Daemon::start(Settings::default()).await;
+    let mut second = first.sibling(Settings::default());
+    second.spawn();
+    second.wait_ready().await;
+    // Every third request to an endpoint fails once: retries cross instances too.
+    let receiver = Receiver::scripted(|_, seen| {
+        if seen % 3 == 1 {
+            Reply::status(503)
+        } else {
+            Reply::status(200)
+        }
+    })
+    .await;
+
+    // One webhook added through each instance; each is in effect on the other within a second.
+    let through_first = first.add_webhook(41, &receiver.url("/a"), &[]).await;
+    let added = Instant::now();
+    let id_a = through_first["id"].as_str().expect("id").to_owned();
+    eventually(
+        PROPAGATION,
+        "the second instance to know the first's webhook",
+        || webhook_on(&second, &id_a),
+    )
+    .await;
+    let through_second = second.add_webhook(42, &receiver.url("/b"), &[]).await;
+    let id_b = through_second["id"].as_str().expect("id").to_owned();
+    eventually(
+        PROPAGATION,
+        "the first instance to know the second's webhook",
+        || webhook_on(&first, &id_b),
+    )
+    .await;
+    eprintln!("propagated within {:?}", added.elapsed());
+
+    let amqp = broker::connect().await;
+    let exchange = first.names.exchange.clone();
+    for n in 0..1000 {
+        broker::publish_event(&amqp, &exchange, "message_created", 41 + n % 2, n).await;
+    }
+    eventually(WAIT, "all 1,000 events delivered", || async {
+        let mut seen: HashMap<(String, String), usize> = HashMap::new();
+        for request in receiver.all().iter().filter(|r| r.status == Some(200)) {
+            let body: Value = serde_json::from_slice(&request.body).expect("event JSON");
+            *seen
+                .entry((request.path.clone(), body["id"].to_string()))
+                .or_default() += 1;
+        }
+        (seen.len() == 1000).then_some(())
+    })
+    .await;
+    // Both instances took part: each consumed from the shared queue.
+    for daemon in [&first, &second] {
+        assert!(
+            daemon.metric("webhookd_deliveries_total").await > 0.0,
+            "an instance delivered nothing"
+        );
+    }
+
+    // Disabled through the second instance: the first stops delivering to it within a second.
+    second
+        .cli_ok(&["webhooks", "update", &id_a, "--disable"])
+        .await;
+    eventually(
+        PROPAGATION,
+        "the first instance to see the webhook disabled",
+        || async {
+            let webhook = webhook_on(&first, &id_a).await?;
+            (webhook["enabled"] == false).then_some(())
+        },
+    )
+    .await;
+    let before = receiver.requests("/a").len();
+    for n in 1000..1010 {
+        broker::publish_event(&amqp, &exchange, "message_created", 41, n).await;
+        broker::publish_event(&amqp, &exchange, "message_created", 42, n).await;
+    }
+    eventually(WAIT, "the enabled sibling to get its 10 events", || async {
+        let ids: BTreeSet<String> = receiver
+            .requests("/b")
+            .iter()
+            .filter(|r| r.status == Some(200))
+            .map(|r| serde_json::from_slice::<Value>(&r.body).expect("JSON")["id"].to_string())
+            .filter(|id| id.parse::<u64>().is_ok_and(|n| n >= 1000))
+            .collect();
+        (ids.len() == 10).then_some(())
+    })
+    .await;
+    assert_eq!(
+        receiver.requests("/a").len(),
+        before,
+        "a disabled webhook was called"
+    );
+}
+
+/// The offset of the oldest entry the stream still holds.
+async fn first_offset(stream: &str) -> u64 {
+    let amqp = broker::connect().await;
+    let channel = amqp.create_channel().await.expect("channel");
+    channel
+        .basic_qos(10, BasicQosOptions::default())
+        .await
+        .expect("qos");
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        ShortString::from("x-stream-offset"),
+        AMQPValue::LongString(LongString::from("first")),
+    );
+    let mut consumer = channel
+        .basic_consume(
+            ShortString::from(stream),
+            ShortString::from("test-first-offset"),
+            BasicConsumeOptions::default(),
+            arguments,
+        )
+        .await
+        .expect("consume the stream");
+    let delivery = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+        .await
+        .expect("an entry within 10 s")
+        .expect("a delivery")
+        .expect("no error");
+    let headers = delivery.properties.headers().clone().expect("headers");
+    match headers.inner().get("x-stream-offset") {
+        Some(AMQPValue::LongLongInt(offset)) => u64::try_from(*offset).expect("offset"),
+        other => panic!("x-stream-offset is {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_store_rebuilds_the_registry_from_a_snapshot_once_retention_removed_the_logs_start(
+) {
+    // Tiny segments, two seconds of retention and a snapshot every second: the log's start is
+    // gone within seconds of changes.
+    let short_log = || Settings {
+        broker_extra: "registry_max_age = \"2s\"\nregistry_segment_bytes = 4096\n\
+                       registry_snapshot_every = \"1s\""
+            .to_owned(),
+        ..Settings::default()
+    };
+    let first = Daemon::start(short_log()).await;
+    let receiver = Receiver::ok().await;
+    for account in 1..=30 {
+        first
+            .add_webhook(account, &receiver.url("/kept"), &[])
+            .await;
+    }
+    // Churn until retention has deleted the first segment.
+    eventually(
+        WAIT,
+        "retention to remove the start of the registry log",
+        || async {
+            let churn = first.add_webhook(99, &receiver.url("/churn"), &[]).await;
+            first
+                .cli_ok(&["webhooks", "rm", churn["id"].as_str().expect("id")])
+                .await;
+            (first_offset(&first.names.registry).await > 0).then_some(())
+        },
+    )
+    .await;
+    let expected = registry_of(&first).await;
+    assert_eq!(expected.len(), 30);
+
+    let mut second = first.sibling(short_log());
+    second.spawn();
+    second.wait_ready().await;
+    assert_eq!(registry_of(&second).await, expected);
+    assert!(
+        second.logs().contains("rebuilding from the next snapshot"),
+        "the second instance did not rebuild from a snapshot"
+    );
+
+    // Rebuilt, it follows the log on: its own change reaches the first instance.
+    let added = second.add_webhook(31, &receiver.url("/after"), &[]).await;
+    eventually(
+        PROPAGATION,
+        "the first instance to know the rebuilt one's webhook",
+        || webhook_on(&first, added["id"].as_str().expect("id")),
+    )
+    .await;
+}
