@@ -2,7 +2,9 @@
 //! comes back.
 //!
 //! The gate is what holds the limit: a delivery is sent only if the sends so far are no more than
-//! [`BURST`] intervals ahead of the rate (a virtual-clock limiter, exact over any window).
+//! [`BURST`] ahead of the rate (a virtual-clock limiter, exact over any window longer than that).
+//! The burst is what absorbs the daemon's own unevenness: deliveries come back from the delay
+//! queues a little early or late, and a gate without slack would lose the sends of every gap.
 //!
 //! A delivery the gate turns away is not held in memory (it would hold its message's place in
 //! the prefetch window, and so every other receiver's events behind it): it waits in a delay
@@ -23,9 +25,9 @@ use std::time::{Duration, Instant};
 
 use super::Shards;
 
-/// How many intervals the sends may run ahead of the rate: room for deliveries that come back
-/// together to go together, without a burst the receiver would notice.
-const BURST: u32 = 2;
+/// How far the sends may run ahead of the rate: half a second's worth, and at least two
+/// requests.
+const BURST: Duration = Duration::from_millis(500);
 
 /// Every rate-limited webhook's gate and schedule.
 #[derive(Default)]
@@ -83,7 +85,8 @@ impl Lane {
         let slowed = self.slow_until.is_some_and(|until| now < until);
         let rate = if slowed { rate / 2 } else { rate }.max(1);
         let interval = Duration::from_secs(1) / rate;
-        let room_at = self.sent.checked_sub(interval * BURST).unwrap_or(now);
+        let burst = BURST.max(interval * 2);
+        let room_at = self.sent.checked_sub(burst).unwrap_or(now);
         if room_at <= now {
             self.sent = self.sent.max(now) + interval;
             return None;
@@ -109,41 +112,45 @@ mod tests {
     fn new_deliveries_over_the_rate_take_slots_one_interval_apart() {
         let now = Instant::now();
         let mut lane = Lane::new(now);
-        let waits: Vec<Option<Duration>> = (0..6).map(|_| lane.admit(20, false, now)).collect();
-        // Three go at once (the burst), the rest are given the slots after the gate's room.
-        assert_eq!(waits, [None, None, None, ms(50), ms(100), ms(150)]);
+        let waits: Vec<Option<Duration>> = (0..14).map(|_| lane.admit(20, false, now)).collect();
+        // Half a second's worth (eleven) go at once, the rest are given the slots after it.
+        assert!(waits[..11].iter().all(Option::is_none), "{waits:?}");
+        assert_eq!(waits[11..], [ms(50), ms(100), ms(150)]);
         // Idle for a while: the gate is free again, and no larger burst was saved up.
         let later = now + Duration::from_secs(10);
-        let waits: Vec<Option<Duration>> = (0..4).map(|_| lane.admit(20, false, later)).collect();
-        assert_eq!(waits, [None, None, None, ms(50)]);
+        let sent = (0..20)
+            .filter(|_| lane.admit(20, false, later).is_none())
+            .count();
+        assert_eq!(sent, 11);
     }
 
     #[test]
     fn due_deliveries_coming_back_together_go_at_the_rate_and_the_rest_wait_for_room() {
         let now = Instant::now();
         let mut lane = Lane::new(now);
+        // At 1/s the burst is two intervals: three go.
         let sent = (0..10)
-            .filter(|_| lane.admit(10, true, now).is_none())
+            .filter(|_| lane.admit(1, true, now).is_none())
             .count();
         assert_eq!(sent, 3, "the burst, and no more");
-        assert_eq!(lane.admit(10, true, now), ms(100));
-        let soon = now + Duration::from_millis(100);
-        assert_eq!(lane.admit(10, true, soon), None);
-        assert_eq!(lane.admit(10, true, soon), ms(100));
+        assert_eq!(lane.admit(1, true, now), ms(1_000));
+        let soon = now + Duration::from_secs(1);
+        assert_eq!(lane.admit(1, true, soon), None);
+        assert_eq!(lane.admit(1, true, soon), ms(1_000));
     }
 
     #[test]
     fn a_429_halves_the_rate_until_its_retry_after_has_passed() {
         let now = Instant::now();
         let pace = Pace::default();
-        pace.slow_down("w", now, now + Duration::from_secs(1));
+        pace.slow_down("w", now, now + Duration::from_secs(10));
+        // At 2/s (halved from 4) the burst is two intervals: three go, the next waits 500 ms.
+        let waits: Vec<Option<Duration>> = (0..4).map(|_| pace.admit("w", 4, false, now)).collect();
+        assert_eq!(waits, [None, None, None, ms(500)]);
+        let after = now + Duration::from_secs(20);
         let waits: Vec<Option<Duration>> =
-            (0..4).map(|_| pace.admit("w", 10, false, now)).collect();
-        assert_eq!(waits, [None, None, None, ms(200)]);
-        let after = now + Duration::from_secs(2);
-        let waits: Vec<Option<Duration>> =
-            (0..4).map(|_| pace.admit("w", 10, false, after)).collect();
-        assert_eq!(waits, [None, None, None, ms(100)]);
+            (0..4).map(|_| pace.admit("w", 4, false, after)).collect();
+        assert_eq!(waits, [None, None, None, ms(250)]);
         assert_eq!(pace.admit("other", 1, false, now), None);
     }
 }
