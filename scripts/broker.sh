@@ -6,8 +6,14 @@
 #   scripts/broker.sh start NAME PORT     start node NAME@localhost on PORT (idempotent)
 #   scripts/broker.sh stop NAME           stop it
 #   scripts/broker.sh ctl NAME ARGS...    rabbitmqctl against it
+#   scripts/broker.sh join NAME FIRST     make running node NAME a member of FIRST's cluster
+#   scripts/broker.sh kill NAME           SIGKILL the node's Erlang VM, as a crash would
 #
 # State lives in $WEBHOOKD_BROKER_HOME (default: .local/rabbitmq-NAME in the repository).
+#
+# A cluster is nodes that share one home: each keeps its own data under the home's mnesia/ (a
+# folder per node name) and its own log, and all of them read the one Erlang cookie, config
+# file and advanced.config there. Start the nodes, then `join` each of the others to the first.
 #
 # WEBHOOKD_BROKER_VERSION picks the RabbitMQ every command uses:
 #   3.10 (default)  Debian 12's rabbitmq-server, installed on this machine if it is missing.
@@ -210,8 +216,38 @@ case "$cmd" in
     shift 2
     ctl "$@"
     ;;
+  join)
+    first=${3:?the name of the first node is required}
+    # A node joins with its application stopped and its own data reset; its queues, if it
+    # had any, are gone.
+    ctl stop_app >/dev/null
+    ctl reset >/dev/null
+    ctl join_cluster "$first@localhost" >/dev/null
+    ctl start_app >/dev/null
+    ctl await_startup >/dev/null
+    echo "broker: $node joined $first@localhost's cluster" >&2
+    ;;
+  kill)
+    # The VM's own process id, as it reports it: nothing else is picked by name.
+    pid=$(ctl eval 'os:getpid().' | tr -dc '0-9')
+    if [ -z "$pid" ]; then
+      echo "broker: $node reports no process id; is it running?" >&2
+      exit 1
+    fi
+    kill -9 "$pid"
+    # Gone, or a zombie nobody reaped yet: either way it holds no port any more.
+    deadline=$((SECONDS + 10))
+    while [ -n "$(ps -o stat= -p "$pid" | tr -d 'Z ')" ]; do
+      if [ $SECONDS -ge $deadline ]; then
+        echo "broker: $node (pid $pid) still runs 10 s after SIGKILL" >&2
+        exit 1
+      fi
+      sleep 0.1
+    done
+    echo "broker: $node (pid $pid) killed" >&2
+    ;;
   *)
-    echo "broker.sh: unknown command '$cmd' (expected start, stop or ctl)" >&2
+    echo "broker.sh: unknown command '$cmd' (expected start, stop, ctl, join or kill)" >&2
     exit 2
     ;;
 esac

@@ -28,6 +28,14 @@
 //! Mozilla set plus `broker.extra_ca_file`), and a failed handshake fails the connection. There
 //! is no path from `amqps://` to a plain socket, so the password never crosses the network in
 //! clear because of a missing TLS backend or an untrusted certificate.
+//!
+//! A broker may be a cluster, given as a list of nodes (`broker.urls`). [`connect`] tries them
+//! in order from the one it is asked to start at and says which took the connection: the
+//! session supervisor starts after the node it lost, so a dead node costs one refused connect,
+//! and the CLI takes the first node that answers. A cluster's nodes serve the same queues, so
+//! which one a connection lands on changes where its traffic goes, not what it sees. Logs and
+//! errors name a node by its address and place in the list, never by its URL, which holds the
+//! password.
 
 use std::collections::HashSet;
 use std::io;
@@ -73,8 +81,19 @@ pub enum BrokerError {
     #[error("reading the broker's greeting (its version): {0}")]
     Greeting(String),
     /// The URL is a secret (it holds the password), so the message names the key, not the text.
-    #[error("broker.url is not a valid AMQP URI")]
+    #[error("a broker URL (broker.url or broker.urls) is not a valid AMQP URI")]
     InvalidUrl,
+    #[error("connecting to the broker at {0} took longer than {1:?}")]
+    ConnectTimeout(Node, Duration),
+    /// Every node of `broker.urls` was tried; the last one's error stands for them.
+    #[error(
+        "none of the {tried} broker nodes accepted a connection; the last, {node}, said: {last}"
+    )]
+    NoNode {
+        tried: usize,
+        node: Node,
+        last: Box<BrokerError>,
+    },
     #[error("cannot set up TLS for the broker: {0}")]
     Tls(#[from] TlsSetupError),
 }
@@ -163,9 +182,12 @@ const GREETING_MAX: usize = 64 * 1024;
 /// that frame but keeps none of it, so this opens a connection of its own over the same transport
 /// [`connect`] uses (TLS for `amqps://`), sends the protocol header, reads the frame and hangs up
 /// before logging in. `None` if the broker announces no version shaped like RabbitMQ's.
-pub async fn announced_version(broker: &BrokerConfig) -> Result<Option<Version>, BrokerError> {
+pub async fn announced_version(
+    broker: &BrokerConfig,
+    node: &Node,
+) -> Result<Option<Version>, BrokerError> {
     let failed = |error: &dyn std::fmt::Display| BrokerError::Greeting(error.to_string());
-    let (uri, tls) = parse(broker, Receives::OwnMessages)?;
+    let (uri, tls) = parse(broker, node, Receives::OwnMessages)?;
     let runtime = lapin::runtime::default_runtime()?;
     let mut stream = transport(uri, runtime, tls.as_ref())
         .await
@@ -205,12 +227,17 @@ pub async fn announced_version(broker: &BrokerConfig) -> Result<Option<Version>,
     Ok(version)
 }
 
-/// The broker URL with webhookd's defaults, and the TLS connector an `amqps://` URL needs.
+/// The node's URL with webhookd's defaults, and the TLS connector an `amqps://` URL needs.
 fn parse(
     broker: &BrokerConfig,
+    node: &Node,
     receives: Receives,
 ) -> Result<(AMQPUri, Option<RustlsConnector>), BrokerError> {
-    let uri: AMQPUri = with_defaults(broker.url.expose(), broker.heartbeat, receives)
+    let url = broker
+        .nodes()
+        .get(node.index)
+        .ok_or(BrokerError::InvalidUrl)?;
+    let uri: AMQPUri = with_defaults(url.expose(), broker.heartbeat, receives)
         .parse()
         .map_err(|_| BrokerError::InvalidUrl)?;
     let tls = match uri.scheme {
@@ -248,15 +275,56 @@ async fn transport<R: Reactor + Sync>(
     }
 }
 
-/// Opens a connection named for its role (visible in the management UI and `list_connections`),
-/// with heartbeats so a dead peer is noticed within two intervals. `amqps://` connects over TLS
-/// verified against the bundled roots and `broker.extra_ca_file`, or not at all.
+/// Opens a connection named for its role (visible in the management UI and `list_connections`)
+/// to the first node of `broker.urls` that accepts one, trying them in order from the one at
+/// `first` (wrapping around), and says which node took it. Heartbeats let a dead peer be noticed
+/// within two intervals. `amqps://` connects over TLS verified against the bundled roots and
+/// `broker.extra_ca_file`, or not at all.
 pub async fn connect(
     broker: &BrokerConfig,
+    first: usize,
+    role: &str,
+    receives: Receives,
+) -> Result<(Connection, Node), BrokerError> {
+    let count = broker.nodes().len();
+    let mut failed = None;
+    for step in 0..count {
+        let node = Node::of(broker, (first + step) % count)?;
+        match connect_to(broker, &node, role, receives).await {
+            Ok(connection) => return Ok((connection, node)),
+            Err(error) => {
+                if count > 1 {
+                    warn!(broker = %node, %error, role, "cannot connect to this broker node; trying the next");
+                }
+                failed = Some((node, error));
+            }
+        }
+    }
+    match failed {
+        Some((_, error)) if count == 1 => Err(error),
+        Some((node, error)) => Err(BrokerError::NoNode {
+            tried: count,
+            node,
+            last: Box::new(error),
+        }),
+        // Validation refuses an empty list; this keeps one from turning into a panic.
+        None => Err(BrokerError::InvalidUrl),
+    }
+}
+
+/// How long one node may take to accept a connection before the next is tried: a node that is
+/// down refuses at once, but one cut off by the network would otherwise hold the connect until
+/// TCP gives up, minutes later.
+const NODE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Opens a connection named for its role to `node` alone (see [`connect`]).
+pub async fn connect_to(
+    broker: &BrokerConfig,
+    node: &Node,
     role: &str,
     receives: Receives,
 ) -> Result<Connection, BrokerError> {
-    let (uri, tls) = parse(broker, receives)?;
+    let (uri, tls) = parse(broker, node, receives)?;
     let properties = ConnectionProperties::default()
         .with_connection_name(LongString::from(format!("webhookd {role}")));
     let runtime = lapin::runtime::default_runtime()?;
@@ -265,7 +333,40 @@ pub async fn connect(
             .await
             .map_err(Into::into)
     };
-    Ok(Connection::connector(uri, runtime, transport, properties).await?)
+    let connecting = Connection::connector(uri, runtime, transport, properties);
+    match tokio::time::timeout(NODE_CONNECT_TIMEOUT, connecting).await {
+        Ok(connected) => Ok(connected?),
+        Err(_) => Err(BrokerError::ConnectTimeout(
+            node.clone(),
+            NODE_CONNECT_TIMEOUT,
+        )),
+    }
+}
+
+/// One node of the broker: its place in `broker.urls` (0 for the one `broker.url`) and its
+/// address, which is what logs and errors name: the URL holds the password.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    pub index: usize,
+    pub address: String,
+}
+
+impl Node {
+    /// The node at `index` of `broker.urls`.
+    pub fn of(broker: &BrokerConfig, index: usize) -> Result<Node, BrokerError> {
+        let url = broker.nodes().get(index).ok_or(BrokerError::InvalidUrl)?;
+        let uri: AMQPUri = url.expose().parse().map_err(|_| BrokerError::InvalidUrl)?;
+        Ok(Node {
+            index,
+            address: format!("{}:{}", uri.authority.host, uri.authority.port),
+        })
+    }
+}
+
+impl std::fmt::Display for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.address)
+    }
 }
 
 /// A failed handshake in words an operator can act on: an untrusted certificate says so and
@@ -434,6 +535,16 @@ fn is_other_delivery_limit(error: &lapin::Error) -> bool {
         ErrorKind::ProtocolError(amqp)
             if amqp.get_id() == 406 && amqp.get_message().as_str().contains("x-delivery-limit")
     )
+}
+
+/// The arguments of a quorum queue webhookd declares on a broker of `version` (its delivery
+/// limit, see [`Topology::on`]), plus `extra`.
+pub fn quorum_arguments(version: Option<Version>, extra: &[(&str, AMQPValue)]) -> FieldTable {
+    let mut arguments = queue_arguments(QueueKind::Quorum, delivery_limit(version));
+    for (key, value) in extra {
+        arguments.insert(ShortString::from(*key), value.clone());
+    }
+    arguments
 }
 
 fn queue_arguments(kind: QueueKind, delivery_limit: Option<i64>) -> FieldTable {

@@ -43,8 +43,8 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use self::secret::serialize_masked_url;
 pub use self::secret::Secret;
+use self::secret::{serialize_masked_url, serialize_masked_urls};
 use self::text::{deserialize_from_str, deserialize_networks, duration_text};
 
 /// Where `webhookd run` and `webhookd check-config` look when no path is given.
@@ -78,7 +78,15 @@ pub struct BrokerConfig {
     /// [`Config::to_masked_toml`] with only the password masked, so the host stays checkable.
     #[serde(serialize_with = "serialize_masked_url")]
     pub url: Secret,
-    /// A file whose trimmed content replaces `url` at load time, for systemd `LoadCredential=`.
+    /// The nodes of a RabbitMQ cluster, one AMQP URI each, in the order webhookd tries them;
+    /// instead of `url`, never with it. Secrets like `url`, shown the same way.
+    #[serde(
+        serialize_with = "serialize_masked_urls",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub urls: Option<Vec<Secret>>,
+    /// A file whose content replaces `url` at load time, for systemd `LoadCredential=`: one URI,
+    /// or one per line (trimmed, blank lines skipped), which then stand for `urls`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub url_file: Option<PathBuf>,
     /// A PEM file of private CA certificates trusted for an `amqps://` broker, on top of the
@@ -126,6 +134,7 @@ impl Default for BrokerConfig {
     fn default() -> Self {
         Self {
             url: Secret::from("amqp://guest:guest@127.0.0.1:5672/%2f".to_owned()),
+            urls: None,
             url_file: None,
             extra_ca_file: None,
             exchange: "chatwoot.events".to_owned(),
@@ -142,6 +151,25 @@ impl Default for BrokerConfig {
             registry_max_age: Duration::from_secs(7 * 24 * 3600),
             registry_segment_bytes: 8 * 1024 * 1024,
             registry_snapshot_every: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl BrokerConfig {
+    /// The broker's nodes in the order to try them: `urls`, or the one `url`.
+    pub fn nodes(&self) -> &[Secret] {
+        match &self.urls {
+            Some(urls) => urls,
+            None => std::slice::from_ref(&self.url),
+        }
+    }
+
+    /// The key that set the nodes, for errors: where the operator edits them.
+    pub fn nodes_key(&self) -> &'static str {
+        match (&self.url_file, &self.urls) {
+            (Some(_), _) => "broker.url_file",
+            (None, Some(_)) => "broker.urls",
+            (None, None) => "broker.url",
         }
     }
 }

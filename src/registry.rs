@@ -42,7 +42,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use lapin::options::BasicPublishOptions;
-use lapin::types::ShortString;
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::Confirmation;
 use lapin::{BasicProperties, Channel};
 use serde::{Deserialize, Serialize};
@@ -59,6 +59,20 @@ mod snapshot;
 
 /// How long a write waits for its change to come back from the log and be applied here.
 pub const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The queue whose token elects the instance that writes snapshots (see `registry/snapshot.rs`).
+pub fn election_queue(broker: &BrokerConfig) -> String {
+    format!("{}.snapshot-writer", broker.registry_stream)
+}
+
+/// The stream where instances share the attempts they record, so that each webhook's attempt
+/// log shows every instance's attempts.
+pub fn attempts_stream(broker: &BrokerConfig) -> String {
+    format!("{}.attempts", broker.registry_stream)
+}
+
+/// The header naming the instance that shared a batch of attempts.
+const INSTANCE_HEADER: &str = "x-webhookd-instance";
 
 /// Entries published before waiting for their confirms, when there are many.
 const BATCH: usize = 1000;
@@ -113,6 +127,10 @@ type Outcome = Result<Applied, StoreError>;
 /// The instance's end of the log, shared by the writers and the follower.
 struct Log {
     stream: String,
+    /// Where instances share the attempts they record (see [`Registry::share_attempts`]).
+    attempts_stream: String,
+    /// This instance, as the attempts it shares name it, so that it skips its own.
+    instance: String,
     /// The follower's confirm-mode channel while it is connected.
     publisher: watch::Sender<Option<Channel>>,
     /// Writers waiting for their entry to be applied, by entry id.
@@ -126,9 +144,11 @@ struct Log {
 }
 
 impl Log {
-    fn new(stream: &str, unlogged: Vec<Webhook>) -> Log {
+    fn new(broker: &BrokerConfig, unlogged: Vec<Webhook>) -> Log {
         Log {
-            stream: stream.to_owned(),
+            stream: broker.registry_stream.clone(),
+            attempts_stream: attempts_stream(broker),
+            instance: uuid::Uuid::new_v4().to_string(),
             publisher: watch::Sender::new(None),
             waiting: Mutex::default(),
             leader: AtomicBool::new(false),
@@ -146,58 +166,35 @@ impl Log {
     /// Publishes `entries` in order, all before waiting for their confirms: a batch costs one
     /// round trip to the broker, not one per entry.
     async fn append_all(&self, entries: &[Entry]) -> Result<(), RegistryError> {
+        let bodies = entries
+            .iter()
+            .map(serde_json::to_vec)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| StoreError::Corrupt(error.to_string()))?;
+        let channel = self.channel(APPLY_TIMEOUT).await?;
+        let properties =
+            BasicProperties::default().with_content_type(ShortString::from("application/json"));
+        publish(&channel, &self.stream, &bodies, properties).await
+    }
+
+    /// The follower's publishing channel, waiting up to `patience` for it.
+    async fn channel(&self, patience: Duration) -> Result<Channel, RegistryError> {
         let mut connected = self.publisher.subscribe();
-        let waited = tokio::time::timeout(APPLY_TIMEOUT, connected.wait_for(Option::is_some)).await;
-        let Some(channel) = waited.ok().and_then(|ready| ready.ok()?.clone()) else {
-            let why = self
-                .down
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone();
-            return Err(RegistryError::Unavailable(match why {
-                Some(why) => format!("not connected to the broker: {why}"),
-                None => "not connected to the broker yet".to_owned(),
-            }));
-        };
-        let unavailable = |error: lapin::Error| RegistryError::Unavailable(error.to_string());
-        let mut confirms = Vec::with_capacity(entries.len());
-        for entry in entries {
-            let body = serde_json::to_vec(entry)
-                .map_err(|error| StoreError::Corrupt(error.to_string()))?;
-            let confirm = channel
-                .basic_publish(
-                    ShortString::from(""),
-                    ShortString::from(self.stream.as_str()),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..BasicPublishOptions::default()
-                    },
-                    &body,
-                    BasicProperties::default()
-                        .with_delivery_mode(2)
-                        .with_content_type(ShortString::from("application/json")),
-                )
-                .await
-                .map_err(unavailable)?;
-            confirms.push(confirm);
-        }
-        for confirm in confirms {
-            match confirm.await.map_err(unavailable)? {
-                Confirmation::Ack(None) => {}
-                Confirmation::Ack(Some(_)) => {
-                    return Err(RegistryError::Unavailable(format!(
-                        "the stream {} does not exist",
-                        self.stream
-                    )))
-                }
-                Confirmation::Nack(_) | Confirmation::NotRequested => {
-                    return Err(RegistryError::Unavailable(
-                        "the broker did not confirm the change".to_owned(),
-                    ))
-                }
-            }
-        }
-        Ok(())
+        let waited = tokio::time::timeout(patience, connected.wait_for(Option::is_some)).await;
+        waited
+            .ok()
+            .and_then(|ready| ready.ok()?.clone())
+            .ok_or_else(|| {
+                let why = self
+                    .down
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone();
+                RegistryError::Unavailable(match why {
+                    Some(why) => format!("not connected to the broker: {why}"),
+                    None => "not connected to the broker yet".to_owned(),
+                })
+            })
     }
 
     /// Registers a writer waiting for entry `id`.
@@ -256,7 +253,7 @@ impl Registry {
             Some(_) => Vec::new(),
             None => store.list(None)?,
         };
-        let log = Arc::new(Log::new(&broker.registry_stream, unlogged));
+        let log = Arc::new(Log::new(broker, unlogged));
         let follower = tokio::spawn(follower::follow(
             broker.clone(),
             log.clone(),
@@ -336,6 +333,26 @@ impl Registry {
     /// The local copy, for reads.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Shares a batch of attempts this instance recorded ([`Store::persist_attempt_share`]) with
+    /// the other instances, which add them to their attempt logs. Without a connection at hand
+    /// the batch is not shared: attempts are diagnostics, and a delivery never waits for them.
+    pub async fn share_attempts(&self, batch: Vec<u8>) -> Result<(), RegistryError> {
+        #[allow(clippy::infallible_destructuring_match)] // `Local` exists in unit tests only
+        let log = match &self.writer {
+            Writer::Log(log) => log,
+            #[cfg(test)]
+            Writer::Local => return Ok(()),
+        };
+        let channel = log.channel(Duration::ZERO).await?;
+        let mut headers = FieldTable::default();
+        headers.insert(
+            ShortString::from(INSTANCE_HEADER),
+            AMQPValue::LongString(LongString::from(log.instance.as_str())),
+        );
+        let properties = BasicProperties::default().with_headers(headers);
+        publish(&channel, &log.attempts_stream, &[batch], properties).await
     }
 
     /// Creates a webhook with a fresh id (see [`Change::create`]).
@@ -430,6 +447,49 @@ impl Registry {
             }
         }
     }
+}
+
+/// Publishes `bodies` to the stream `stream`, persistent, all before waiting for their confirms.
+async fn publish(
+    channel: &Channel,
+    stream: &str,
+    bodies: &[Vec<u8>],
+    properties: BasicProperties,
+) -> Result<(), RegistryError> {
+    let unavailable = |error: lapin::Error| RegistryError::Unavailable(error.to_string());
+    let mut confirms = Vec::with_capacity(bodies.len());
+    for body in bodies {
+        let confirm = channel
+            .basic_publish(
+                ShortString::from(""),
+                ShortString::from(stream),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                body,
+                properties.clone().with_delivery_mode(2),
+            )
+            .await
+            .map_err(unavailable)?;
+        confirms.push(confirm);
+    }
+    for confirm in confirms {
+        match confirm.await.map_err(unavailable)? {
+            Confirmation::Ack(None) => {}
+            Confirmation::Ack(Some(_)) => {
+                return Err(RegistryError::Unavailable(format!(
+                    "the stream {stream} does not exist"
+                )))
+            }
+            Confirmation::Nack(_) | Confirmation::NotRequested => {
+                return Err(RegistryError::Unavailable(
+                    "the broker did not confirm the change".to_owned(),
+                ))
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Runs `append` until the broker takes the entry, waiting a second after each failure to reach

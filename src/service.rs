@@ -28,7 +28,7 @@ use lapin::BasicProperties;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use self::endpoints::{Endpoints, Policy};
 use crate::admin::{self, Access, AdminState};
@@ -326,7 +326,11 @@ pub async fn run(
         reloads,
         stopped.clone(),
     ));
-    let attempt_log = tokio::spawn(persist_attempts(store.clone(), stopped.clone()));
+    let attempt_log = tokio::spawn(persist_attempts(
+        store.clone(),
+        registry.clone(),
+        stopped.clone(),
+    ));
     let stall_sweep = tokio::spawn(endpoints::sweep_stalls(
         shared.endpoints.clone(),
         stopped.clone(),
@@ -356,8 +360,9 @@ pub async fn run(
 }
 
 /// Writes the buffered attempt log to the store off the delivery path, each share of it once
-/// every `ATTEMPT_LOG_PERIOD`, one share at a time; the final flush at shutdown writes the rest.
-async fn persist_attempts(store: Store, stopped: CancellationToken) {
+/// every `ATTEMPT_LOG_PERIOD`, one share at a time, and shares what it wrote with the other
+/// instances through the registry; the final flush at shutdown writes the rest (unshared).
+async fn persist_attempts(store: Store, registry: Registry, stopped: CancellationToken) {
     let shares = u32::try_from(ATTEMPT_SHARES).expect("a handful of shares");
     let mut tick = tokio::time::interval(ATTEMPT_LOG_PERIOD / shares);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -368,7 +373,12 @@ async fn persist_attempts(store: Store, stopped: CancellationToken) {
         }
         let store = store.clone();
         match tokio::task::spawn_blocking(move || store.persist_attempt_share(share)).await {
-            Ok(Ok(())) => {}
+            Ok(Ok(batch)) if batch.is_empty() => {}
+            Ok(Ok(batch)) => {
+                if let Err(error) = registry.share_attempts(batch).await {
+                    debug!(%error, "attempts not shared with the other instances");
+                }
+            }
             Ok(Err(error)) => warn!(%error, "writing the attempt log failed"),
             Err(error) => warn!(%error, "the attempt-log writer stopped"),
         }

@@ -39,17 +39,18 @@ pub async fn declare(connection: &Connection, topology: &Topology) -> anyhow::Re
     Ok(())
 }
 
-/// Deletes what [`declare`] made and every delay queue the daemon may have declared
-/// (`delay_queues`). Left behind, a delay queue's jobs would expire into the deleted work queue
-/// in the middle of a later run, and the broker's work on them would count against it.
+/// Deletes what [`declare`] made and `others`: every delay queue the daemon may have declared,
+/// and its registry stream and election queue. Left behind, a delay queue's jobs would expire
+/// into the deleted work queue in the middle of a later run, and the broker's work on them would
+/// count against it.
 pub async fn delete(
     connection: &Connection,
     topology: &Topology,
-    delay_queues: &[String],
+    others: &[String],
 ) -> anyhow::Result<()> {
     let queues = [&topology.queue, &topology.dead_letter_queue]
         .into_iter()
-        .chain(delay_queues);
+        .chain(others);
     for queue in queues {
         delete_queue(connection, queue).await?;
     }

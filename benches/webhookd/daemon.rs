@@ -47,6 +47,10 @@ pub struct Run {
     pub topology: Topology,
     /// Every delay queue the daemon's retry schedule may declare.
     pub delay_queues: Vec<String>,
+    /// The config's broker section, for the registry log's names and an in-process follower.
+    pub broker: webhookd::config::BrokerConfig,
+    /// The admin listener, for `/readyz`.
+    pub admin: std::net::SocketAddr,
 }
 
 impl Run {
@@ -111,6 +115,8 @@ drain_timeout = "1s"
                 .map(|bucket| topology.delay_queue(bucket))
                 .collect(),
             topology,
+            broker: config.broker,
+            admin,
             dir,
             config_path,
         })

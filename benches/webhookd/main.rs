@@ -31,6 +31,7 @@ mod http;
 mod procfs;
 mod receiver;
 mod registry;
+mod replication;
 mod report;
 mod scenarios;
 
@@ -43,6 +44,7 @@ use serde_json::json;
 use crate::events::Bodies;
 use crate::receiver::Receiver;
 use crate::registry::Registry;
+use crate::replication::Propagation;
 use crate::report::{median, quantile, Figure, Goal, Raw, Report};
 use crate::scenarios::{Bench, By, Delivered, Delivery, DRAIN};
 
@@ -86,6 +88,8 @@ struct Sizes {
     registry_webhooks: u64,
     registry_accounts: u64,
     registry_lookups: u64,
+    /// Registry changes timed from one instance to another.
+    propagation_changes: u64,
 }
 
 const FULL: Sizes = Sizes {
@@ -102,6 +106,7 @@ const FULL: Sizes = Sizes {
     registry_webhooks: 1_000_000,
     registry_accounts: 250_000,
     registry_lookups: 100_000,
+    propagation_changes: 500,
 };
 
 const SMOKE: Sizes = Sizes {
@@ -118,6 +123,7 @@ const SMOKE: Sizes = Sizes {
     registry_webhooks: 10_000,
     registry_accounts: 2_500,
     registry_lookups: 2_000,
+    propagation_changes: 20,
 };
 
 struct Options {
@@ -288,7 +294,7 @@ fn machine_cpu<'a>(
 }
 
 /// The scenarios, by the names `scripts/bench.sh NAME…` selects them with.
-const SCENARIOS: [&str; 8] = [
+const SCENARIOS: [&str; 9] = [
     "raw",
     "bridge",
     "webhookd",
@@ -297,6 +303,7 @@ const SCENARIOS: [&str; 8] = [
     "latency",
     "backlog",
     "registry",
+    "propagation",
 ];
 
 /// The raw limits' medians, which the other targets derive from.
@@ -397,6 +404,9 @@ async fn measure(
     }
     if wanted("registry") {
         m.registry().await?;
+    }
+    if wanted("propagation") {
+        m.propagation().await?;
     }
     m.details.insert(
         "duration_seconds".to_owned(),
@@ -887,6 +897,60 @@ impl Measure<'_> {
                 format!("webhookd start to first delivery, {webhooks} webhooks"),
                 "s",
                 vec![loaded.first_delivery_seconds],
+            )?,
+            Figure::new(
+                format!("publishing a store of {webhooks} webhooks to the registry log"),
+                "s",
+                vec![loaded.publish_seconds],
+            )?,
+            Figure::new(
+                format!("rebuilding {webhooks} webhooks from the registry log, start to ready"),
+                "s",
+                vec![loaded.rebuild_seconds],
+            )?,
+            Figure::new(
+                format!("webhookd peak RSS rebuilding {webhooks} webhooks"),
+                "MiB",
+                vec![loaded.rebuild_peak_rss_mib],
+            )?,
+        ]);
+        Ok(())
+    }
+
+    /// A registry change made through one instance, until the other has it.
+    async fn propagation(&mut self) -> anyhow::Result<()> {
+        let changes = self.inputs.sizes.propagation_changes;
+        let receiver = Receiver::start().await?;
+        let runs = repeat(self.inputs.sizes.runs, "propagation", async || {
+            self.bench.propagation(&receiver, changes).await
+        })
+        .await?;
+        let at = |q: f64, of: fn(&Propagation) -> &Vec<u64>| -> anyhow::Result<Vec<f64>> {
+            runs.iter()
+                .map(|run| Ok(quantile(of(run), q)? as f64 / 1e3))
+                .collect()
+        };
+        let label = format!("registry change ({changes} in a row)");
+        self.figures.extend([
+            Figure::new(
+                format!("{label}, written through one instance, p50"),
+                "ms",
+                at(0.5, |r| &r.write_us)?,
+            )?,
+            Figure::new(
+                format!("{label}, written through one instance, p99"),
+                "ms",
+                at(0.99, |r| &r.write_us)?,
+            )?,
+            Figure::new(
+                format!("{label}, in effect on the other instance, p50"),
+                "ms",
+                at(0.5, |r| &r.visible_us)?,
+            )?,
+            Figure::new(
+                format!("{label}, in effect on the other instance, p99"),
+                "ms",
+                at(0.99, |r| &r.visible_us)?,
             )?,
         ]);
         Ok(())

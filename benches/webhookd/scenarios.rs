@@ -16,7 +16,9 @@ use crate::events::{now_ns, Bodies};
 use crate::http;
 use crate::procfs::{self, CpuShares, MachineCpu};
 use crate::receiver::{Receiver, Tally, HANG_PATH};
+use crate::replication;
 use crate::report::Raw;
+use ::http as http_types;
 
 /// How often a waiting run looks at the receiver's counters (the figures come from the
 /// receiver's own timestamps, not from this polling).
@@ -137,12 +139,18 @@ pub struct Delivered {
 pub struct Loaded {
     /// Storing the webhooks, before webhookd starts.
     pub build_seconds: f64,
+    /// Publishing them to the registry log, as a store that never followed one is.
+    pub publish_seconds: f64,
     /// From starting webhookd to the first receipt: opening the store (loading its index),
     /// connecting to the broker, the first delivery.
     pub first_delivery_seconds: f64,
     /// Once it delivered them all, and the most it held on the way there.
     pub rss_mib: f64,
     pub peak_rss_mib: f64,
+    /// A second start on an empty store: until ready, having rebuilt the registry from the log,
+    /// and the most it held on the way.
+    pub rebuild_seconds: f64,
+    pub rebuild_peak_rss_mib: f64,
 }
 
 /// Publish-to-receipt latencies of one steady run, in nanoseconds.
@@ -199,11 +207,14 @@ impl Bench {
             .ok();
         Ok(Bench {
             amqp: amqp::connect(&url).await?,
-            version: webhookd::broker::announced_version(&webhookd::config::BrokerConfig {
-                url: url.clone().into(),
-                ..webhookd::config::BrokerConfig::default()
-            })
-            .await?,
+            version: {
+                let broker = webhookd::config::BrokerConfig {
+                    url: url.clone().into(),
+                    ..webhookd::config::BrokerConfig::default()
+                };
+                let node = webhookd::broker::Node::of(&broker, 0)?;
+                webhookd::broker::announced_version(&broker, &node).await?
+            },
             url,
             log_level,
             broker_pid,
@@ -407,7 +418,12 @@ impl Bench {
         let mut tries = 0;
         loop {
             tries += 1;
-            match amqp::delete(&self.amqp, &run.topology, &run.delay_queues).await {
+            let registry = [
+                run.broker.registry_stream.clone(),
+                webhookd::registry::election_queue(&run.broker),
+            ];
+            let queues: Vec<String> = run.delay_queues.iter().cloned().chain(registry).collect();
+            match amqp::delete(&self.amqp, &run.topology, &queues).await {
                 Ok(()) => return Ok(()),
                 Err(error) if tries < DELETE_TRIES => {
                     eprintln!("bench: deleting a run's queues failed ({error:#}); trying again");
@@ -458,6 +474,9 @@ impl Bench {
         let building = std::time::Instant::now();
         run.register(webhooks).await?;
         let build_seconds = building.elapsed().as_secs_f64();
+        // What a daemon upgraded to the registry log does at its first start, done beforehand
+        // so that the start measured below is an ordinary one.
+        let publish_seconds = replication::publish_store(&run.broker, &run.store_path()).await?;
         amqp::declare(&self.amqp, &run.topology).await?;
         let events = bodies.accounts().count() as u64;
         amqp::publish_backlog(&self.amqp, &run.topology, bodies, events).await?;
@@ -467,14 +486,65 @@ impl Bench {
         let rss_mib = kib_to_mib(daemon.rss_kib()?);
         let peak_rss_mib = kib_to_mib(daemon.peak_rss_kib()?);
         daemon.stop().await?;
+
+        // The same registry again, from the log alone: an instance with an empty store.
+        std::fs::remove_dir_all(run.store_path())?;
+        let mut daemon = run.start()?;
+        let rebuilding = std::time::Instant::now();
+        ready(&run, &mut daemon).await?;
+        let rebuild_seconds = rebuilding.elapsed().as_secs_f64();
+        let rebuild_peak_rss_mib = kib_to_mib(daemon.peak_rss_kib()?);
+        daemon.stop().await?;
         self.delete(&run).await?;
         let loaded = Loaded {
             build_seconds,
+            publish_seconds,
             first_delivery_seconds: receiver.tally().first_ns.saturating_sub(started) as f64 / 1e9,
             rss_mib,
             peak_rss_mib,
+            rebuild_seconds,
+            rebuild_peak_rss_mib,
         };
         Ok((loaded, run))
+    }
+
+    /// Registry changes through one instance, timed until in effect on another (see
+    /// `replication`), on a registry log of their own.
+    pub async fn propagation(
+        &mut self,
+        receiver: &Receiver,
+        changes: u64,
+    ) -> anyhow::Result<replication::Propagation> {
+        let run = self.run("propagation", "classic", None)?;
+        let times = replication::propagation(&run.broker, &receiver.url("/p"), changes).await;
+        self.delete(&run).await?;
+        times
+    }
+}
+
+/// How long an instance may take to become ready after its start: a rebuild of a million
+/// webhooks from the log reads and applies every one.
+const READY_PATIENCE: Duration = Duration::from_secs(1800);
+
+/// Waits until the daemon's `/readyz` answers 200.
+async fn ready(run: &Run, daemon: &mut Daemon) -> anyhow::Result<()> {
+    let client = http::bare_client();
+    let url: http_types::Uri = format!("http://{}/readyz", run.admin).parse()?;
+    let deadline = std::time::Instant::now() + READY_PATIENCE;
+    loop {
+        daemon.ensure_running()?;
+        if let Ok(response) = client.get(url.clone()).await {
+            if response.status() == http_types::StatusCode::OK {
+                return Ok(());
+            }
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "{} was not ready within {READY_PATIENCE:?}; its log ends:\n{}",
+            daemon.name(),
+            daemon.log_tail()
+        );
+        tokio::time::sleep(POLL).await;
     }
 }
 

@@ -108,7 +108,8 @@ const CLOSE_WAIT: Duration = Duration::from_secs(5);
 /// `webhookd dlq …`.
 pub async fn dlq(config: &Config, command: DlqCommand) -> anyhow::Result<()> {
     let topology = Topology::from_config(&config.broker);
-    let connection = Arc::new(broker::connect(&config.broker, "dlq", Receives::Messages).await?);
+    let (connection, _) = broker::connect(&config.broker, 0, "dlq", Receives::Messages).await?;
+    let connection = Arc::new(connection);
     let outcome = dlq_on(config, &connection, &topology, command).await;
     // Bounded: lapin can leave the close of a connection whose channel was still closing
     // unanswered after the socket is gone, and the command's work is done by now.

@@ -58,10 +58,12 @@ pub async fn publish(config: &Config, args: PublishArgs) -> anyhow::Result<()> {
     let message_id = args
         .message_id
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let (connection, node) =
+        broker::connect(&config.broker, 0, "publish", Receives::OwnMessages).await?;
+    let connection = Arc::new(connection);
     let topology =
-        Topology::from_config(&config.broker).on(broker::announced_version(&config.broker).await?);
-    let connection =
-        Arc::new(broker::connect(&config.broker, "publish", Receives::OwnMessages).await?);
+        Topology::from_config(&config.broker)
+            .on(broker::announced_version(&config.broker, &node).await?);
     // Declaring what the daemon declares means an event published before the daemon first
     // starts waits in its queue instead of vanishing.
     broker::declare(&connection, &topology).await?;

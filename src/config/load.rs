@@ -10,7 +10,7 @@ use serde::de::{self, DeserializeOwned, Visitor};
 use serde::{Deserialize, Deserializer};
 use toml::{Table, Value};
 
-use super::secret::MASK;
+use super::secret::{masked_url, MASK};
 use super::{
     AdminConfig, BrokerConfig, Config, ConfigError, DeliveryConfig, LogConfig, ReadableSecretFile,
     RetryConfig, Secret, ServiceConfig, StoreConfig,
@@ -40,6 +40,7 @@ impl Config {
             .map_err(|error: toml::de::Error| syntax_error(text, &error))?;
         check_keys(&table)?;
         let overrides = apply_overrides(&mut table, env)?;
+        check_conflicts(&table)?;
         let mut config = deserialize(table, &overrides)?;
         config.resolve_secret_files(&overrides)?;
         // As a token file's content is: surrounding whitespace could never match anyway, since
@@ -68,7 +69,18 @@ impl Config {
         if shown.admin.token_file.is_some() {
             shown.admin.token = None;
         }
+        // Likewise the nodes a `url_file` listed: the file stands for them.
+        if shown.broker.url_file.is_some() {
+            shown.broker.urls = None;
+        }
         match toml::to_string(&shown) {
+            // With a list of nodes, `url` is not the operator's (it holds its default) and
+            // shown beside `urls` would conflict on loading back. serde cannot skip a field by
+            // another's value, so its one line goes here: the first key of `[broker]`.
+            Ok(text) if shown.broker.urls.is_some() => {
+                let url = toml::Value::String(masked_url(shown.broker.url.expose()));
+                text.replacen(&format!("\nurl = {url}\n"), "\n", 1)
+            }
             Ok(text) => text,
             // Every field is a string, number, boolean or array of strings, all of which TOML
             // holds; this arm exists so that a future field cannot turn into a panic.
@@ -101,7 +113,18 @@ impl Config {
     /// Replaces secrets with the content of their `*_file`, as systemd credentials are passed.
     fn resolve_secret_files(&mut self, overrides: &Overrides) -> Result<(), ConfigError> {
         if let Some(path) = &self.broker.url_file {
-            self.broker.url = read_secret_file("broker.url_file", path, overrides)?;
+            let text = read_secret_file("broker.url_file", path, overrides)?;
+            let mut lines: Vec<Secret> = text
+                .expose()
+                .lines()
+                .map(str::trim)
+                .filter(|line| !line.is_empty())
+                .map(|line| Secret::from(line.to_owned()))
+                .collect();
+            match lines.len() {
+                1 => self.broker.url = lines.remove(0),
+                _ => self.broker.urls = Some(lines),
+            }
         }
         if let Some(path) = &self.admin.token_file {
             if self.admin.token.is_some() {
@@ -137,6 +160,32 @@ fn syntax_error(text: &str, error: &toml::de::Error) -> ConfigError {
             error.message().trim_end().replace('\n', "; ")
         ),
     }
+}
+
+/// Refuses two keys that both name the broker's nodes: which one was meant cannot be guessed.
+/// Checked on the table, as the file and the environment left it, because `broker.url` has a
+/// default that would hide whether it was set.
+fn check_conflicts(table: &Table) -> Result<(), ConfigError> {
+    let Some(Value::Table(broker)) = table.get("broker") else {
+        return Ok(());
+    };
+    if !broker.contains_key("urls") {
+        return Ok(());
+    }
+    for other in ["url", "url_file"] {
+        if broker.contains_key(other) {
+            return Err(ConfigError::Conflict {
+                file: None,
+                first: if other == "url" {
+                    "broker.url"
+                } else {
+                    "broker.url_file"
+                },
+                second: "broker.urls",
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Which `section.key`s environment variables set, so errors can name the variable.
@@ -291,6 +340,7 @@ fn apply_overrides(
         };
         let value = match override_value(&raw) {
             Value::String(text) => Value::String(text),
+            Value::Array(items) if path == "broker.urls" => Value::Array(items),
             _ if is_secret(&path) => Value::String(raw),
             other => other,
         };
@@ -302,7 +352,7 @@ fn apply_overrides(
 
 /// The keys whose values are secrets: errors about them never show the value, and an override
 /// of them is always a string (a token of digits is a token, not a number to complain about).
-const SECRET_KEYS: [&str; 2] = ["broker.url", "admin.token"];
+const SECRET_KEYS: [&str; 3] = ["broker.url", "broker.urls", "admin.token"];
 
 fn is_secret(key: &str) -> bool {
     SECRET_KEYS.contains(&key)
@@ -342,13 +392,22 @@ fn without_secrets(message: &str, table: &Table) -> String {
         let value = key
             .split_once('.')
             .and_then(|(section, key)| table.get(section)?.get(key));
-        let text = match value {
-            Some(Value::String(text)) => text.clone(),
-            Some(other) => other.to_string(),
+        let texts = match value {
+            Some(Value::String(text)) => vec![text.clone()],
+            // Each entry of a list of secrets, as serde may quote any of them alone.
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|item| match item {
+                    Value::String(text) => text.clone(),
+                    other => other.to_string(),
+                })
+                .chain([Value::Array(items.clone()).to_string()])
+                .collect(),
+            Some(other) => vec![other.to_string()],
             None => continue,
         };
-        if !text.is_empty() {
-            message = message.replace(&text, MASK);
+        for text in texts.iter().filter(|text| !text.is_empty()) {
+            message = message.replace(text.as_str(), MASK);
         }
     }
     message
@@ -366,8 +425,13 @@ fn blame_key(table: &Table, overrides: &Overrides) -> Option<ConfigError> {
             let path = format!("{section}.{key}");
             // serde's message quotes the value (`invalid type: integer `123…``).
             let message = if is_secret(&path) {
+                let expected = if path == "broker.urls" {
+                    "a list of strings"
+                } else {
+                    "a string"
+                };
                 format!(
-                    "expected a string, found {} (the value is a secret and is not shown)",
+                    "expected {expected}, found {} (the value is a secret and is not shown)",
                     value.type_str()
                 )
             } else {
@@ -1070,5 +1134,179 @@ mod tests {
             Ok(_) => {}
             Err(error) => panic!("{error}"),
         }
+    }
+
+    /// The nodes as strings, in order.
+    fn nodes(config: &Config) -> Vec<&str> {
+        config.broker.nodes().iter().map(Secret::expose).collect()
+    }
+
+    #[test]
+    fn broker_urls_lists_the_nodes_in_order_and_url_alone_still_works() {
+        assert_eq!(
+            nodes(&load_ok("", no_env())),
+            ["amqp://guest:guest@127.0.0.1:5672/%2f"]
+        );
+        let one = load_ok("[broker]\nurl = \"amqp://u:p@a:5672/%2f\"\n", no_env());
+        assert_eq!(nodes(&one), ["amqp://u:p@a:5672/%2f"]);
+        let (a, b, c) = (
+            "amqp://u:p@a:5672/%2f",
+            "amqps://u:p@b/%2f",
+            "amqp://u:p@c:5673/v",
+        );
+        let three = load_ok(
+            &format!("[broker]\nurls = [{a:?}, {b:?}, {c:?}]\n"),
+            no_env(),
+        );
+        assert_eq!(nodes(&three), [a, b, c]);
+        let via_env = load_ok(
+            "",
+            env(&[("WEBHOOKD_BROKER__URLS", &format!("[{a:?}, {c:?}]"))]),
+        );
+        assert_eq!(nodes(&via_env), [a, c]);
+    }
+
+    #[test]
+    fn broker_url_and_urls_together_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("broker-url");
+        std::fs::write(&file, "amqp://u:p@a/%2f\n").unwrap();
+        let urls = "urls = [\"amqp://u:p@a/%2f\", \"amqp://u:p@b/%2f\"]";
+        for (text, vars, first) in [
+            (
+                format!("[broker]\nurl = \"amqp://u:p@a/%2f\"\n{urls}\n"),
+                no_env(),
+                "broker.url",
+            ),
+            (
+                format!(
+                    "[broker]\nurl_file = {:?}\n{urls}\n",
+                    file.display().to_string()
+                ),
+                no_env(),
+                "broker.url_file",
+            ),
+            // The shipped file sets `url`; adding the list by the environment is a conflict too.
+            (
+                SHIPPED.to_owned(),
+                env(&[("WEBHOOKD_BROKER__URLS", "[\"amqp://u:p@b/%2f\"]")]),
+                "broker.url",
+            ),
+        ] {
+            let error = match Config::from_toml(&text, vars) {
+                Ok(_) => panic!("{text:?} accepted"),
+                Err(error) => error,
+            };
+            assert!(matches!(error, ConfigError::Conflict { .. }), "{error:?}");
+            assert_eq!(
+                error.to_string(),
+                format!("config: `{first}` and `broker.urls` are both set; set only one")
+            );
+        }
+    }
+
+    #[test]
+    fn every_node_url_is_checked_and_never_shown() {
+        let secret = "S3cr3t-of-a-node";
+        let ok = "amqp://u:p@a/%2f";
+        let cases = [
+            (
+                "urls = []".to_owned(),
+                "broker.urls",
+                "must list at least one AMQP URI",
+            ),
+            (
+                format!("urls = [{ok:?}, \"http://u:{secret}@b/\"]"),
+                "broker.urls",
+                "entry 2 must be an amqp:// or amqps:// URI",
+            ),
+            (
+                format!("urls = [\"amqp://u:a/{secret}@b/%2f\", {ok:?}]"),
+                "broker.urls",
+                "entry 1 must be a valid AMQP URI",
+            ),
+            (
+                format!("urls = [{ok:?}, \"amqp://u:{secret}@b/%2f\", {ok:?}]"),
+                "broker.urls",
+                "entry 3 repeats an earlier entry",
+            ),
+            (
+                format!(
+                    "urls = [\"amqps://u:{secret}@a/%2f\", \"amqp://u:{secret}@b/%2f\"]\n\
+                     extra_ca_file = \"/nonexistent/ca.pem\""
+                ),
+                "broker.extra_ca_file",
+                "`broker.urls` entry 2 is not an amqps:// URI",
+            ),
+            (
+                format!(
+                    "urls = [\"amqps://u:{secret}@a/%2f\", \"amqps://u:{secret}@b/%2f\"]\n\
+                     extra_ca_file = \"/nonexistent/ca.pem\""
+                ),
+                "broker.extra_ca_file",
+                "cannot read /nonexistent/ca.pem",
+            ),
+        ];
+        for (lines, want_key, want_rule) in cases {
+            let text = format!("[broker]\n{lines}\n");
+            let error = load_err(&text);
+            let ConfigError::Rule { key, rule, .. } = &error else {
+                panic!("{text:?}: expected Rule, got {error:?}");
+            };
+            assert_eq!(key, want_key, "{text:?}");
+            assert!(rule.contains(want_rule), "{text:?}: {rule}");
+            assert!(!error.to_string().contains(secret), "{error}");
+        }
+        // A list with something else than strings in it: named, nothing of it quoted.
+        let error = load_err(&format!(
+            "[broker]\nurls = [\"amqp://u:{secret}@a/%2f\", 5]\n"
+        ));
+        let message = error.to_string();
+        assert!(message.contains("`broker.urls`"), "{message}");
+        assert!(!message.contains(secret), "{message}");
+    }
+
+    #[test]
+    fn a_url_file_of_several_lines_lists_the_nodes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("broker-nodes");
+        let (a, b) = ("amqp://u:pw-a@a/%2f", "amqp://u:pw-b@b/%2f");
+        std::fs::write(&path, format!("{a}\n\n  {b}  \n")).unwrap();
+        let text = format!("[broker]\nurl_file = {:?}\n", path.display().to_string());
+        let config = load_ok(&text, no_env());
+        assert_eq!(nodes(&config), [a, b]);
+        // Shown as the file that lists them, and loads back the same.
+        let shown = config.to_masked_toml();
+        assert!(
+            !shown.contains("pw-a") && !shown.contains("urls"),
+            "{shown}"
+        );
+        let mut reloaded = load_ok(&shown, no_env());
+        reloaded.broker.url = config.broker.url.clone();
+        assert_eq!(reloaded, config);
+    }
+
+    #[test]
+    fn masked_toml_shows_each_node_with_its_password_masked() {
+        let config = load_ok(
+            "[broker]\nurls = [\"amqp://u:pw-a@a/%2f\", \"amqps://u:pw-b@b:5671/v\"]\n",
+            no_env(),
+        );
+        let shown = config.to_masked_toml();
+        assert!(
+            !shown.contains("pw-a") && !shown.contains("pw-b"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("urls = [\"amqp://u:****@a/%2f\", \"amqps://u:****@b:5671/v\"]"),
+            "{shown}"
+        );
+        // The default `url` is not shown next to the list, or the output would not load back.
+        assert!(!shown.contains("\nurl = "), "{shown}");
+        let reloaded = load_ok(&shown, no_env());
+        assert_eq!(
+            nodes(&reloaded),
+            ["amqp://u:****@a/%2f", "amqps://u:****@b:5671/v"]
+        );
     }
 }

@@ -76,6 +76,16 @@ pub(super) fn serialize_masked_url<S: Serializer>(
     serializer.serialize_str(&masked_url(url.expose()))
 }
 
+pub(super) fn serialize_masked_urls<S: Serializer>(
+    urls: &Option<Vec<Secret>>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    let masked: Option<Vec<String>> = urls
+        .as_ref()
+        .map(|urls| urls.iter().map(|url| masked_url(url.expose())).collect());
+    masked.serialize(serializer)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

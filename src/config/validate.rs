@@ -17,34 +17,56 @@ impl Config {
     /// Every rule serde's types cannot express, checked once so the rest of the crate need not.
     pub(super) fn validate(&self) -> Result<(), Broken> {
         let broker = &self.broker;
-        let url_key = if broker.url_file.is_some() {
-            "broker.url_file"
-        } else {
-            "broker.url"
-        };
-        let url = broker.url.expose();
-        // The URL is a secret: the rule names the key, never the value.
+        let key = broker.nodes_key();
+        let nodes = broker.nodes();
         ensure(
-            url.starts_with("amqp://") || url.starts_with("amqps://"),
-            url_key,
-            "must be an amqp:// or amqps:// URI",
+            !nodes.is_empty(),
+            key,
+            "must list at least one AMQP URI, one for each node of the cluster",
         )?;
-        // The parser's message is not shown: it can quote the text, which holds the password.
-        // An AMQP URI has no fragment, so a `#` can only be an unencoded character of the
-        // password, which the parser would silently cut the URL at.
-        ensure(
-            url.parse::<lapin::uri::AMQPUri>().is_ok() && !url.contains('#'),
-            url_key,
-            "must be a valid AMQP URI: percent-encode `/`, `?`, `#`, `@`, `:` and `%` in the user \
-             name and password (`/` is %2F)",
-        )?;
-        if let Some(path) = &broker.extra_ca_file {
-            // A CA for a connection that does not use TLS means the operator believes it does.
+        for (n, url) in nodes.iter().enumerate() {
+            // In a list, the entry is named by its place: the URL is a secret, never shown.
+            let entry = if nodes.len() > 1 || broker.urls.is_some() {
+                format!("entry {} ", n + 1)
+            } else {
+                String::new()
+            };
+            let url = url.expose();
             ensure(
-                url.starts_with("amqps://"),
-                "broker.extra_ca_file",
-                format!("is set, but `{url_key}` is not an amqps:// URI: the broker connection would not use TLS"),
+                url.starts_with("amqp://") || url.starts_with("amqps://"),
+                key,
+                format!("{entry}must be an amqp:// or amqps:// URI"),
             )?;
+            // The parser's message is not shown: it can quote the text, which holds the
+            // password. An AMQP URI has no fragment, so a `#` can only be an unencoded character
+            // of the password, which the parser would silently cut the URL at.
+            ensure(
+                url.parse::<lapin::uri::AMQPUri>().is_ok() && !url.contains('#'),
+                key,
+                format!(
+                    "{entry}must be a valid AMQP URI: percent-encode `/`, `?`, `#`, `@`, `:` and \
+                     `%` in the user name and password (`/` is %2F)"
+                ),
+            )?;
+            ensure(
+                !nodes[..n].iter().any(|earlier| earlier.expose() == url),
+                key,
+                format!("{entry}repeats an earlier entry: list each node once"),
+            )?;
+            if broker.extra_ca_file.is_some() {
+                // A CA for a connection that does not use TLS means the operator believes it
+                // does.
+                ensure(
+                    url.starts_with("amqps://"),
+                    "broker.extra_ca_file",
+                    format!(
+                        "is set, but `{key}` {entry}is not an amqps:// URI: the broker \
+                         connection would not use TLS"
+                    ),
+                )?;
+            }
+        }
+        if let Some(path) = &broker.extra_ca_file {
             crate::tls::read_ca_file(path).map_err(|error| Broken {
                 key: "broker.extra_ca_file",
                 rule: format!("must name a PEM file of CA certificates: {error}"),

@@ -14,7 +14,7 @@ use lapin::options::{
     QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::Connection;
+use lapin::{Connection, Consumer};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 use tokio_util::sync::CancellationToken;
@@ -31,8 +31,13 @@ use crate::store::{Applied, Store, StoreError};
 /// prefetch, and changes are small.
 const PREFETCH: u16 = 256;
 
-/// Reconnect delays grow to this.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How long the attempts stream keeps a batch: instances read it as it comes, so this only
+/// bounds its size.
+const ATTEMPTS_MAX_AGE: Duration = Duration::from_secs(3600);
+
+/// Reconnect delays start at this and double up to [`MAX_BACKOFF`], as the work queue's do.
+const MIN_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 /// Follows the log until `stopped`, reconnecting after any failure.
 pub(super) async fn follow(
@@ -42,9 +47,25 @@ pub(super) async fn follow(
     stopped: CancellationToken,
 ) {
     let mut replica = Replica::default();
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = MIN_BACKOFF;
+    // The node of `broker.urls` to try first: the one after the node last reached, so a session
+    // that fails on a node moves on to the next.
+    let mut first_node = 0;
     loop {
-        let result = session(&broker, &log, &store, &mut replica, &stopped).await;
+        let started = std::time::Instant::now();
+        let result = session(
+            &broker,
+            &mut first_node,
+            &log,
+            &store,
+            &mut replica,
+            &stopped,
+        )
+        .await;
+        if started.elapsed() > MAX_BACKOFF {
+            // A session that lasted is not a failure in a row.
+            backoff = MIN_BACKOFF;
+        }
         log.publisher.send_replace(None);
         log.leader.store(false, Ordering::Relaxed);
         match result {
@@ -77,13 +98,29 @@ enum FollowError {
 /// One connection's worth of following: declare, consume from the stored position, apply.
 async fn session(
     broker: &BrokerConfig,
+    first_node: &mut usize,
     log: &Arc<Log>,
     store: &Store,
     replica: &mut Replica,
     stopped: &CancellationToken,
 ) -> Result<(), FollowError> {
-    let connection = broker::connect(broker, "registry", Receives::Messages).await?;
-    declare_stream(&connection, broker).await?;
+    let (connection, node) =
+        broker::connect(broker, *first_node, "registry", Receives::Messages).await?;
+    *first_node = node.index + 1;
+    declare_stream(
+        &connection,
+        &broker.registry_stream,
+        broker.registry_max_age,
+        broker.registry_segment_bytes,
+    )
+    .await?;
+    declare_stream(
+        &connection,
+        &log.attempts_stream,
+        ATTEMPTS_MAX_AGE,
+        broker.registry_segment_bytes,
+    )
+    .await?;
     let publisher = connection.create_channel().await?;
     publisher
         .confirm_select(ConfirmSelectOptions::default())
@@ -91,27 +128,31 @@ async fn session(
     log.publisher.send_replace(Some(publisher));
     *log.down.lock().unwrap_or_else(PoisonError::into_inner) = None;
 
-    let channel = connection.create_channel().await?;
-    channel
-        .basic_qos(PREFETCH, BasicQosOptions::default())
-        .await?;
     let position = store.log_position()?;
     let start = match position {
         Some(next) => AMQPValue::LongLongInt(i64::try_from(next).unwrap_or(i64::MAX)),
         None => AMQPValue::LongString(LongString::from("first")),
     };
-    let mut arguments = FieldTable::default();
-    arguments.insert(ShortString::from("x-stream-offset"), start);
-    let mut deliveries = channel
-        .basic_consume(
-            ShortString::from(broker.registry_stream.as_str()),
-            ShortString::from(format!("webhookd-registry-{}", std::process::id())),
-            BasicConsumeOptions::default(),
-            arguments,
-        )
-        .await?;
+    let mut deliveries = consume(&connection, &broker.registry_stream, start).await?;
     replica.resume(position);
-    let mut election = snapshot::Election::join(&connection, broker).await?;
+    let mut attempts = consume(
+        &connection,
+        &log.attempts_stream,
+        AMQPValue::LongString(LongString::from("next")),
+    )
+    .await?;
+    // Without the election (its queue unreachable), this instance follows the log all the same
+    // and only never writes snapshots until its next session.
+    let version = broker::announced_version(broker, &node)
+        .await
+        .unwrap_or(None);
+    let mut election = match snapshot::Election::join(&connection, broker, version).await {
+        Ok(election) => Some(election),
+        Err(error) => {
+            warn!(%error, "cannot join the election of the registry's snapshot writer");
+            None
+        }
+    };
     let mut tick = tokio::time::interval(broker.registry_snapshot_every);
     tick.reset();
     info!(stream = %broker.registry_stream, from = ?position, "following the registry log");
@@ -123,7 +164,12 @@ async fn session(
                 replica.receive(&delivery, store, log).await?;
                 delivery.ack(BasicAckOptions::default()).await?;
             }
-            won = election.won() => {
+            shared = attempts.next() => {
+                let shared = shared.ok_or(FollowError::Ended)??;
+                add_attempts(store, log, &shared).await;
+                shared.ack(BasicAckOptions::default()).await?;
+            }
+            won = snapshot::won(&mut election) => {
                 won?;
                 info!("this instance writes the registry's snapshots");
                 log.leader.store(true, Ordering::Relaxed);
@@ -137,10 +183,55 @@ async fn session(
     }
 }
 
-/// Declares the stream (idempotent: the same arguments on every instance).
+/// Consumes the stream `name` from `start` (an `x-stream-offset`) on a channel of its own.
+async fn consume(
+    connection: &Connection,
+    name: &str,
+    start: AMQPValue,
+) -> Result<Consumer, lapin::Error> {
+    let channel = connection.create_channel().await?;
+    channel
+        .basic_qos(PREFETCH, BasicQosOptions::default())
+        .await?;
+    let mut arguments = FieldTable::default();
+    arguments.insert(ShortString::from("x-stream-offset"), start);
+    channel
+        .basic_consume(
+            ShortString::from(name),
+            ShortString::from(format!("webhookd-{name}-{}", std::process::id())),
+            BasicConsumeOptions::default(),
+            arguments,
+        )
+        .await
+}
+
+/// Adds a batch of attempts another instance shared to this store's attempt logs; this
+/// instance's own batches, and any that do not decode, are skipped.
+async fn add_attempts(store: &Store, log: &Log, delivery: &Delivery) {
+    let own = delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|headers| headers.inner().get(super::INSTANCE_HEADER))
+        .and_then(AMQPValue::as_long_string)
+        .is_some_and(|instance| instance.as_bytes() == log.instance.as_bytes());
+    if own {
+        return;
+    }
+    let (store, batch) = (store.clone(), delivery.data.clone());
+    match tokio::task::spawn_blocking(move || store.add_attempts(&batch)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(error)) => warn!(%error, "adding another instance's attempts failed"),
+        Err(error) => warn!(%error, "adding another instance's attempts stopped"),
+    }
+}
+
+/// Declares a stream (idempotent: the same arguments on every instance).
 async fn declare_stream(
     connection: &Connection,
-    broker: &BrokerConfig,
+    name: &str,
+    max_age: Duration,
+    segment_bytes: u32,
 ) -> Result<(), lapin::Error> {
     let channel = connection.create_channel().await?;
     let mut arguments = FieldTable::default();
@@ -150,18 +241,15 @@ async fn declare_stream(
     );
     arguments.insert(
         ShortString::from("x-max-age"),
-        AMQPValue::LongString(LongString::from(format!(
-            "{}s",
-            broker.registry_max_age.as_secs()
-        ))),
+        AMQPValue::LongString(LongString::from(format!("{}s", max_age.as_secs()))),
     );
     arguments.insert(
         ShortString::from("x-stream-max-segment-size-bytes"),
-        AMQPValue::LongLongInt(i64::from(broker.registry_segment_bytes)),
+        AMQPValue::LongLongInt(i64::from(segment_bytes)),
     );
     channel
         .queue_declare(
-            ShortString::from(broker.registry_stream.as_str()),
+            ShortString::from(name),
             QueueDeclareOptions::durable(),
             arguments,
         )

@@ -21,12 +21,13 @@ use futures_util::StreamExt;
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, QueueDeclareOptions,
 };
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Connection, Consumer};
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
 use super::{Entry, Log};
+use crate::broker::Version;
 use crate::config::BrokerConfig;
 use crate::store::Webhook;
 
@@ -40,22 +41,20 @@ pub(super) struct Election {
 
 impl Election {
     /// Declares the election queue (`<registry_stream>.snapshot-writer`), adds a token if none is
-    /// waiting, and consumes it.
+    /// waiting, and consumes it. A quorum queue, so that the election outlives any one node, with
+    /// the broker's delivery limit turned off as on the other queues (the token comes back each
+    /// time its holder leaves).
     pub(super) async fn join(
         connection: &Connection,
         broker: &BrokerConfig,
+        version: Option<Version>,
     ) -> Result<Election, lapin::Error> {
-        let queue = format!("{}.snapshot-writer", broker.registry_stream);
+        let queue = super::election_queue(broker);
         let channel = connection.create_channel().await?;
         channel.basic_qos(1, BasicQosOptions::default()).await?;
-        let mut arguments = FieldTable::default();
-        arguments.insert(
-            ShortString::from("x-single-active-consumer"),
-            AMQPValue::Boolean(true),
-        );
-        arguments.insert(
-            ShortString::from("x-queue-type"),
-            AMQPValue::LongString(LongString::from("classic")),
+        let arguments = crate::broker::quorum_arguments(
+            version,
+            &[("x-single-active-consumer", AMQPValue::Boolean(true))],
         );
         let declared = channel
             .queue_declare(
@@ -94,6 +93,14 @@ impl Election {
             Some(Err(error)) => Err(error),
             None => std::future::pending().await,
         }
+    }
+}
+
+/// `election`'s [`Election::won`], or never when this instance is not in the election.
+pub(super) async fn won(election: &mut Option<Election>) -> Result<(), lapin::Error> {
+    match election {
+        Some(election) => election.won().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -102,6 +102,9 @@ fn changed_keys(old: &Config, new: &Config) -> BTreeSet<String> {
     if old.broker.url != new.broker.url {
         changed.insert("broker.url".to_owned());
     }
+    if old.broker.urls != new.broker.urls {
+        changed.insert("broker.urls".to_owned());
+    }
     if old.admin.token != new.admin.token {
         changed.insert("admin.token".to_owned());
     }
@@ -189,6 +192,7 @@ mod tests {
         }
         for key in [
             "broker.url",
+            "broker.urls",
             "log.format",
             "admin.listen",
             "store.path",

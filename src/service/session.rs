@@ -5,7 +5,9 @@
 //! requeues everything unacked on a dead channel, so settling could only fail or, worse, ack a
 //! tag the broker no longer means), waits for them to end, closes what is left, and the
 //! supervisor marks the daemon unready and starts a new session after a backoff, declaring the
-//! topology and QoS again. Nothing of one session outlives it. lapin's own auto-recovery stays
+//! topology and QoS again, on the next node of `broker.urls` when there are several: a node that
+//! died (or was cut off) is not asked first again, and any node of a cluster serves the same
+//! quorum queues. Nothing of one session outlives it. lapin's own auto-recovery stays
 //! off for the same reason: it reuses channel ids, so an old delivery tag could ack a new
 //! message.
 //!
@@ -26,7 +28,7 @@ use tracing::{debug, info, warn};
 use super::acks::Acks;
 use super::message::{self, Stops};
 use super::Shared;
-use crate::broker::{self, BrokerError, Publisher, Receives, Topology};
+use crate::broker::{self, BrokerError, Node, Publisher, Receives, Topology};
 use crate::config::Config;
 use crate::health::{Readiness, State};
 use crate::retry::Schedule;
@@ -56,15 +58,25 @@ pub(super) async fn supervise(
     // Failed attempts since the last session that consumed: the backoff's retry number.
     let mut failures: u32 = 0;
     let mut sessions: u64 = 0;
+    // Where the next session starts looking for a node: after the last one it reached.
+    let mut next_node: usize = 0;
     while !shutdown.is_cancelled() {
         let mut consumed = false;
-        let result = session(config, &topology, shared, readiness, shutdown, || {
-            consumed = true;
-            sessions += 1;
-            if sessions > 1 {
-                shared.metrics.reconnect();
-            }
-        })
+        let result = session(
+            config,
+            &topology,
+            shared,
+            readiness,
+            shutdown,
+            &mut next_node,
+            || {
+                consumed = true;
+                sessions += 1;
+                if sessions > 1 {
+                    shared.metrics.reconnect();
+                }
+            },
+        )
         .await;
         shared.metrics.broker_connected(false);
         let Err(error) = result else {
@@ -106,6 +118,8 @@ fn reconnect_delay(failures: u32) -> Duration {
 
 /// What a session holds open while it consumes.
 struct Link {
+    /// The broker node both connections went to.
+    node: Node,
     consuming: Connection,
     publishing: Arc<Connection>,
     channel: Channel,
@@ -114,14 +128,24 @@ struct Link {
 }
 
 impl Link {
-    /// Connects, declares the topology, applies QoS and registers the consumer.
-    async fn open(config: &Config, topology: &Topology) -> Result<(Link, Consumer), BrokerError> {
+    /// Connects to the first node that answers from `*first_node` on, declares the topology,
+    /// applies QoS and registers the consumer. Both connections go to the same node. Once a
+    /// node is reached `*first_node` moves past it, so whatever fails after that, the next
+    /// attempt starts on another node.
+    async fn open(
+        config: &Config,
+        topology: &Topology,
+        first_node: &mut usize,
+    ) -> Result<(Link, Consumer), BrokerError> {
+        let (consuming, node) =
+            broker::connect(&config.broker, *first_node, "consumer", Receives::Messages).await?;
+        *first_node = node.index + 1;
         // Asked at every session: the broker may have been upgraded since the last one.
-        let version = broker::announced_version(&config.broker).await?;
+        let version = broker::announced_version(&config.broker, &node).await?;
         let topology = topology.on(version);
-        let consuming = broker::connect(&config.broker, "consumer", Receives::Messages).await?;
-        let publishing =
-            Arc::new(broker::connect(&config.broker, "publisher", Receives::OwnMessages).await?);
+        let publishing = Arc::new(
+            broker::connect_to(&config.broker, &node, "publisher", Receives::OwnMessages).await?,
+        );
         broker::declare(&consuming, &topology).await?;
         let channel = consuming.create_channel().await?;
         let publisher = Arc::new(Publisher::open(&publishing, topology.clone()).await?);
@@ -138,6 +162,7 @@ impl Link {
             )
             .await?;
         let link = Link {
+            node,
             consuming,
             publishing,
             channel,
@@ -176,6 +201,7 @@ async fn close_connection(connection: &Connection, patience: Duration) {
 }
 
 /// One broker session: connect, declare, consume until shutdown (Ok) or broker loss (Err).
+/// `first_node` is the node of `broker.urls` to try first, moved past the one reached.
 /// `on_consuming` runs once the consumer is registered.
 async fn session(
     config: &Config,
@@ -183,18 +209,26 @@ async fn session(
     shared: &Arc<Shared>,
     readiness: &Readiness,
     shutdown: &CancellationToken,
+    first_node: &mut usize,
     on_consuming: impl FnOnce(),
 ) -> Result<(), BrokerError> {
     let (link, mut consumer) = tokio::select! {
         () = shutdown.cancelled() => return Ok(()),
-        opened = tokio::time::timeout(SETUP_TIMEOUT, Link::open(config, topology)) => {
+        opened = tokio::time::timeout(SETUP_TIMEOUT, Link::open(config, topology, first_node)) => {
             opened.map_err(|_| BrokerError::SetupTimeout(SETUP_TIMEOUT))??
         }
     };
     readiness.set(State::Consuming);
     shared.metrics.broker_connected(true);
     on_consuming();
-    info!(queue = %topology.queue, prefetch = config.broker.prefetch, "consuming");
+    info!(
+        broker = %link.node,
+        node = link.node.index + 1,
+        nodes = config.broker.nodes().len(),
+        queue = %topology.queue,
+        prefetch = config.broker.prefetch,
+        "consuming"
+    );
 
     let tasks = TaskTracker::new();
     let stops = Stops::default();

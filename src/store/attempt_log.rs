@@ -183,6 +183,28 @@ impl Pending {
         }
     }
 
+    /// Pending attempts from their encoding ([`Pending::as_bytes`]), another instance's; `None`
+    /// unless every entry is a record that decodes and fits a slot.
+    pub(super) fn from_bytes(bytes: Vec<u8>) -> Option<Pending> {
+        let ranges = entry_ranges(&bytes);
+        let whole = ranges.last().map_or(0, |last| last.end) == bytes.len();
+        let valid = ranges.iter().all(|range| {
+            range.len() - 2 <= RECORD_MAX
+                && bytes
+                    .get(range.start + 2..range.end)
+                    .is_some_and(|record| record::decode(record).is_ok())
+        });
+        (whole && valid).then_some(Pending {
+            count: ranges.len(),
+            bytes,
+        })
+    }
+
+    /// The encoded entries, oldest first, as [`Pending::from_bytes`] reads them.
+    pub(super) fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
     /// Each entry (length prefix and record), oldest first.
     fn entries(&self) -> Vec<&[u8]> {
         entry_ranges(&self.bytes)

@@ -58,21 +58,41 @@ impl Store {
     /// Appends all buffered attempts to their webhooks' stored logs (see
     /// [`Store::persist_attempt_share`]).
     pub fn persist_attempts(&self) -> Result<(), StoreError> {
-        (0..ATTEMPT_SHARES).try_for_each(|share| self.persist_attempt_share(share))
+        (0..ATTEMPT_SHARES).try_for_each(|share| self.persist_attempt_share(share).map(drop))
     }
 
     /// Appends the attempts buffered in `share` (less than [`ATTEMPT_SHARES`]) to their
-    /// webhooks' stored logs, keeping the newest 100. Attempts of a webhook deleted meanwhile are
-    /// dropped.
-    pub fn persist_attempt_share(&self, share: usize) -> Result<(), StoreError> {
+    /// webhooks' stored logs, keeping the newest 100, and returns them encoded for the other
+    /// instances ([`Store::add_attempts`]). Attempts of a webhook deleted meanwhile are dropped.
+    pub fn persist_attempt_share(&self, share: usize) -> Result<Vec<u8>, StoreError> {
         let _persisting = self.persisting();
         let buffered = std::mem::take(&mut *self.buffer(share));
+        let mut batch = Vec::new();
         for (webhook_id, pending) in buffered {
             if self.by_id.contains_key(&webhook_id)? {
                 self.log.append(&webhook_id, &pending)?;
+                encode_batch_part(&webhook_id, pending.as_bytes(), &mut batch);
             }
         }
-        Ok(())
+        Ok(batch)
+    }
+
+    /// Adds attempts another instance made (a batch [`Store::persist_attempt_share`] returned
+    /// there) to the stored logs of the webhooks this store knows; returns how many webhooks' logs
+    /// took some. A batch that does not decode is refused whole.
+    pub fn add_attempts(&self, batch: &[u8]) -> Result<usize, StoreError> {
+        let parts = decode_batch(batch).ok_or_else(|| {
+            StoreError::Corrupt("an attempt batch from another instance does not decode".to_owned())
+        })?;
+        let _persisting = self.persisting();
+        let mut added = 0;
+        for (webhook_id, pending) in parts {
+            if self.by_id.contains_key(webhook_id)? {
+                self.log.append(webhook_id, &pending)?;
+                added += 1;
+            }
+        }
+        Ok(added)
     }
 
     /// Up to `limit` (at most 100) attempts, newest first, buffered ones included.
@@ -86,6 +106,10 @@ impl Store {
             .unwrap_or_default();
         let stored = self.log.newest(webhook_id, limit - newest.len())?;
         newest.extend(stored);
+        // Another instance's attempts are stored when they arrive, up to a second after they
+        // were made: the time, not the slot, says which is newest. RFC 3339 text in UTC sorts
+        // as the time does.
+        newest.sort_by(|a, b| b.at.cmp(&a.at));
         Ok(newest)
     }
 
@@ -100,6 +124,36 @@ impl Store {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// Appends one webhook's part of an attempt batch: its id's length (a byte) and the id, then the
+/// entries' length (u32 big-endian) and the entries.
+fn encode_batch_part(webhook_id: &str, entries: &[u8], batch: &mut Vec<u8>) {
+    let (Ok(id_len), Ok(len)) = (u8::try_from(webhook_id.len()), u32::try_from(entries.len()))
+    else {
+        return;
+    };
+    batch.push(id_len);
+    batch.extend_from_slice(webhook_id.as_bytes());
+    batch.extend_from_slice(&len.to_be_bytes());
+    batch.extend_from_slice(entries);
+}
+
+/// The parts of a batch [`encode_batch_part`] wrote; `None` if any part does not decode.
+fn decode_batch(mut batch: &[u8]) -> Option<Vec<(&str, Pending)>> {
+    let mut parts = Vec::new();
+    while let Some((&id_len, rest)) = batch.split_first() {
+        let (id, rest) = rest.split_at_checked(usize::from(id_len))?;
+        let (len, rest) = rest.split_at_checked(4)?;
+        let len = usize::try_from(u32::from_be_bytes(len.try_into().ok()?)).ok()?;
+        let (entries, rest) = rest.split_at_checked(len)?;
+        parts.push((
+            std::str::from_utf8(id).ok()?,
+            Pending::from_bytes(entries.to_vec())?,
+        ));
+        batch = rest;
+    }
+    Some(parts)
 }
 
 /// The share of the attempt buffer that holds `webhook_id`'s attempts: any spread will do, as long

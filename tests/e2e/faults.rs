@@ -9,15 +9,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeleteOptions};
+use lapin::options::QueueDeleteOptions;
 use lapin::types::ShortString;
-use lapin::BasicProperties;
 use serde_json::Value;
 
 use crate::support::broker::{self, PrivateNode};
 use crate::support::daemon::{Daemon, Settings};
-use crate::support::eventually;
 use crate::support::receiver::{Receiver, Reply};
+use crate::support::{deliver_nth, eventually};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -42,18 +41,7 @@ async fn losing_a_connection_or_the_broker_flips_readyz_and_deliveries_resume() 
     .await;
     let receiver = Receiver::ok().await;
     daemon.add_webhook(1, &receiver.url("/hook"), &[]).await;
-    let exchange = daemon.names.exchange.clone();
-    let deliver = |n: u64| {
-        let (url, exchange, receiver) = (node.url(), exchange.clone(), receiver.clone());
-        async move {
-            let amqp = broker::connect_to(&url).await;
-            broker::publish_event(&amqp, &exchange, "message_created", 1, n).await;
-            eventually(WAIT, &format!("event {n} delivered"), || async {
-                (receiver.requests("/hook").len() as u64 == n).then_some(())
-            })
-            .await;
-        }
-    };
+    let deliver = |n: u64| deliver_nth(&node, &daemon, &receiver, n);
     let reconnects = || daemon.metric("webhookd_broker_reconnects_total");
     deliver(1).await;
     assert_eq!(reconnects().await, 0.0);
@@ -178,7 +166,6 @@ async fn queues_deleted_under_webhookd_are_declared_again_and_nothing_is_dropped
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_fault_suite_loses_nothing() {
     const EVENTS: u64 = 2_000;
-    const ACCOUNTS: u64 = 10;
     const HANG_FOR: Duration = Duration::from_secs(8);
     let started = Instant::now();
     let node = PrivateNode::start("faults").await;
@@ -257,13 +244,7 @@ async fn the_fault_suite_loses_nothing() {
     let deadline = load_started + Duration::from_secs(150);
     for (index, fault) in faults.into_iter().enumerate() {
         let first = index as u64 * wave;
-        publish_events(
-            &node.url(),
-            &daemon.names.exchange,
-            first..first + wave,
-            ACCOUNTS,
-        )
-        .await;
+        publish_events(&node.url(), &daemon.names.exchange, first..first + wave).await;
         let at = (first as f64 + (0.1 + 0.5 * rand::random::<f64>()) * wave as f64) * 3.0;
         while (answered_2xx() as f64) < at {
             if load_started.elapsed() > HANG_FOR {
@@ -325,7 +306,7 @@ async fn the_fault_suite_loses_nothing() {
     let amqp = broker::connect_to(&node.url()).await;
     let all_pairs: Vec<(u64, String)> = (0..EVENTS)
         .flat_map(|n| {
-            let account = 1 + n % ACCOUNTS;
+            let account = account_of(n);
             (0..3).map(move |index| (n, index, account))
         })
         .map(|(n, index, account)| (n, webhooks[&(index, format!("/a{account}"))].clone()))
@@ -349,7 +330,8 @@ async fn the_fault_suite_loses_nothing() {
                 // A listing carries no bodies; the event id is the published message id.
                 let event = entry["event_id"].as_str().expect("event id");
                 let n = event
-                    .strip_prefix("fault-")
+                    .strip_prefix("ev-")
+                    .and_then(|rest| rest.rsplit('-').next())
                     .and_then(|n| n.parse::<u64>().ok())
                     .unwrap_or_else(|| panic!("not a fault event: {event}"));
                 parked.insert((n, webhook));
@@ -399,7 +381,8 @@ async fn the_fault_suite_loses_nothing() {
             .filter(|r| r.path == *path && event_of(&r.body) == *event)
             .map(|r| format!("{:?} at {:.1?}", r.status, r.at - started))
             .collect();
-        let id = webhookd::delivery::sign::delivery_id(&format!("fault-{event}"), webhook);
+        let message_id = format!("ev-{}-{event}", account_of(*event));
+        let id = webhookd::delivery::sign::delivery_id(&message_id, webhook);
         let logged: Vec<&str> = logs.lines().filter(|line| line.contains(&id)).collect();
         format!("event {event} to {webhook}: requests {requests:?}; logged {logged:#?}")
     };
@@ -421,43 +404,20 @@ enum Fault {
     RestartBroker,
 }
 
-/// Publishes the events numbered `events`, round-robin over accounts 1 to `accounts`, on one
-/// confirm channel.
-async fn publish_events(url: &str, exchange: &str, events: std::ops::Range<u64>, accounts: u64) {
+/// Publishes the events numbered `events`, round-robin over accounts 1 to `ACCOUNTS`, on one
+/// confirm channel; event `n`'s message id is `ev-<account>-<n>`.
+async fn publish_events(url: &str, exchange: &str, events: std::ops::Range<u64>) {
     let connection = broker::connect_to(url).await;
-    let channel = connection.create_channel().await.expect("channel");
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .expect("confirm mode");
-    let mut confirms = Vec::new();
-    for n in events {
-        let body = serde_json::to_vec(&serde_json::json!({
-            "event": "message_created", "id": n, "account": { "id": 1 + n % accounts },
-        }))
-        .expect("json");
-        let properties = BasicProperties::default()
-            .with_message_id(ShortString::from(format!("fault-{n}")))
-            .with_delivery_mode(2);
-        let confirm = channel
-            .basic_publish(
-                ShortString::from(exchange),
-                ShortString::from("message_created"),
-                BasicPublishOptions::default(),
-                &body,
-                properties,
-            )
-            .await
-            .expect("publish");
-        confirms.push(confirm);
-    }
-    for confirm in confirms {
-        assert!(
-            confirm.await.expect("confirm").is_ack(),
-            "broker nacked an event"
-        );
-    }
+    let events = events.map(|n| (account_of(n), n));
+    broker::publish_events(&connection, exchange, "message_created", events).await;
     let _ = connection.close(200, ShortString::from("done")).await;
+}
+
+/// The fault suite's accounts, and which of them event `n` belongs to.
+const ACCOUNTS: u64 = 10;
+
+fn account_of(n: u64) -> u64 {
+    1 + n % ACCOUNTS
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,8 +3,10 @@
 
 mod admin;
 mod broker_tls;
+mod cluster;
 mod config;
 mod dlq;
+mod failover;
 mod faults;
 mod hostile;
 mod lifecycle;

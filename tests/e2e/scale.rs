@@ -3,7 +3,7 @@
 //! with an empty store rebuilds it, from a snapshot once retention has removed the log's start.
 
 use std::collections::{BTreeSet, HashMap};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use http::{Method, StatusCode};
@@ -68,7 +68,6 @@ async fn two_instances_share_one_registry_and_together_deliver_every_event() {
 
     // One webhook added through each instance; each is in effect on the other within a second.
     let through_first = first.add_webhook(41, &receiver.url("/a"), &[]).await;
-    let added = Instant::now();
     let id_a = through_first["id"].as_str().expect("id").to_owned();
     eventually(
         PROPAGATION,
@@ -84,14 +83,17 @@ async fn two_instances_share_one_registry_and_together_deliver_every_event() {
         || webhook_on(&first, &id_b),
     )
     .await;
-    eprintln!("propagated within {:?}", added.elapsed());
 
     let amqp = broker::connect().await;
     let exchange = first.names.exchange.clone();
-    for n in 0..1000 {
-        broker::publish_event(&amqp, &exchange, "message_created", 41 + n % 2, n).await;
-    }
-    eventually(WAIT, "all 1,000 events delivered", || async {
+    broker::publish_events(
+        &amqp,
+        &exchange,
+        "message_created",
+        (0..2000).map(|n| (41 + n % 2, n)),
+    )
+    .await;
+    eventually(WAIT, "all 2,000 events delivered", || async {
         let mut seen: HashMap<(String, String), usize> = HashMap::new();
         for request in receiver.all().iter().filter(|r| r.status == Some(200)) {
             let body: Value = serde_json::from_slice(&request.body).expect("event JSON");
@@ -99,7 +101,7 @@ async fn two_instances_share_one_registry_and_together_deliver_every_event() {
                 .entry((request.path.clone(), body["id"].to_string()))
                 .or_default() += 1;
         }
-        (seen.len() == 1000).then_some(())
+        (seen.len() == 2000).then_some(())
     })
     .await;
     // Both instances took part: each consumed from the shared queue.
@@ -124,7 +126,7 @@ async fn two_instances_share_one_registry_and_together_deliver_every_event() {
     )
     .await;
     let before = receiver.requests("/a").len();
-    for n in 1000..1010 {
+    for n in 2000..2010 {
         broker::publish_event(&amqp, &exchange, "message_created", 41, n).await;
         broker::publish_event(&amqp, &exchange, "message_created", 42, n).await;
     }
@@ -134,7 +136,7 @@ async fn two_instances_share_one_registry_and_together_deliver_every_event() {
             .iter()
             .filter(|r| r.status == Some(200))
             .map(|r| serde_json::from_slice::<Value>(&r.body).expect("JSON")["id"].to_string())
-            .filter(|id| id.parse::<u64>().is_ok_and(|n| n >= 1000))
+            .filter(|id| id.parse::<u64>().is_ok_and(|n| n >= 2000))
             .collect();
         (ids.len() == 10).then_some(())
     })
@@ -231,4 +233,64 @@ async fn an_empty_store_rebuilds_the_registry_from_a_snapshot_once_retention_rem
         || webhook_on(&first, added["id"].as_str().expect("id")),
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_instance_shows_the_attempts_both_made() {
+    let first = Daemon::start(Settings::default()).await;
+    let mut second = first.sibling(Settings::default());
+    second.spawn();
+    second.wait_ready().await;
+    let receiver = Receiver::ok().await;
+    let webhook = first.add_webhook(51, &receiver.url("/both"), &[]).await;
+    let id = webhook["id"].as_str().expect("id").to_owned();
+    eventually(
+        PROPAGATION,
+        "the second instance to know the webhook",
+        || webhook_on(&second, &id),
+    )
+    .await;
+
+    let amqp = broker::connect().await;
+    for n in 0..40 {
+        broker::publish_event(&amqp, &first.names.exchange, "message_created", 51, n).await;
+    }
+    let delivered: BTreeSet<String> = eventually(WAIT, "40 deliveries", || async {
+        let ids: BTreeSet<String> = receiver
+            .requests("/both")
+            .iter()
+            .map(|r| r.header("webhook-id").to_owned())
+            .collect();
+        (ids.len() == 40).then_some(ids)
+    })
+    .await;
+    for daemon in [&first, &second] {
+        assert!(
+            daemon.metric("webhookd_deliveries_total").await > 0.0,
+            "one instance made every attempt: the test shows nothing"
+        );
+    }
+    for daemon in [&first, &second] {
+        eventually(
+            WAIT,
+            "every attempt in this instance's attempt log",
+            || async {
+                let (status, body) = daemon
+                    .request(
+                        Method::GET,
+                        &format!("/v1/webhooks/{id}/attempts?limit=100"),
+                        Some(&daemon.token),
+                    )
+                    .await;
+                assert_eq!(status, StatusCode::OK, "{body}");
+                let attempts: Vec<Value> = serde_json::from_str(&body).expect("attempts JSON");
+                let logged: BTreeSet<String> = attempts
+                    .iter()
+                    .map(|a| a["delivery_id"].as_str().expect("delivery id").to_owned())
+                    .collect();
+                (logged == delivered).then_some(())
+            },
+        )
+        .await;
+    }
 }

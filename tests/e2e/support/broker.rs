@@ -3,6 +3,8 @@
 //! The broker is real: `scripts/test.sh` starts a private node and exports its URL. A missing
 //! broker fails every test loudly; nothing here skips.
 
+use std::sync::Arc;
+
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
@@ -84,7 +86,8 @@ pub async fn connect_to(url: &str) -> Connection {
 pub struct PrivateNode {
     pub name: String,
     pub port: u16,
-    home: tempfile::TempDir,
+    /// Shared by the nodes of one cluster (one Erlang cookie), removed with the last of them.
+    home: Arc<tempfile::TempDir>,
 }
 
 impl PrivateNode {
@@ -111,8 +114,42 @@ impl PrivateNode {
         PrivateNode {
             name: super::unique(prefix).replace('-', "_"),
             port: free_amqp_port(),
-            home: tempfile::tempdir().expect("temp dir"),
+            home: Arc::new(tempfile::tempdir().expect("temp dir")),
         }
+    }
+
+    /// A RabbitMQ cluster of `size` nodes on this machine, started with `conf` as their
+    /// `rabbitmq.conf`: the nodes share one home (one Erlang cookie, one config), and each
+    /// after the first joins the first's cluster. Stopped on drop, node by node.
+    pub async fn cluster(prefix: &str, size: usize, conf: &str) -> Vec<PrivateNode> {
+        let first = PrivateNode::reserve(prefix);
+        let mut nodes: Vec<PrivateNode> = (1..size)
+            .map(|_| PrivateNode {
+                name: super::unique(prefix).replace('-', "_"),
+                port: free_amqp_port(),
+                home: first.home.clone(),
+            })
+            .collect();
+        // The first start writes the cookie the others read, so it goes alone.
+        first.start_with_conf(conf).await;
+        futures_util::future::join_all(nodes.iter().map(PrivateNode::restart)).await;
+        // Joins one at a time, as RabbitMQ asks.
+        for node in &nodes {
+            node.script(&["join", &node.name, &first.name]).await;
+        }
+        nodes.insert(0, first);
+        nodes
+    }
+
+    /// Starts the node again (after [`kill9`](Self::kill9) or a stop) with the data it had.
+    pub async fn restart(&self) {
+        let port = self.port.to_string();
+        self.script(&["start", &self.name, &port]).await;
+    }
+
+    /// SIGKILL to the node's VM, as a crash would; returns once it is gone.
+    pub async fn kill9(&self) {
+        self.script(&["kill", &self.name]).await;
     }
 
     /// The node's state folder (`WEBHOOKD_BROKER_HOME`).
@@ -176,6 +213,17 @@ impl PrivateNode {
 
 impl Drop for PrivateNode {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.home().join(format!("log/{}@localhost.log", self.name));
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            eprintln!(
+                "--- {} (last 40 lines) ---\n{}",
+                log.display(),
+                tail.join("\n")
+            );
+        }
         let _ = std::process::Command::new(script_path())
             .args(["stop", &self.name])
             .env("WEBHOOKD_BROKER_HOME", self.home.path())
@@ -211,11 +259,75 @@ pub async fn publish_event(
     account: u64,
     n: u64,
 ) {
+    let (body, props) = small_event(event, account, n);
+    publish(connection, exchange, event, &body, props).await;
+}
+
+/// The body and properties [`publish_event`] sends.
+fn small_event(event: &str, account: u64, n: u64) -> (Vec<u8>, BasicProperties) {
     let body = serde_json::to_vec(&serde_json::json!({
         "event": event, "id": n, "account": { "id": account },
     }))
     .expect("json");
     let props =
         BasicProperties::default().with_message_id(ShortString::from(format!("ev-{account}-{n}")));
-    publish(connection, exchange, event, &body, props).await;
+    (body, props)
+}
+
+/// Publishes many small events (`(account, n)` each, as [`publish_event`] does) on one channel,
+/// persistent, and waits for every confirm: thousands of events in the time of a few hundred
+/// one-by-one publishes. What the broker nacks is published again, as a publisher must: a
+/// quorum queue whose leader was lost nacks until it has a new one. Returns how many publishes
+/// were nacked.
+pub async fn publish_events(
+    connection: &Connection,
+    exchange: &str,
+    event: &str,
+    events: impl IntoIterator<Item = (u64, u64)>,
+) -> usize {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut pending: Vec<(u64, u64)> = events.into_iter().collect();
+    let mut nacked = 0;
+    loop {
+        // A channel per round: one that saw the leader go may keep sending to it.
+        let channel = connection.create_channel().await.expect("channel");
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirm mode");
+        let mut confirms = Vec::new();
+        for &(account, n) in &pending {
+            let (body, props) = small_event(event, account, n);
+            let confirm = channel
+                .basic_publish(
+                    ShortString::from(exchange),
+                    ShortString::from(event),
+                    BasicPublishOptions::default(),
+                    &body,
+                    props.with_delivery_mode(2),
+                )
+                .await
+                .expect("publish");
+            confirms.push(((account, n), confirm));
+        }
+        let mut refused = Vec::new();
+        for (pair, confirm) in confirms {
+            if !confirm.await.expect("confirm").is_ack() {
+                refused.push(pair);
+            }
+        }
+        let _ = channel.close(200, ShortString::from("done")).await;
+        nacked += refused.len();
+        pending = refused;
+        if pending.is_empty() {
+            return nacked;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the broker still nacks {} events after 60 s",
+            pending.len()
+        );
+        // A publisher's pause before it tries again, not a wait for a condition.
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
 }

@@ -40,6 +40,8 @@ pub struct Settings {
     pub extra: String,
     /// Another broker than the shared test node (a test's private node).
     pub broker_url: Option<String>,
+    /// A list of broker nodes (`broker.urls`) instead of `broker_url`.
+    pub broker_urls: Option<Vec<String>>,
     /// `delivery.allow_networks` as TOML; `[]` leaves the SSRF guard closed to loopback.
     pub allow_networks: &'static str,
     /// Extra lines in `[broker]`, `[delivery]` and `[admin]`, which `extra` cannot reopen.
@@ -62,6 +64,7 @@ impl Default for Settings {
             drain_timeout: "5s",
             extra: String::new(),
             broker_url: None,
+            broker_urls: None,
             allow_networks: r#"["127.0.0.0/8"]"#,
             broker_extra: String::new(),
             delivery_extra: String::new(),
@@ -126,6 +129,7 @@ impl Daemon {
             drain_timeout,
             extra,
             broker_url,
+            broker_urls,
             allow_networks,
             broker_extra,
             delivery_extra,
@@ -140,7 +144,7 @@ impl Daemon {
         let text = format!(
             r#"
 [broker]
-url = "{url}"
+{nodes}
 exchange = "{exchange}"
 queue = "{queue}"
 queue_kind = "{queue_kind}"
@@ -175,7 +179,10 @@ listen = "{admin}"
 drain_timeout = "{drain_timeout}"
 {extra}
 "#,
-            url = broker_url.unwrap_or_else(broker::url),
+            nodes = match broker_urls {
+                Some(urls) => format!("urls = {urls:?}"),
+                None => format!("url = {:?}", broker_url.unwrap_or_else(broker::url)),
+            },
             exchange = names.exchange,
             queue = names.queue,
             retry_prefix = names.retry_prefix,

@@ -39,3 +39,21 @@ pub fn unique(prefix: &str) -> String {
         rand::random::<u32>()
     )
 }
+
+/// Publishes event `n` for account 1 on `node`, and waits until `receiver`'s `/hook` had `n`
+/// requests: the `n`th event's way through, when each is delivered once.
+pub async fn deliver_nth(
+    node: &broker::PrivateNode,
+    daemon: &daemon::Daemon,
+    receiver: &receiver::Receiver,
+    n: u64,
+) {
+    let amqp = broker::connect_to(&node.url()).await;
+    broker::publish_event(&amqp, &daemon.names.exchange, "message_created", 1, n).await;
+    eventually(
+        Duration::from_secs(60),
+        &format!("event {n} delivered"),
+        || async { (receiver.requests("/hook").len() as u64 == n).then_some(()) },
+    )
+    .await;
+}

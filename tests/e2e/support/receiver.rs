@@ -159,6 +159,15 @@ impl Receiver {
             .count()
     }
 
+    /// How many distinct keys `key` gives the requests so far (counting those it gives one).
+    pub fn distinct(&self, key: impl Fn(&Received) -> Option<String>) -> usize {
+        let log = self.log.lock().expect("log lock");
+        log.iter()
+            .filter_map(key)
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+    }
+
     /// Every request so far to `path`.
     pub fn requests(&self, path: &str) -> Vec<Received> {
         self.log
