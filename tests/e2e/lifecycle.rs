@@ -6,12 +6,9 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use http::{Method, StatusCode};
-use lapin::options::{
-    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions,
-    QueueDeclareOptions,
-};
+use lapin::options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{FieldTable, ShortString};
-use lapin::{BasicProperties, Channel};
+use lapin::Channel;
 use serde_json::Value;
 use sha2::Sha256;
 
@@ -274,41 +271,6 @@ async fn webhooks_test_sends_one_signed_sample_to_that_webhook_and_exits_by_its_
     assert_eq!(attempts[0]["status"], 500);
 }
 
-/// Publishes `count` events for `account` on one confirming channel.
-async fn publish_many(daemon: &Daemon, account: u64, count: u64) {
-    let amqp = broker::connect().await;
-    let channel = amqp.create_channel().await.expect("channel");
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .expect("confirm mode");
-    let mut confirms = Vec::new();
-    for n in 0..count {
-        let body = serde_json::to_vec(&serde_json::json!({
-            "event": "message_created", "id": n, "account": { "id": account },
-        }))
-        .expect("json");
-        let properties = BasicProperties::default()
-            .with_message_id(ShortString::from(format!("paced-{n}")))
-            .with_delivery_mode(2);
-        confirms.push(
-            channel
-                .basic_publish(
-                    ShortString::from(daemon.names.exchange.as_str()),
-                    ShortString::from("message_created"),
-                    BasicPublishOptions::default(),
-                    &body,
-                    properties,
-                )
-                .await
-                .expect("publish"),
-        );
-    }
-    for confirm in confirms {
-        assert!(confirm.await.expect("confirm").is_ack());
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rate_limit_of_20_per_second_holds_within_ten_percent_and_loses_nothing() {
     let daemon = Daemon::start(Settings {
@@ -322,7 +284,9 @@ async fn a_rate_limit_of_20_per_second_holds_within_ten_percent_and_loses_nothin
         .add_webhook(4, &receiver.url("/paced"), &["--rate-limit", "20"])
         .await;
     assert_eq!(webhook["rate_limit"], 20);
-    publish_many(&daemon, 4, 1_000).await;
+    let amqp = broker::connect().await;
+    let events = (0..1_000).map(|n| (4, n));
+    broker::publish_events(&amqp, &daemon.names.exchange, "message_created", events).await;
     eventually(
         Duration::from_secs(120),
         "all 1,000 events received",
