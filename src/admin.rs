@@ -2,7 +2,7 @@
 //! the `/v1` webhook API that `webhookd webhooks …` talks to.
 //!
 //! The daemon holds sled's exclusive lock on the store, so this API is the one way to change the
-//! registry while it runs. Routing is a match on method and path segments: nine routes do not
+//! registry while it runs. Routing is a match on method and path segments: a dozen routes do not
 //! need a router crate. Health, readiness and metrics stay open so probes need no secret.
 //!
 //! `/v1` can register a webhook, which makes webhookd POST to a URL of the caller's choosing, so
@@ -44,6 +44,7 @@ use tracing::{debug, info, warn};
 use crate::config::{AdminConfig, Secret};
 use crate::delivery::sign::generate_secret;
 use crate::health::Readiness;
+use crate::lifecycle::{check_event, send_test, Monitor, WebhookView, DEFAULT_TEST_EVENT};
 use crate::metrics::Metrics;
 use crate::registry::{Registry, RegistryError};
 use crate::store::{NewWebhook, StoreError, WebhookPatch};
@@ -77,6 +78,8 @@ pub struct AdminState {
     pub secret_rotation_grace: Duration,
     pub readiness: Arc<Readiness>,
     pub metrics: Arc<Metrics>,
+    /// The running daemon's view of its webhooks: health, and the client a test is sent with.
+    pub monitor: Arc<dyn Monitor>,
 }
 
 /// Who may use `/v1`.
@@ -397,9 +400,23 @@ async fn api(
             Ok(json(StatusCode::CREATED, &webhook))
         }
         (&Method::GET, ["webhooks", id]) => match store.get(id)? {
-            Some(webhook) => Ok(json(StatusCode::OK, &webhook.masked())),
+            Some(webhook) => Ok(json(
+                StatusCode::OK,
+                &WebhookView {
+                    health: Some(state.monitor.health(&webhook)),
+                    webhook: webhook.masked(),
+                },
+            )),
             None => Err(ApiError::NotFound),
         },
+        (&Method::POST, ["webhooks", id, "test"]) => {
+            let event = query_param(query, "event").unwrap_or(DEFAULT_TEST_EVENT);
+            check_event(event).map_err(|message| ApiError::bad_request(message, "event"))?;
+            let webhook = store.get(id)?.ok_or(ApiError::NotFound)?;
+            let trial = send_test(&state.monitor.client(), store, &webhook, event).await;
+            info!(webhook_id = %id, event, status = trial.status, error = trial.error.as_deref(), "test delivery sent");
+            Ok(json(StatusCode::OK, &trial))
+        }
         (&Method::PATCH, ["webhooks", id]) => {
             let (mut fields, generate) = read_json(request).await?;
             if generate {
@@ -423,6 +440,7 @@ async fn api(
         }
         (&Method::DELETE, ["webhooks", id]) => {
             if registry.delete(id).await? {
+                state.monitor.deleted(id);
                 Ok(empty(StatusCode::NO_CONTENT))
             } else {
                 Err(ApiError::NotFound)

@@ -183,6 +183,13 @@ impl Config {
                 "a previous secret must stop signing within a year",
             ),
             (
+                "delivery.disable_after",
+                delivery.disable_after,
+                Duration::ZERO,
+                YEAR,
+                "a year of failures is long past any receiver's repair",
+            ),
+            (
                 "retry.initial_interval",
                 retry.initial_interval,
                 Duration::ZERO,
