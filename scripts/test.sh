@@ -2,8 +2,9 @@
 # The whole test suite: unit tests once, then the end-to-end tests and the benchmark's smoke run
 # against each RabbitMQ webhookd is tested on — Debian 12's 3.10 and Debian 13's 4.0 — on nodes
 # this script starts (installing 3.10, or building the Debian 13 root for 4.0, if missing; see
-# scripts/broker.sh), then the cluster test (scripts/cluster-test.sh). Extra arguments go to
-# `cargo test` (e.g. a test name filter), and leave the cluster test out.
+# scripts/broker.sh), then the cluster test (scripts/cluster-test.sh) and the package under a real
+# systemd (scripts/systemd-test.sh). Extra arguments go to `cargo test` (e.g. a test name
+# filter), and leave those two out.
 #
 # Overridable: WEBHOOKD_TEST_BROKER_VERSIONS (which, in order: "3.10 4.0"), WEBHOOKD_TEST_NODE
 # (the 3.10 node's name, webhookd-test; the 4.0 node's is that plus "-4"), and the AMQP ports
@@ -59,4 +60,6 @@ for version in ${WEBHOOKD_TEST_BROKER_VERSIONS:-3.10 4.0}; do
 done
 if [ $# -eq 0 ]; then
   scripts/cluster-test.sh
+  # The package under a real systemd, in a Debian 12 root of its own (reuses the debug build).
+  scripts/systemd-test.sh
 fi

@@ -2,7 +2,7 @@
 //! the `/v1` webhook API that `webhookd webhooks …` talks to.
 //!
 //! The daemon holds sled's exclusive lock on the store, so this API is the one way to change the
-//! registry while it runs. Routing is a match on method and path segments: nine routes do not
+//! registry while it runs. Routing is a match on method and path segments: a dozen routes do not
 //! need a router crate. Health, readiness and metrics stay open so probes need no secret.
 //!
 //! `/v1` can register a webhook, which makes webhookd POST to a URL of the caller's choosing, so
@@ -46,6 +46,7 @@ use crate::console::{self, Console};
 use crate::delivery::sign::generate_secret;
 use crate::health::Circuits;
 use crate::health::Readiness;
+use crate::lifecycle::{check_event, send_test, Monitor, WebhookView, DEFAULT_TEST_EVENT};
 use crate::metrics::Metrics;
 use crate::registry::{Registry, RegistryError};
 use crate::store::{
@@ -88,6 +89,8 @@ pub struct AdminState {
     pub circuits: Arc<dyn Circuits>,
     /// The console's sessions and settings.
     pub console: Console,
+    /// The running daemon's view of its webhooks: health, and the client a test is sent with.
+    pub monitor: Arc<dyn Monitor>,
 }
 
 /// Who a request acts for, once its credentials are checked.
@@ -501,7 +504,24 @@ async fn api(
             // The secret is shown once, in the reply that set it.
             Ok(json(StatusCode::CREATED, &webhook))
         }
-        (&Method::GET, ["webhooks", id]) => Ok(json(StatusCode::OK, &owned(id)?.masked())),
+        (&Method::GET, ["webhooks", id]) => {
+            let webhook = owned(id)?;
+            Ok(json(
+                StatusCode::OK,
+                &WebhookView {
+                    health: Some(state.monitor.health(&webhook)),
+                    webhook: webhook.masked(),
+                },
+            ))
+        }
+        (&Method::POST, ["webhooks", id, "test"]) => {
+            let event = query_param(query, "event").unwrap_or(DEFAULT_TEST_EVENT);
+            check_event(event).map_err(|message| ApiError::bad_request(message, "event"))?;
+            let webhook = owned(id)?;
+            let trial = send_test(&state.monitor.client(), store, &webhook, event).await;
+            info!(webhook_id = %id, event, status = trial.status, error = trial.error.as_deref(), "test delivery sent");
+            Ok(json(StatusCode::OK, &trial))
+        }
         (&Method::PATCH, ["webhooks", id]) => {
             owned(id)?;
             let (mut fields, generate) = read_json(request).await?;
@@ -524,6 +544,7 @@ async fn api(
         (&Method::DELETE, ["webhooks", id]) => {
             owned(id)?;
             if registry.delete(id).await? {
+                state.monitor.deleted(id);
                 Ok(empty(StatusCode::NO_CONTENT))
             } else {
                 Err(ApiError::NotFound)

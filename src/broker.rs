@@ -633,13 +633,42 @@ impl Publisher {
         body: &[u8],
         properties: BasicProperties,
     ) -> Result<(), BrokerError> {
+        self.confirmed(exchange, routing_key, body, properties, true)
+            .await
+    }
+
+    /// Publishes a notice to the events exchange and waits for the broker's confirm. Not
+    /// mandatory: the notice is for whoever binds a queue to it, and a broker with no such queue
+    /// has still taken it.
+    pub async fn notify(&self, routing_key: &str, body: &[u8]) -> Result<(), BrokerError> {
+        let properties = BasicProperties::default()
+            .with_content_type(ShortString::from("application/json"))
+            .with_message_id(ShortString::from(uuid::Uuid::new_v4().to_string()));
+        self.confirmed(
+            &self.topology.exchange,
+            routing_key,
+            body,
+            properties,
+            false,
+        )
+        .await
+    }
+
+    async fn confirmed(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+        mandatory: bool,
+    ) -> Result<(), BrokerError> {
         let confirm = self
             .channel
             .basic_publish(
                 ShortString::from(exchange),
                 ShortString::from(routing_key),
                 BasicPublishOptions {
-                    mandatory: true,
+                    mandatory,
                     ..BasicPublishOptions::default()
                 },
                 body,

@@ -277,6 +277,22 @@ pub struct DeliveryConfig {
     /// alongside the new one, so receivers can switch without rejecting deliveries.
     #[serde(with = "duration_text")]
     pub secret_rotation_grace: Duration,
+    /// A webhook with no successful attempt for this long, counted from its first failure after
+    /// its last success, is disabled and its application told; `0s` never disables one.
+    #[serde(with = "duration_text")]
+    pub disable_after: Duration,
+}
+
+impl DeliveryConfig {
+    /// The delivery client's settings as the config gives them.
+    pub fn client_settings(&self) -> crate::delivery::ClientSettings {
+        crate::delivery::ClientSettings {
+            connect_timeout: self.connect_timeout,
+            request_timeout: self.request_timeout,
+            allow_networks: self.allow_networks.clone(),
+            extra_ca_file: self.extra_ca_file.clone(),
+        }
+    }
 }
 
 impl Default for DeliveryConfig {
@@ -293,6 +309,7 @@ impl Default for DeliveryConfig {
             allow_networks: Vec::new(),
             extra_ca_file: None,
             secret_rotation_grace: Duration::from_secs(24 * 3600),
+            disable_after: Duration::from_secs(5 * 24 * 3600),
         }
     }
 }

@@ -365,7 +365,7 @@ impl SignedIn<'_> {
             inbox_id: form.inbox()?,
             secret: Some(crate::delivery::sign::generate_secret()),
             name: form.name(),
-            enabled: true,
+            ..NewWebhook::default()
         };
         match self.state.registry.create(new).await {
             Ok(webhook) => {

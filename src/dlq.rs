@@ -151,6 +151,7 @@ impl Entry {
                     first_attempt_at_ms: job::unix_ms(now),
                     last_status: None,
                     last_error: None,
+                    not_before_ms: None,
                 }
                 .write(&mut headers);
                 properties
@@ -411,6 +412,7 @@ mod tests {
             first_attempt_at_ms: 1,
             last_status: Some(503),
             last_error: None,
+            not_before_ms: None,
         };
         let parked = Parked {
             reason: DeadReason::Exhausted,
@@ -440,6 +442,7 @@ mod tests {
             first_attempt_at_ms: 1,
             last_status: Some(500),
             last_error: Some("boom".into()),
+            not_before_ms: None,
         };
         let parked = Parked {
             reason: DeadReason::Exhausted,

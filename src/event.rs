@@ -25,4 +25,4 @@ pub use model::{
     Conversation, ConversationAttributes, FormField, FormValue, Id, Inbox, InitiatedAt,
     MessageCreated, MessageType, Sender,
 };
-pub use sample::{sample, SampleContent};
+pub use sample::{sample, sample_in, SampleContent};

@@ -25,6 +25,7 @@ pub mod header {
     pub const LAST_ERROR: &str = "x-webhookd-last-error";
     pub const REASON: &str = "x-webhookd-reason";
     pub const DEAD_AT: &str = "x-webhookd-dead-at";
+    pub const NOT_BEFORE: &str = "x-webhookd-not-before";
 }
 
 /// A retry job's state: which webhook, how many attempts so far, since when.
@@ -38,6 +39,9 @@ pub struct Job {
     pub first_attempt_at_ms: u64,
     pub last_status: Option<u16>,
     pub last_error: Option<String>,
+    /// Unix milliseconds of the send slot a rate-limited webhook reserved for this job: it is
+    /// sent once that time has come, without taking another slot.
+    pub not_before_ms: Option<u64>,
 }
 
 /// Longest value of any `x-webhookd-*` header webhookd reads, in bytes. Webhookd writes far
@@ -87,6 +91,7 @@ impl Job {
             first_attempt_at_ms: get_u64(headers, header::FIRST_ATTEMPT_AT).unwrap_or(0),
             last_status: get_u64(headers, header::LAST_STATUS).and_then(|s| u16::try_from(s).ok()),
             last_error: get_str(headers, header::LAST_ERROR),
+            not_before_ms: get_u64(headers, header::NOT_BEFORE),
         }))
     }
 
@@ -111,6 +116,9 @@ impl Job {
         }
         if let Some(error) = &self.last_error {
             put_str(headers, header::LAST_ERROR, truncate(error, MAX_ERROR_TEXT));
+        }
+        if let Some(not_before) = self.not_before_ms {
+            put_u64(headers, header::NOT_BEFORE, not_before);
         }
     }
 }
@@ -195,6 +203,7 @@ mod tests {
             first_attempt_at_ms: 1_700_000_000_123,
             last_status: Some(503),
             last_error: Some("timed out".into()),
+            not_before_ms: Some(1_700_000_000_500),
         };
         let mut headers = FieldTable::default();
         job.write(&mut headers);
@@ -225,6 +234,7 @@ mod tests {
             first_attempt_at_ms: 1,
             last_status: None,
             last_error: Some("é".repeat(MAX_ERROR_TEXT)),
+            not_before_ms: None,
         };
         let mut headers = FieldTable::default();
         job.write(&mut headers);
@@ -242,6 +252,7 @@ mod tests {
             first_attempt_at_ms: 7,
             last_status: Some(500),
             last_error: None,
+            not_before_ms: None,
         };
         let properties = job.properties("d-1");
         assert_eq!(

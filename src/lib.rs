@@ -16,6 +16,8 @@
 //! - [`job`]: the `x-webhookd-*` headers a retry job or dead letter carries.
 //! - [`broker`]: AMQP connections (plain or over TLS), topology, publisher confirms.
 //! - [`tls`]: the roots deliveries and the broker connection trust, and their TLS settings.
+//! - [`lifecycle`]: each webhook's health, disabling one that fails for days and telling the
+//!   application, its rate limit, and the test delivery.
 //! - [`dlq`]: dead-letter headers and the `webhookd dlq` operations.
 //! - [`health`]: readiness and the systemd protocol, set by the service and read by admin.
 //! - [`admin`]: health, readiness, metrics, and the `/v1` API with its principals (the admin
@@ -38,6 +40,7 @@ pub mod dlq;
 pub mod event;
 pub mod health;
 pub mod job;
+pub mod lifecycle;
 pub mod metrics;
 pub mod privilege;
 pub mod registry;

@@ -72,6 +72,8 @@ pub struct Metrics {
     dead_letters: Family<ReasonLabel, Counter>,
     retries: Family<BucketLabel, Counter>,
     jobs_dropped: Counter,
+    webhooks_disabled: Family<ReasonLabel, Counter>,
+    paced: Counter,
     in_flight: Gauge,
     circuits_open: Gauge,
     circuits_opened: Counter,
@@ -120,6 +122,8 @@ impl Default for Metrics {
             dead_letters: Family::default(),
             retries: Family::default(),
             jobs_dropped: Counter::default(),
+            webhooks_disabled: Family::default(),
+            paced: Counter::default(),
             in_flight: Gauge::default(),
             circuits_open: Gauge::default(),
             circuits_opened: Counter::default(),
@@ -142,6 +146,16 @@ impl Default for Metrics {
             "webhookd_jobs_dropped",
             "Retry jobs dropped because their webhook was deleted",
             metrics.jobs_dropped.clone(),
+        );
+        registry.register(
+            "webhookd_webhooks_disabled",
+            "Webhooks webhookd disabled, by reason (gone: a 410; failing: delivery.disable_after)",
+            metrics.webhooks_disabled.clone(),
+        );
+        registry.register(
+            "webhookd_deliveries_paced",
+            "Deliveries sent to wait in a delay queue by their webhook's rate limit",
+            metrics.paced.clone(),
         );
         registry.register(
             "webhookd_deliveries_in_flight",
@@ -220,6 +234,20 @@ impl Metrics {
     /// A retry job whose webhook was deleted while it waited.
     pub fn job_dropped(&self) {
         self.jobs_dropped.inc();
+    }
+
+    /// webhookd disabled a webhook for `reason` (`gone`, `failing`).
+    pub fn webhook_disabled(&self, reason: &str) {
+        self.webhooks_disabled
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// A delivery waits for its webhook's rate limit.
+    pub fn paced(&self) {
+        self.paced.inc();
     }
 
     /// Counts one request in flight until the guard drops, so a request abandoned half-way (its

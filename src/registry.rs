@@ -39,7 +39,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
@@ -388,6 +388,18 @@ impl Registry {
         enabled: bool,
     ) -> Result<Option<Webhook>, RegistryError> {
         let change = self.store.enabled_change(id, enabled)?;
+        self.replace(change).await
+    }
+
+    /// Disables the webhook for `reason` at `at`, as webhookd decided it (a 410, or
+    /// `delivery.disable_after`); `None` when there is no such webhook.
+    pub async fn disable(
+        &self,
+        id: &str,
+        reason: &str,
+        at: SystemTime,
+    ) -> Result<Option<Webhook>, RegistryError> {
+        let change = self.store.disable_change(id, reason, at)?;
         self.replace(change).await
     }
 

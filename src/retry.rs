@@ -21,6 +21,17 @@ use std::time::Duration;
 
 use crate::delivery::{DeadReason, Outcome};
 
+/// Delay queues finer than the retry ladder's first rung, used only by rate-limited deliveries
+/// waiting for their send slot (see [`Schedule::pace_bucket`]): a 5 s first rung would send a
+/// second's worth of slots in one burst five seconds late.
+pub const PACE_RUNGS: [Duration; 5] = [
+    Duration::from_millis(100),
+    Duration::from_millis(250),
+    Duration::from_millis(500),
+    Duration::from_secs(1),
+    Duration::from_millis(2_500),
+];
+
 /// Ratio between neighbouring bucket rungs, as the exact fraction 5/4 so the ladder is computed
 /// in integers and every instance, build and platform derives the same queue names.
 const RUNG_NUM: u128 = 5;
@@ -180,6 +191,24 @@ impl Schedule {
             }
         }
         last
+    }
+
+    /// The delay queue for a delivery waiting `wait` for its rate limit's send slot: the
+    /// largest rung that is `<= wait`, among the ladder and the [`PACE_RUNGS`] below its first
+    /// rung, or the smallest of them for a shorter wait. The delivery comes back no later than
+    /// its slot and waits again for the rest, so it is sent at most one smallest rung after its
+    /// slot; each hop costs one publish, and a long wait shrinks to a fifth at each.
+    pub fn pace_bucket(&self, wait: Duration) -> Duration {
+        let first = self.bucket(Duration::ZERO);
+        let mut rungs = PACE_RUNGS
+            .into_iter()
+            .filter(|&rung| rung < first)
+            .chain(self.buckets());
+        let smallest = rungs.next().unwrap_or(first);
+        rungs
+            .take_while(|&rung| rung <= wait)
+            .last()
+            .unwrap_or(smallest)
     }
 
     pub fn initial(&self) -> Duration {
@@ -578,6 +607,30 @@ mod tests {
         // 1, 1.25, 1.56, 1.95, 2.44, 3.05, 3.81, 4.77, 5.96, 7.45, 9.31 ms, each rounded up,
         // repeats dropped.
         assert_eq!(rungs, [1, 2, 3, 4, 5, 6, 8, 10]);
+    }
+
+    #[test]
+    fn a_pace_bucket_rounds_down_to_a_rung_with_finer_rungs_below_the_ladder() {
+        let schedule = Schedule::new(
+            Duration::from_millis(200),
+            2.0,
+            0.0,
+            Duration::from_secs(30),
+            Duration::from_secs(60),
+        )
+        .expect("schedule");
+        let ms = Duration::from_millis;
+        assert_eq!(schedule.pace_bucket(ms(10)), ms(100));
+        assert_eq!(schedule.pace_bucket(ms(150)), ms(100));
+        assert_eq!(schedule.pace_bucket(ms(200)), ms(200));
+        assert_eq!(schedule.pace_bucket(ms(260)), ms(250));
+        assert_eq!(schedule.pace_bucket(50 * SEC), 30 * SEC);
+        // The default schedule starts at 5 s: the pace rungs serve the shorter waits.
+        let default =
+            Schedule::new(5 * SEC, 4.0, 0.2, 6 * 3600 * SEC, 24 * 3600 * SEC).expect("schedule");
+        assert_eq!(default.pace_bucket(ms(999)), ms(500));
+        assert_eq!(default.pace_bucket(ms(4_000)), ms(2_500));
+        assert_eq!(default.pace_bucket(ms(6_000)), 5 * SEC);
     }
 
     #[test]

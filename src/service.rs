@@ -35,12 +35,13 @@ use crate::admin::{self, Access, AdminState};
 use crate::broker::{BrokerError, Publisher};
 use crate::config::Config;
 use crate::console::Console;
-use crate::delivery::{self, Client, ClientSettings};
+use crate::delivery::{self, Client};
 use crate::health::{self, Readiness, State};
+use crate::lifecycle::{Health, Monitor, Pace, Tracker, WEBHOOK_DISABLED};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::retry::Schedule;
-use crate::store::{Store, ATTEMPT_SHARES};
+use crate::store::{Store, Webhook, ATTEMPT_SHARES};
 
 /// How often each buffered attempt record is written to the store (at the latest).
 const ATTEMPT_LOG_PERIOD: Duration = Duration::from_secs(1);
@@ -99,6 +100,13 @@ pub(crate) trait Outbox: Send + Sync {
         body: &[u8],
         properties: BasicProperties,
     ) -> impl Future<Output = Result<(), BrokerError>> + Send;
+
+    /// Publishes a notice for the application to the events exchange.
+    fn notify(
+        &self,
+        routing_key: &str,
+        body: &[u8],
+    ) -> impl Future<Output = Result<(), BrokerError>> + Send;
 }
 
 /// What the message and attempt stages work with: the state every message shares, the settings
@@ -127,6 +135,14 @@ impl Outbox for Publisher {
     ) -> impl Future<Output = Result<(), BrokerError>> + Send {
         Publisher::to_dead_letters(self, body, properties)
     }
+
+    fn notify(
+        &self,
+        routing_key: &str,
+        body: &[u8],
+    ) -> impl Future<Output = Result<(), BrokerError>> + Send {
+        Publisher::notify(self, routing_key, body)
+    }
 }
 
 /// What every message's processing shares. Built once; sessions come and go around it.
@@ -143,6 +159,56 @@ struct Shared {
     /// Settlements that failed in a row (a nacked or unconfirmed publish, a store error): how
     /// long the next such message waits before it is handed back.
     settle_failures: AtomicU32,
+    /// Each webhook's health, from the attempts this instance made.
+    health: Tracker,
+    /// Each rate-limited webhook's send slots.
+    pace: Pace,
+    /// Whether an operator bound webhookd's own notices to its work queue on purpose, so they
+    /// are delivered like events; through the wildcard binding alone they are skipped.
+    deliver_notices: bool,
+}
+
+impl Shared {
+    fn new(
+        config: &Config,
+        store: Store,
+        registry: Registry,
+        metrics: Arc<Metrics>,
+    ) -> Result<Shared, ServiceError> {
+        Ok(Shared {
+            store,
+            registry,
+            live: RwLock::new(Arc::new(Live::build(config, None)?)),
+            endpoints: Arc::new(Endpoints::new(
+                Policy::from(&config.delivery),
+                metrics.clone(),
+            )),
+            metrics,
+            settle_failures: AtomicU32::new(0),
+            health: Tracker::default(),
+            pace: Pace::default(),
+            deliver_notices: config
+                .broker
+                .binding_keys
+                .iter()
+                .any(|key| key == WEBHOOK_DISABLED),
+        })
+    }
+}
+
+impl Monitor for Shared {
+    fn health(&self, webhook: &Webhook) -> Health {
+        let circuit = self.endpoints.circuit(&webhook.url);
+        self.health.health(&webhook.id, SystemTime::now(), circuit)
+    }
+
+    fn deleted(&self, webhook_id: &str) {
+        self.health.forget(webhook_id);
+    }
+
+    fn client(&self) -> Client {
+        self.live().client.clone()
+    }
 }
 
 impl Shared {
@@ -169,6 +235,8 @@ struct Live {
     /// timeout), and every new request counts against the new one.
     in_flight: Arc<Semaphore>,
     max_event_bytes: usize,
+    /// `delivery.disable_after`; `None` for `0s`, which never disables.
+    disable_after: Option<Duration>,
 }
 
 impl Live {
@@ -177,10 +245,10 @@ impl Live {
     fn build(config: &Config, previous: Option<(&Config, &Live)>) -> Result<Live, ServiceError> {
         let delivery = &config.delivery;
         let client = match previous {
-            Some((old, live)) if client_settings(old) == client_settings(config) => {
+            Some((old, live)) if old.delivery.client_settings() == delivery.client_settings() => {
                 live.client.clone()
             }
-            _ => Client::new(client_settings(config))?,
+            _ => Client::new(delivery.client_settings())?,
         };
         let in_flight = match previous {
             Some((old, live)) if old.delivery.max_in_flight == delivery.max_in_flight => {
@@ -200,17 +268,8 @@ impl Live {
             )?,
             in_flight,
             max_event_bytes: delivery.max_event_bytes,
+            disable_after: Some(delivery.disable_after).filter(|after| !after.is_zero()),
         })
-    }
-}
-
-/// The delivery client's settings as the config gives them.
-fn client_settings(config: &Config) -> ClientSettings {
-    ClientSettings {
-        connect_timeout: config.delivery.connect_timeout,
-        request_timeout: config.delivery.request_timeout,
-        allow_networks: config.delivery.allow_networks.clone(),
-        extra_ca_file: config.delivery.extra_ca_file.clone(),
     }
 }
 
@@ -244,17 +303,12 @@ pub async fn run(
     // webhook through the log.
     let stopped = CancellationToken::new();
     let (registry, follower) = Registry::follow(&config.broker, store.clone(), &stopped)?;
-    let shared = Arc::new(Shared {
-        store: store.clone(),
-        registry: registry.clone(),
-        metrics: metrics.clone(),
-        live: RwLock::new(Arc::new(Live::build(&config, None)?)),
-        endpoints: Arc::new(Endpoints::new(
-            Policy::from(&config.delivery),
-            metrics.clone(),
-        )),
-        settle_failures: AtomicU32::new(0),
-    });
+    let shared = Arc::new(Shared::new(
+        &config,
+        store.clone(),
+        registry.clone(),
+        metrics.clone(),
+    )?);
 
     let admin_state = Arc::new(AdminState {
         registry: registry.clone(),
@@ -264,6 +318,7 @@ pub async fn run(
         metrics: metrics.clone(),
         circuits: shared.endpoints.clone(),
         console: Console::new(&config),
+        monitor: shared.clone(),
     });
     info!(listen = %config.admin.listen, "admin API listening");
     let admin_task = tokio::spawn(admin::serve(listener, admin_state, shutdown.clone()));
@@ -370,6 +425,8 @@ mod testing {
     pub(super) struct Recorder {
         pub(super) delayed: Mutex<Vec<(Duration, BasicProperties)>>,
         pub(super) parked: Mutex<Vec<BasicProperties>>,
+        /// Notices, as routing key and body.
+        pub(super) notices: Mutex<Vec<(String, Vec<u8>)>>,
         pub(super) refuse_dead_letters: bool,
     }
 
@@ -419,6 +476,14 @@ mod testing {
             self.parked.lock().expect("recorder").push(properties);
             Ok(())
         }
+
+        async fn notify(&self, routing_key: &str, body: &[u8]) -> Result<(), BrokerError> {
+            self.notices
+                .lock()
+                .expect("recorder")
+                .push((routing_key.to_owned(), body.to_vec()));
+            Ok(())
+        }
     }
 
     /// A daemon's shared state over a temporary store, delivering to loopback (the tests'
@@ -426,16 +491,9 @@ mod testing {
     pub(super) fn shared() -> Shared {
         let mut config = Config::default();
         config.delivery.allow_networks = vec!["127.0.0.0/8".parse().expect("network")];
-        let metrics = Arc::new(Metrics::default());
         let store = Store::open_temporary().expect("store");
-        Shared {
-            registry: crate::registry::Registry::local(store.clone()),
-            store,
-            metrics: metrics.clone(),
-            live: RwLock::new(Arc::new(Live::build(&config, None).expect("live"))),
-            endpoints: Arc::new(Endpoints::new(Policy::from(&config.delivery), metrics)),
-            settle_failures: AtomicU32::new(0),
-        }
+        let registry = crate::registry::Registry::local(store.clone());
+        Shared::new(&config, store, registry, Arc::new(Metrics::default())).expect("shared")
     }
 
     pub(super) async fn webhook(shared: &Shared, account_id: u64, url: &str) -> Webhook {

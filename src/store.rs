@@ -202,6 +202,9 @@ impl Change {
             previous_secret: None,
             previous_secret_expires_at: None,
             enabled: new.enabled,
+            disabled_reason: (!new.enabled).then(|| "manual".to_owned()),
+            disabled_at: (!new.enabled).then(|| now.clone()),
+            rate_limit: new.rate_limit,
             name: new.name,
             created_at: now.clone(),
             updated_at: now,
@@ -515,7 +518,20 @@ impl Store {
         id: &str,
         patch: &WebhookPatch,
     ) -> Result<Option<Change>, StoreError> {
-        self.replacement(id, |webhook| patch.apply(webhook))
+        let now = now_rfc3339();
+        self.replacement(id, &now, |webhook| patch.apply(webhook, &now))
+    }
+
+    /// The change that disables the webhook for `reason` (`gone`, `failing`) at `at`, as
+    /// webhookd decided it; `None` when there is no such webhook.
+    pub fn disable_change(
+        &self,
+        id: &str,
+        reason: &str,
+        at: SystemTime,
+    ) -> Result<Option<Change>, StoreError> {
+        let at = humantime::format_rfc3339_seconds(at).to_string();
+        self.replacement(id, &at, |webhook| webhook.disable(reason, &at))
     }
 
     /// The change that makes `secret` the webhook's secret, keeping the previous one signing for
@@ -530,11 +546,13 @@ impl Store {
         let now = SystemTime::now();
         // Config bounds the grace to a year; an overflow would only mean "no grace".
         let until = now.checked_add(grace).unwrap_or(now);
-        self.replacement(id, |webhook| webhook.rotate_to(secret.clone(), until))
+        self.replacement(id, &now_rfc3339(), |webhook| {
+            webhook.rotate_to(secret.clone(), until);
+        })
     }
 
-    /// The change that enables or disables the webhook (the API, and delivery when a receiver
-    /// answers 410 Gone).
+    /// The change that enables or disables the webhook by hand (a disable records `manual`);
+    /// webhookd's own disables are [`Store::disable_change`].
     pub fn enabled_change(&self, id: &str, enabled: bool) -> Result<Option<Change>, StoreError> {
         let patch = WebhookPatch {
             enabled: Some(enabled),
@@ -543,11 +561,12 @@ impl Store {
         self.update_change(id, &patch)
     }
 
-    /// A [`Change::Replace`] of the webhook as stored now by the result of `change`, with a fresh
-    /// `updated_at`, validated; `None` when there is no such webhook.
+    /// A [`Change::Replace`] of the webhook as stored now by the result of `change`, updated at
+    /// `now` (RFC 3339), validated; `None` when there is no such webhook.
     fn replacement(
         &self,
         id: &str,
+        now: &str,
         change: impl FnOnce(&mut Webhook),
     ) -> Result<Option<Change>, StoreError> {
         let Some(current) = self.get(id)? else {
@@ -555,7 +574,7 @@ impl Store {
         };
         let mut webhook = current.clone();
         change(&mut webhook);
-        webhook.updated_at = now_rfc3339();
+        now.clone_into(&mut webhook.updated_at);
         validate(&webhook)?;
         Ok(Some(Change::Replace {
             base: current.revision()?,

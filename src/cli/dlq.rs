@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use anyhow::bail;
 use clap::{Args, Subcommand};
@@ -102,13 +102,19 @@ fn parse_since(value: &str) -> Result<SystemTime, String> {
         })
 }
 
+/// How long the command waits for the broker to acknowledge closing its connection.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
 /// `webhookd dlq …`.
 pub async fn dlq(config: &Config, command: DlqCommand) -> anyhow::Result<()> {
     let topology = Topology::from_config(&config.broker);
     let (connection, _) = broker::connect(&config.broker, 0, "dlq", Receives::Messages).await?;
     let connection = Arc::new(connection);
     let outcome = dlq_on(config, &connection, &topology, command).await;
-    let _ = connection.close(200, ShortString::from("done")).await;
+    // Bounded: lapin can leave the close of a connection whose channel was still closing
+    // unanswered after the socket is gone, and the command's work is done by now.
+    let closing = connection.close(200, ShortString::from("done"));
+    let _ = tokio::time::timeout(CLOSE_WAIT, closing).await;
     outcome
 }
 

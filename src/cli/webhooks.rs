@@ -17,7 +17,8 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::delivery::sign;
+use crate::delivery::{sign, Client};
+use crate::lifecycle::{check_event, send_test, Health, Trial, WebhookView, DEFAULT_TEST_EVENT};
 use crate::registry;
 use crate::store::{Attempt, Cursor, NewWebhook, Store, StoreError, Webhook, WebhookPatch};
 
@@ -38,6 +39,9 @@ pub enum WebhooksCommand {
         name: Option<String>,
         #[command(flatten)]
         secret: SecretArgs,
+        /// Requests per second this receiver takes at most (per webhookd instance).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        rate_limit: Option<u32>,
         #[arg(long)]
         json: bool,
     },
@@ -48,7 +52,7 @@ pub enum WebhooksCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Show one webhook.
+    /// Show one webhook, with its health while the daemon runs.
     Show {
         id: String,
         #[arg(long)]
@@ -75,6 +79,22 @@ pub enum WebhooksCommand {
         /// delivery.secret_rotation_grace, so the receiver can switch without failed checks.
         #[arg(long, conflicts_with_all = ["secret", "generate_secret"])]
         rotate_secret: bool,
+        /// Requests per second this receiver takes at most (per webhookd instance).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        rate_limit: Option<u32>,
+        /// Remove the rate limit.
+        #[arg(long, conflicts_with = "rate_limit")]
+        no_rate_limit: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send one signed sample event to this webhook now, outside the retry path; exits 0 when
+    /// the receiver answers 2xx, 1 otherwise.
+    Test {
+        id: String,
+        /// The sample's event name.
+        #[arg(long, default_value = DEFAULT_TEST_EVENT)]
+        event: String,
         #[arg(long)]
         json: bool,
     },
@@ -121,6 +141,7 @@ pub async fn webhooks(config: &Config, command: WebhooksCommand) -> anyhow::Resu
             inbox,
             name,
             secret,
+            rate_limit,
             json,
         } => {
             let new = NewWebhook {
@@ -131,6 +152,7 @@ pub async fn webhooks(config: &Config, command: WebhooksCommand) -> anyhow::Resu
                 secret: secret.resolve(),
                 name,
                 enabled: true,
+                rate_limit,
             };
             warn_if_refused(config, &new.url).await;
             let webhook = registry.create(new).await?;
@@ -150,7 +172,38 @@ pub async fn webhooks(config: &Config, command: WebhooksCommand) -> anyhow::Resu
                 println!("{} webhook(s)", list.len());
             }
         }
-        WebhooksCommand::Show { id, json } => print_webhook(&registry.get(&id).await?, json),
+        WebhooksCommand::Show { id, json } => {
+            let view = registry.show(&id).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&view)?);
+            } else {
+                print_webhook(&view.webhook, false);
+                match &view.health {
+                    Some(health) => print_health(health),
+                    None => println!("  health: not known (no daemon running)"),
+                }
+            }
+        }
+        WebhooksCommand::Test { id, event, json } => {
+            check_event(&event).map_err(|message| anyhow!(message))?;
+            let trial = registry.test(config, &id, &event).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&trial)?);
+            } else {
+                let result = match (trial.status, &trial.error) {
+                    (Some(status), _) => format!("status {status}"),
+                    (None, Some(error)) => format!("error: {error}"),
+                    (None, None) => "no answer".to_owned(),
+                };
+                println!(
+                    "{} {}  {result}  {} ms  delivery {}",
+                    trial.webhook_id, trial.event, trial.latency_ms, trial.delivery_id
+                );
+            }
+            if !trial.ok {
+                bail!("the receiver did not answer 2xx");
+            }
+        }
         WebhooksCommand::Update {
             id,
             url,
@@ -161,6 +214,8 @@ pub async fn webhooks(config: &Config, command: WebhooksCommand) -> anyhow::Resu
             disable,
             secret,
             rotate_secret,
+            rate_limit,
+            no_rate_limit,
             json,
         } => {
             if let Some(url) = &url {
@@ -177,6 +232,11 @@ pub async fn webhooks(config: &Config, command: WebhooksCommand) -> anyhow::Resu
                     _ => None,
                 },
                 secret: secret.resolve().map(Some),
+                rate_limit: match (rate_limit, no_rate_limit) {
+                    (Some(rate), _) => Some(Some(rate)),
+                    (None, true) => Some(None),
+                    (None, false) => None,
+                },
             };
             let webhook = if rotate_secret {
                 // The other changes first, so a refused one leaves the secret as it was.
@@ -260,6 +320,40 @@ fn summary(w: &Webhook) -> String {
     )
 }
 
+fn print_health(health: &Health) {
+    let rate = health
+        .success_rate_24h
+        .map_or("-".to_owned(), |rate| format!("{:.1} %", rate * 100.0));
+    let ms = |v: Option<u64>| v.map_or("-".to_owned(), |v| format!("{v} ms"));
+    println!(
+        "  health: circuit {}  24 h: {} attempts, {rate} succeeded, p50 <= {}, p99 <= {}",
+        serde_json::to_value(health.circuit)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default(),
+        health.attempts_24h,
+        ms(health.latency_p50_ms_24h),
+        ms(health.latency_p99_ms_24h),
+    );
+    let or_never = |t: &Option<String>| t.clone().unwrap_or_else(|| "never".to_owned());
+    let failure = match (&health.last_failure_status, &health.last_failure_error) {
+        (Some(status), _) => format!(" ({status})"),
+        (None, Some(error)) => format!(" ({error})"),
+        (None, None) => String::new(),
+    };
+    println!(
+        "  last success {}  last failure {}{failure}",
+        or_never(&health.last_success_at),
+        or_never(&health.last_failure_at)
+    );
+    if let Some(since) = &health.failing_since {
+        println!(
+            "  failing since {since}: {} failed attempts in a row",
+            health.consecutive_failures
+        );
+    }
+}
+
 fn print_webhook(webhook: &Webhook, json: bool) {
     if json {
         println!(
@@ -274,6 +368,16 @@ fn print_webhook(webhook: &Webhook, json: bool) {
     }
     if let Some(secret) = &webhook.secret {
         println!("  secret {secret}");
+    }
+    if let Some(rate) = webhook.rate_limit {
+        println!("  rate limit {rate}/s");
+    }
+    if let (false, Some(reason), Some(at)) = (
+        webhook.enabled,
+        &webhook.disabled_reason,
+        &webhook.disabled_at,
+    ) {
+        println!("  disabled ({reason}) at {at}");
     }
     if let (Some(previous), Some(until)) = (
         &webhook.previous_secret,
@@ -383,7 +487,8 @@ impl Registry {
         }
     }
 
-    async fn get(&self, id: &str) -> anyhow::Result<Webhook> {
+    /// The webhook, with its health when the daemon answers.
+    async fn show(&self, id: &str) -> anyhow::Result<WebhookView> {
         match self {
             Registry::Api(api) => Ok(api
                 .call(Method::GET, &format!("/v1/webhooks/{id}"), None)
@@ -391,8 +496,34 @@ impl Registry {
             Registry::Direct(registry) => registry
                 .store()
                 .get(id)?
-                .map(|w| w.masked())
+                .map(|w| WebhookView {
+                    webhook: w.masked(),
+                    health: None,
+                })
                 .ok_or_else(|| anyhow!("no webhook with id {id}")),
+        }
+    }
+
+    /// Sends a test event: by the daemon when it runs, else from here, with the same settings.
+    async fn test(&self, config: &Config, id: &str, event: &str) -> anyhow::Result<Trial> {
+        match self {
+            Registry::Api(api) => Ok(api
+                .call(
+                    Method::POST,
+                    &format!("/v1/webhooks/{id}/test?event={event}"),
+                    None,
+                )
+                .await?),
+            Registry::Direct(registry) => {
+                let store = registry.store();
+                let webhook = store
+                    .get(id)?
+                    .ok_or_else(|| anyhow!("no webhook with id {id}"))?;
+                let client = Client::new(config.delivery.client_settings())?;
+                let trial = send_test(&client, store, &webhook, event).await;
+                store.flush().await?;
+                Ok(trial)
+            }
         }
     }
 
@@ -527,6 +658,9 @@ fn patch_json(patch: &WebhookPatch) -> Value {
     }
     if let Some(secret) = &patch.secret {
         fields.insert("secret".into(), json!(secret));
+    }
+    if let Some(rate_limit) = &patch.rate_limit {
+        fields.insert("rate_limit".into(), json!(rate_limit));
     }
     Value::Object(fields)
 }

@@ -197,6 +197,13 @@ impl Config {
                 "a stolen session cookie must stop working within a month",
             ),
             (
+                "delivery.disable_after",
+                delivery.disable_after,
+                Duration::ZERO,
+                YEAR,
+                "a year of failures is long past any receiver's repair",
+            ),
+            (
                 "retry.initial_interval",
                 retry.initial_interval,
                 Duration::ZERO,

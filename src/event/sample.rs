@@ -25,12 +25,24 @@ pub enum SampleContent {
 /// A realistic body for `event` in `account_id`, for `webhookd publish --sample` and benchmarks.
 /// Ids are random so that samples published without a `message_id` still get distinct event ids.
 pub fn sample(event: &str, account_id: u64, content: SampleContent) -> Vec<u8> {
+    sample_in(event, account_id, None, content)
+}
+
+/// A sample as [`sample`] builds it, in `inbox_id` when given: `webhookd webhooks test` sends
+/// one in the webhook's own account and inbox, so a receiver that checks them accepts it.
+pub fn sample_in(
+    event: &str,
+    account_id: u64,
+    inbox_id: Option<u64>,
+    content: SampleContent,
+) -> Vec<u8> {
     let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    let inbox_id = inbox_id.unwrap_or(SAMPLE_INBOX_ID);
     let encoded = match event {
         "message_created" | "message_updated" => {
-            serde_json::to_vec(&message_sample(event, account_id, content, now))
+            serde_json::to_vec(&message_sample(event, account_id, inbox_id, content, now))
         }
-        _ => serde_json::to_vec(&other_sample(event, account_id, now)),
+        _ => serde_json::to_vec(&other_sample(event, account_id, inbox_id, now)),
     };
     // Serializing these types cannot fail: every map key is a string and no Serialize impl
     // here returns an error.
@@ -47,6 +59,7 @@ const SAMPLE_CONTACT_EMAIL: &str = "maria.jensen@example.org";
 fn message_sample(
     event: &str,
     account_id: u64,
+    inbox_id: u64,
     content: SampleContent,
     created_at: String,
 ) -> MessageCreated {
@@ -138,12 +151,12 @@ fn message_sample(
             name: Some(SAMPLE_CONTACT_NAME.to_owned()),
         }),
         inbox: Some(Inbox {
-            id: Id(SAMPLE_INBOX_ID),
+            id: Id(inbox_id),
             name: Some(SAMPLE_INBOX_NAME.to_owned()),
         }),
         conversation: Some(Conversation {
             display_id: Some(Id(rand::random_range(1..100_000))),
-            inbox_id: Some(Id(SAMPLE_INBOX_ID)),
+            inbox_id: Some(Id(inbox_id)),
             additional_attributes: Some(ConversationAttributes {
                 browser: Some(Browser {
                     device_name: Some("Macbook".to_owned()),
@@ -207,11 +220,16 @@ fn card(slug: &str, title: &str, description: &str) -> Card {
 
 /// The events webhookd does not model: a small object shaped like Chatwoot's, with the record
 /// the event is about.
-fn other_sample(event: &str, account_id: u64, created_at: String) -> serde_json::Value {
+fn other_sample(
+    event: &str,
+    account_id: u64,
+    inbox_id: u64,
+    created_at: String,
+) -> serde_json::Value {
     let conversation_id: u64 = rand::random_range(1..100_000);
     let account = json!({ "id": account_id, "name": SAMPLE_ACCOUNT_NAME });
     let inbox = json!({
-        "id": SAMPLE_INBOX_ID,
+        "id": inbox_id,
         "name": SAMPLE_INBOX_NAME,
         "channel_type": "Channel::WebWidget",
     });
@@ -224,7 +242,7 @@ fn other_sample(event: &str, account_id: u64, created_at: String) -> serde_json:
     let conversation = |status: &str| {
         json!({
             "display_id": conversation_id,
-            "inbox_id": SAMPLE_INBOX_ID,
+            "inbox_id": inbox_id,
             "status": status,
             "contact_inbox": { "contact_id": SAMPLE_CONTACT_ID },
         })
@@ -261,7 +279,7 @@ fn other_sample(event: &str, account_id: u64, created_at: String) -> serde_json:
             "contact": contact,
         }),
         "inbox_created" | "inbox_updated" => json!({
-            "id": SAMPLE_INBOX_ID,
+            "id": inbox_id,
             "inbox": inbox,
         }),
         _ => json!({ "id": rand::random_range(1..1_000_000u64) }),
@@ -346,6 +364,18 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_sample_in_an_inbox_names_that_inbox_wherever_a_sample_names_one() {
+        let inbox_of = |body: &[u8]| decode_envelope(body).expect("an event").inbox_id;
+        for event in KNOWN_EVENTS {
+            let plain = sample(event, 9, SampleContent::Text);
+            let placed = sample_in(event, 9, Some(71), SampleContent::Text);
+            assert_eq!(inbox_of(&placed), inbox_of(&plain).map(|_| 71), "{event}");
+        }
+        let message = sample_in("message_created", 9, Some(71), SampleContent::Text);
+        assert_eq!(inbox_of(&message), Some(71));
     }
 
     #[test]

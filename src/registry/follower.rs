@@ -153,6 +153,8 @@ async fn session(
             None
         }
     };
+    let mut renewal = tokio::time::interval(snapshot::TOKEN_RENEWAL);
+    renewal.reset();
     let mut tick = tokio::time::interval(broker.registry_snapshot_every);
     tick.reset();
     info!(stream = %broker.registry_stream, from = ?position, "following the registry log");
@@ -171,9 +173,11 @@ async fn session(
             }
             won = snapshot::won(&mut election) => {
                 won?;
-                info!("this instance writes the registry's snapshots");
-                log.leader.store(true, Ordering::Relaxed);
+                if !log.leader.swap(true, Ordering::Relaxed) {
+                    info!("this instance writes the registry's snapshots");
+                }
             }
+            _ = renewal.tick() => snapshot::renew(&mut election).await?,
             _ = tick.tick() => {
                 if log.is_leader() && replica.snapshot_due() {
                     replica.begin_snapshot(log).await;

@@ -1,13 +1,15 @@
 //! Snapshots of the registry in its own log: who writes them, how, and how an instance rebuilds
 //! from one.
 //!
-//! One instance writes them, so the stream does not fill with copies: the one that holds the
-//! token of a queue with `x-single-active-consumer`. Every instance consumes that queue with a
-//! prefetch of one and never acknowledges what it receives; the broker delivers only to the
-//! active consumer, so the instance that received the token keeps it until its connection ends,
-//! and then the broker hands it to the next one. An instance that finds the queue without a ready
-//! token puts one in, so a token exists once anyone has started (two racing instances may add
-//! two; the spare waits in the queue, harmlessly).
+//! One instance writes them, so the stream does not fill with copies: the single active consumer
+//! of a quorum queue with `x-single-active-consumer`, which it learns by receiving the token
+//! message that queue holds. Every instance consumes it with a prefetch of one; the broker
+//! delivers only to the active consumer, so the instance that received the token keeps the role
+//! until its connection ends, and then the broker hands the token to the next one. The holder
+//! exchanges the token for a fresh one every few minutes instead of holding one delivery
+//! unacknowledged, which RabbitMQ would end after its `consumer_timeout`. An instance that finds
+//! the queue without a ready token puts one in, so a token exists once anyone has started (two
+//! racing instances may add two; the spare waits in the queue, harmlessly).
 //!
 //! A snapshot is a begin entry, chunks of [`CHUNK`] webhooks, and an end entry with the count and
 //! a SHA-256 digest of the webhooks' JSON in order. The writer takes it when its follower applies
@@ -16,13 +18,15 @@
 //! after the begin entry and applies them on top once the end entry checks out.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::StreamExt;
+use lapin::message::Delivery;
 use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Connection, Consumer};
+use lapin::{BasicProperties, Channel, Connection, Consumer};
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
@@ -36,7 +40,11 @@ const CHUNK: usize = 1000;
 
 /// This instance's place in the election for the snapshot writer.
 pub(super) struct Election {
+    channel: Channel,
+    queue: String,
     tokens: Consumer,
+    /// The token while this instance holds it, unacknowledged.
+    held: Option<Delivery>,
 }
 
 impl Election {
@@ -64,15 +72,7 @@ impl Election {
             )
             .await?;
         if declared.message_count() == 0 {
-            channel
-                .basic_publish(
-                    ShortString::from(""),
-                    ShortString::from(queue.as_str()),
-                    BasicPublishOptions::default(),
-                    b"token",
-                    BasicProperties::default().with_delivery_mode(2),
-                )
-                .await?;
+            put_token(&channel, &queue).await?;
         }
         let tokens = channel
             .basic_consume(
@@ -82,17 +82,61 @@ impl Election {
                 FieldTable::default(),
             )
             .await?;
-        Ok(Election { tokens })
+        Ok(Election {
+            channel,
+            queue,
+            tokens,
+            held: None,
+        })
     }
 
     /// Completes when this instance receives the token (never, if another keeps it); an error
     /// when the election's channel ends.
     pub(super) async fn won(&mut self) -> Result<(), lapin::Error> {
         match self.tokens.next().await {
-            Some(Ok(_token)) => Ok(()),
+            Some(Ok(token)) => {
+                self.held = Some(token);
+                Ok(())
+            }
             Some(Err(error)) => Err(error),
             None => std::future::pending().await,
         }
+    }
+
+    /// Exchanges the held token for a fresh one: RabbitMQ closes a channel that holds a
+    /// delivery unacknowledged for longer than its `consumer_timeout` (30 minutes by default).
+    /// The fresh token comes back to this instance, the queue's single active consumer, with
+    /// nobody else in between.
+    pub(super) async fn renew(&mut self) -> Result<(), lapin::Error> {
+        if let Some(token) = self.held.take() {
+            put_token(&self.channel, &self.queue).await?;
+            token.ack(BasicAckOptions::default()).await?;
+        }
+        Ok(())
+    }
+}
+
+/// How often the holder renews the token: well within RabbitMQ's default `consumer_timeout`.
+pub(super) const TOKEN_RENEWAL: Duration = Duration::from_secs(300);
+
+async fn put_token(channel: &Channel, queue: &str) -> Result<(), lapin::Error> {
+    channel
+        .basic_publish(
+            ShortString::from(""),
+            ShortString::from(queue),
+            BasicPublishOptions::default(),
+            b"token",
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await?;
+    Ok(())
+}
+
+/// `election`'s [`Election::renew`], if this instance is in the election.
+pub(super) async fn renew(election: &mut Option<Election>) -> Result<(), lapin::Error> {
+    match election {
+        Some(election) => election.renew().await,
+        None => Ok(()),
     }
 }
 

@@ -17,6 +17,7 @@ use crate::delivery::{self, sign, DeadReason, Outcome, SendError};
 use crate::dlq::Parked;
 use crate::event::Envelope;
 use crate::job::{self, Job};
+use crate::lifecycle::{past_disable_after, Attempted, Disabled, WEBHOOK_DISABLED};
 use crate::retry::{Next, Turn};
 use crate::store::{NewAttempt, Webhook};
 
@@ -63,15 +64,19 @@ pub(super) async fn deliver<O: Outbox>(
         attempt = leg.attempt,
     );
     let turn = async {
-        let (state, next) = match admit(stage.shared, stage.live, &webhook.url).await {
-            Err(refusal) => leg.deferral(refusal, job),
-            Ok((permit, slot)) => match leg.send(permit, slot).await {
-                Some(failed) => failed,
-                // Only a retry job or a dead letter carries the job's state: a delivery builds
-                // none.
-                None => return Ok(()),
+        let (state, next) = match leg.paced(job) {
+            Some(paced) => paced,
+            None => match admit(stage.shared, stage.live, &webhook.url).await {
+                Err(refusal) => leg.deferral(refusal, job),
+                Ok((permit, slot)) => match leg.send(permit, slot).await {
+                    Some(failed) => failed,
+                    // Only a retry job or a dead letter carries the job's state: a delivery
+                    // builds none.
+                    None => return Ok(()),
+                },
             },
         };
+        let next = leg.unless_failing_too_long(next);
         leg.follow_up(&state, next).await
     };
     turn.instrument(span).await
@@ -94,19 +99,64 @@ impl<O: Outbox> Leg<'_, O> {
     /// history, and comes back after the schedule's next delay or, if the circuit is open, once
     /// its cool-down is over (or is given up once max_elapsed has passed).
     fn deferral(&self, refusal: Refusal, job: Option<&Job>) -> (Job, Next) {
-        let attempt = self.attempt;
         let shut_for = match refusal {
             Refusal::Busy => None,
             Refusal::Open(left) => Some(left),
         };
         let next = self.decide(&Turn::NotAttempted, shut_for);
         debug!(outcome = %next, ?refusal, "endpoint busy or its circuit open: deferred without an attempt");
-        let state = self.state(
-            attempt - 1,
+        (self.unattempted(job), next)
+    }
+
+    /// A delivery its webhook's rate limit holds back (`lifecycle/pace.rs`): it waits in a delay
+    /// queue until it is due, which is not an attempt. `None` when it may go now: the webhook
+    /// has no limit, or the limit has room.
+    fn paced(&self, job: Option<&Job>) -> Option<(Job, Next)> {
+        let rate = self.webhook.rate_limit?;
+        let now_ms = job::unix_ms(self.now);
+        let due_ms = job.and_then(|j| j.not_before_ms);
+        let wait = match due_ms {
+            // Not due yet: it waits on, and takes nothing from the limit meanwhile.
+            Some(due_ms) if due_ms > now_ms => Duration::from_millis(due_ms - now_ms),
+            _ => self.stage.shared.pace.admit(
+                &self.webhook.id,
+                rate,
+                due_ms.is_some(),
+                Instant::now(),
+            )?,
+        };
+        let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+        let next = Next::Retry(self.stage.live.schedule.pace_bucket(wait));
+        self.stage.shared.metrics.paced();
+        debug!(outcome = %next, wait_ms, "rate limit: waiting without an attempt");
+        let mut state = self.unattempted(job);
+        state.not_before_ms = Some(now_ms.saturating_add(wait_ms));
+        Some((state, next))
+    }
+
+    /// The job's state after a turn without an attempt: its count and history unchanged.
+    fn unattempted(&self, job: Option<&Job>) -> Job {
+        self.state(
+            self.attempt - 1,
             job.and_then(|j| j.last_status),
             job.and_then(|j| j.last_error.clone()),
-        );
-        (state, next)
+        )
+    }
+
+    /// `next`, unless the webhook has had no success for `delivery.disable_after`: then it is
+    /// disabled now, and this job is parked as `webhook_disabled`, as every other job of it
+    /// will be when it comes back (`service/message.rs`).
+    fn unless_failing_too_long(&self, next: Next) -> Next {
+        if matches!(next, Next::Done | Next::Dead(DeadReason::Gone)) {
+            return next;
+        }
+        let (id, version) = (&self.webhook.id, &self.webhook.updated_at);
+        let since = self.stage.shared.health.failing_since(id, version);
+        if past_disable_after(since, self.stage.live.disable_after, self.stage.clock.now()) {
+            Next::Dead(DeadReason::WebhookDisabled)
+        } else {
+            next
+        }
     }
 
     /// Sends the event, logs and records the attempt; `None` once it was delivered, else the
@@ -136,6 +186,21 @@ impl<O: Outbox> Leg<'_, O> {
         slot.finish(!matches!(outcome, Outcome::Retry { .. }));
         let status = result.as_ref().ok().map(|r| r.status.as_u16());
         let error = result.as_ref().err().map(ToString::to_string);
+        let attempted = Attempted {
+            version: &webhook.updated_at,
+            at: now,
+            ok: outcome == Outcome::Delivered,
+            status,
+            error: error.as_deref(),
+            latency,
+        };
+        shared.health.record(&webhook.id, &attempted);
+        if let (Some(429), Outcome::Retry { after: Some(after) }) = (status, &outcome) {
+            let now = Instant::now();
+            if let Some(until) = now.checked_add(*after) {
+                shared.pace.slow_down(&webhook.id, now, until);
+            }
+        }
 
         // A failed attempt may have opened the circuit, or found it opened meanwhile.
         let shut_for = match outcome {
@@ -201,6 +266,7 @@ impl<O: Outbox> Leg<'_, O> {
             first_attempt_at_ms: self.first_attempt_at_ms,
             last_status,
             last_error,
+            not_before_ms: None,
         }
     }
 
@@ -236,13 +302,49 @@ impl<O: Outbox> Leg<'_, O> {
                 // Only once the dead letter is confirmed: disabled first, a failed publish
                 // would bring the event back to a webhook it now skips, and the dead letter
                 // would never be written.
-                if reason == DeadReason::Gone {
-                    shared.registry.set_enabled(&webhook.id, false).await?;
-                    warn!("receiver answered 410 Gone: webhook disabled");
+                match reason {
+                    DeadReason::Gone => self.disable("gone").await,
+                    DeadReason::WebhookDisabled => self.disable("failing").await,
+                    _ => Ok(()),
                 }
-                Ok(())
             }
         }
+    }
+
+    /// Disables the webhook for `reason`, once for all of its deliveries in flight: the notice
+    /// first, confirmed, then the store, so a crash between the two sends the notice twice
+    /// rather than never.
+    async fn disable(&self, reason: &str) -> Result<(), Unsettled> {
+        let (health, id) = (&self.stage.shared.health, &self.webhook.id);
+        if !health.claim_disabling(id, &self.webhook.updated_at) {
+            return Ok(());
+        }
+        let disabled = self.disable_claimed(reason).await;
+        if disabled.is_err() {
+            health.release_disabling(id);
+        }
+        disabled
+    }
+
+    async fn disable_claimed(&self, reason: &str) -> Result<(), Unsettled> {
+        let (shared, webhook) = (self.stage.shared, self.webhook);
+        let now = self.stage.clock.now();
+        let failing = shared.health.failing(&webhook.id);
+        let notice = Disabled::new(webhook, reason, failing, now);
+        self.stage
+            .outbox
+            .notify(WEBHOOK_DISABLED, &notice.to_json())
+            .await?;
+        shared.registry.disable(&webhook.id, reason, now).await?;
+        shared.metrics.webhook_disabled(reason);
+        warn!(
+            reason,
+            failing_since = notice.failing_since.as_deref(),
+            last_status = notice.last_status,
+            last_error = notice.last_error.as_deref(),
+            "webhook disabled: its waiting jobs go to the dead-letter queue as webhook_disabled, and a {WEBHOOK_DISABLED} notice was published"
+        );
+        Ok(())
     }
 }
 
@@ -375,6 +477,90 @@ mod tests {
         assert_eq!(outbox.reasons(), ["gone"]);
         let gone = shared.store.get(&webhook.id).expect("read").expect("there");
         assert!(!gone.enabled);
+        assert_eq!(gone.disabled_reason.as_deref(), Some("gone"));
+        assert_eq!(notices(&outbox), ["gone"]);
+    }
+
+    /// The `reason` of each notice the stage published.
+    fn notices(outbox: &Recorder) -> Vec<String> {
+        outbox
+            .notices
+            .lock()
+            .expect("recorder")
+            .iter()
+            .map(|(key, body)| {
+                assert_eq!(key, WEBHOOK_DISABLED);
+                let body: serde_json::Value = serde_json::from_slice(body).expect("JSON");
+                body["reason"].as_str().expect("reason").to_owned()
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_failure_past_disable_after_parks_the_job_notifies_once_and_disables() {
+        let (shared, outbox) = (testing::shared(), Recorder::default());
+        let receiver = Receiver::answering(503).await;
+        let webhook = testing::webhook(&shared, 1, &receiver.url()).await;
+        let six_days_ago = SystemTime::now() - Duration::from_secs(6 * 24 * 3600);
+        let failed = Attempted {
+            version: &webhook.updated_at,
+            at: six_days_ago,
+            ok: false,
+            status: Some(503),
+            error: None,
+            latency: Duration::from_millis(3),
+        };
+        shared.health.record(&webhook.id, &failed);
+        for n in 1..=2 {
+            assert!(turn(&shared, &outbox, &webhook, n).await.is_ok());
+        }
+        assert_eq!(outbox.reasons(), ["webhook_disabled", "webhook_disabled"]);
+        assert!(outbox.delayed.lock().expect("recorder").is_empty());
+        assert_eq!(
+            notices(&outbox),
+            ["failing"],
+            "one notice, however many jobs"
+        );
+        let disabled = shared.store.get(&webhook.id).expect("read").expect("there");
+        assert!(!disabled.enabled);
+        assert_eq!(disabled.disabled_reason.as_deref(), Some("failing"));
+    }
+
+    #[tokio::test]
+    async fn a_delivery_over_the_rate_limit_waits_for_its_slot_without_an_attempt() {
+        let (shared, outbox) = (testing::shared(), Recorder::default());
+        let receiver = Receiver::answering(204).await;
+        let webhook = testing::webhook(&shared, 1, &receiver.url()).await;
+        let patch = crate::store::WebhookPatch {
+            rate_limit: Some(Some(1)),
+            ..crate::store::WebhookPatch::default()
+        };
+        let webhook = shared
+            .store
+            .update(&webhook.id, patch)
+            .await
+            .expect("update")
+            .expect("there");
+        // A limit of 1/s lets a burst of three through, then gives the fourth a slot.
+        for n in 1..=4 {
+            assert!(turn(&shared, &outbox, &webhook, n).await.is_ok());
+        }
+        assert_eq!(receiver.count(), 3, "the fourth waits for its slot");
+        let delayed = outbox.delayed.lock().expect("recorder");
+        let [(bucket, properties)] = delayed.as_slice() else {
+            panic!("one paced job, got {}", delayed.len());
+        };
+        assert_eq!(
+            *bucket,
+            Duration::from_millis(500),
+            "the pace rung below its wait"
+        );
+        let state = Job::from_headers(properties.headers().as_ref())
+            .expect("short headers")
+            .expect("a job");
+        assert_eq!(state.attempts, 0, "waiting for a slot is not an attempt");
+        let slot = state.not_before_ms.expect("its slot") - job::unix_ms(SystemTime::now());
+        assert!((900..=1_000).contains(&slot), "{slot} ms ahead");
     }
 
     #[tokio::test]

@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::DeliveryConfig;
+use crate::lifecycle;
 use crate::metrics::Metrics;
 
 /// How far a circuit's cool-down grows as probes keep failing, as a multiple of the configured one.
@@ -135,6 +136,17 @@ impl Endpoint {
                 Some(next)
             }
             _ => None,
+        }
+    }
+
+    fn state(&self, policy: &Policy, now: Instant) -> lifecycle::Circuit {
+        match self.circuit {
+            Circuit::Closed => lifecycle::Circuit::Closed,
+            Circuit::Open { probing: false, .. } if self.shut_for(policy, now).is_none() => {
+                lifecycle::Circuit::HalfOpen
+            }
+            Circuit::Open { probing: true, .. } => lifecycle::Circuit::HalfOpen,
+            Circuit::Open { .. } => lifecycle::Circuit::Open,
         }
     }
 
@@ -330,6 +342,16 @@ impl Endpoints {
         let inner = self.lock();
         let endpoint = inner.endpoints.get(url)?;
         endpoint.shut_for(&inner.policy, Instant::now())
+    }
+
+    /// The state of `url`'s circuit, for the webhook's health: open while it keeps deliveries
+    /// away, half open once its cool-down is over and a probe may go (or is out).
+    pub fn circuit(&self, url: &str) -> lifecycle::Circuit {
+        let inner = self.lock();
+        match inner.endpoints.get(url) {
+            Some(endpoint) => endpoint.state(&inner.policy, Instant::now()),
+            None => lifecycle::Circuit::Closed,
+        }
     }
 
     /// Trips every stalled endpoint (see `Endpoint::trip_if_stalled`) and forgets those with

@@ -36,6 +36,7 @@ use crate::delivery::{sign, DeadReason};
 use crate::dlq::Parked;
 use crate::event::{self, Envelope};
 use crate::job::{self, Job};
+use crate::lifecycle::WEBHOOK_DISABLED;
 use crate::retry::Schedule;
 
 /// How many times a message may have come back to the work queue unsettled before it is parked
@@ -82,6 +83,13 @@ pub(super) async fn handle(
     mut delivery: Delivery,
     stops: Stops,
 ) {
+    if !shared.deliver_notices && delivery.routing_key.as_str() == WEBHOOK_DISABLED {
+        // webhookd's own notice, caught by a wildcard binding: it is for the application, not
+        // for the account's webhooks, unless an operator bound it on purpose.
+        debug!("skipping webhookd's own notice");
+        acks.settle(delivery.delivery_tag, Verdict::Ack);
+        return;
+    }
     let body = Bytes::from(std::mem::take(&mut delivery.data));
     let live = shared.live();
     let span = tracing::info_span!(
@@ -254,7 +262,8 @@ async fn process<O: Outbox>(
 struct Unroutable {
     reason: DeadReason,
     error: String,
-    job: Option<Job>,
+    /// Boxed: a job is large, and most messages are not unroutable.
+    job: Option<Box<Job>>,
 }
 
 /// What webhookd needs of a message before any lookup: its retry job (if it is one) and its
@@ -280,7 +289,11 @@ fn read(
         .unwrap_or(0);
     if returns >= REDELIVERY_LIMIT {
         let error = format!("came back {returns} times without being settled");
-        return Err(unroutable(DeadReason::Redelivered, error, job));
+        return Err(unroutable(
+            DeadReason::Redelivered,
+            error,
+            job.map(Box::new),
+        ));
     }
     if body.len() > max_event_bytes {
         let error = format!(
@@ -311,7 +324,7 @@ async fn park_unrouted<O: Outbox>(
         account_id: None,
         event: None,
         url: None,
-        job: job.as_ref(),
+        job: job.as_deref(),
         error: Some(&error),
     };
     stage
@@ -463,6 +476,7 @@ mod tests {
             first_attempt_at_ms: 1,
             last_status: Some(503),
             last_error: None,
+            not_before_ms: None,
         };
         let properties = job.properties("d-3");
         shared

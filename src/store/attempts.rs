@@ -173,7 +173,13 @@ mod tests {
 
     fn attempt(n: u32) -> Attempt {
         Attempt {
-            at: format!("2025-01-01T00:00:{:02}.000Z", n % 60),
+            // In the order of `n`: the log shows attempts newest first by time.
+            at: format!(
+                "2025-01-01T{:02}:{:02}:{:02}.000Z",
+                n / 3600,
+                n / 60 % 60,
+                n % 60
+            ),
             delivery_id: format!("d-{n}"),
             attempt: n,
             status: Some(500),
@@ -233,6 +239,43 @@ mod tests {
 
     fn numbers(attempts: &[Attempt]) -> Vec<u32> {
         attempts.iter().map(|a| a.attempt).collect()
+    }
+
+    #[tokio::test]
+    async fn a_shared_batch_adds_its_attempts_on_another_store_and_a_damaged_one_is_refused() {
+        let (here, there) = (
+            Store::open_temporary().unwrap(),
+            Store::open_temporary().unwrap(),
+        );
+        let webhook = here.create(new_webhook(1)).await.unwrap();
+        // The other instance knows the same webhook: the registry log gave it the same record.
+        there
+            .apply(&crate::store::Change::Create {
+                webhook: webhook.clone(),
+            })
+            .unwrap();
+        for n in 1..=3 {
+            here.record_attempt(&webhook.id, &attempt(n).as_new());
+        }
+        let share = attempt_share(&webhook.id);
+        let batch = here.persist_attempt_share(share).unwrap();
+        assert!(
+            here.persist_attempt_share(share).unwrap().is_empty(),
+            "shared once"
+        );
+
+        assert_eq!(there.add_attempts(&batch).unwrap(), 1);
+        assert_eq!(
+            numbers(&there.attempts(&webhook.id, 10).unwrap()),
+            [3, 2, 1]
+        );
+        let damaged = &batch[..batch.len() - 1];
+        assert!(there.add_attempts(damaged).is_err());
+        assert_eq!(
+            stored_numbers(&there, &webhook.id),
+            [1, 2, 3],
+            "nothing of it added"
+        );
     }
 
     #[tokio::test]

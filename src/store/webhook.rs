@@ -20,6 +20,8 @@ const ID_RANDOM_CHARS: usize = 20;
 const MAX_URL_CHARS: usize = 2048;
 const MAX_NAME_CHARS: usize = 200;
 const MIN_SECRET_CHARS: usize = 16;
+/// Above this a limit is no limit: the in-flight caps bind first.
+const MAX_RATE_LIMIT: u32 = 10_000;
 const SECRET_MASK: &str = "****";
 
 /// A registered endpoint. Stored as JSON so the record stays readable and can gain fields.
@@ -42,6 +44,17 @@ pub struct Webhook {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_secret_expires_at: Option<String>,
     pub enabled: bool,
+    /// Why webhookd, or a person, disabled it: `gone` (a 410), `failing` (no success for
+    /// `delivery.disable_after`) or `manual`. Cleared when it is enabled again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled_reason: Option<String>,
+    /// RFC 3339, whole seconds: when it was disabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled_at: Option<String>,
+    /// Requests per second this receiver takes at most; deliveries above it wait in the delay
+    /// queues without counting as attempts. Held per instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<u32>,
     pub name: Option<String>,
     /// RFC 3339, whole seconds.
     pub created_at: String,
@@ -101,6 +114,19 @@ impl Webhook {
         self.previous_secret.as_deref().filter(|_| now < until)
     }
 
+    /// Stops deliveries to it, recording why and when (RFC 3339).
+    pub(super) fn disable(&mut self, reason: &str, at: &str) {
+        self.enabled = false;
+        self.disabled_reason = Some(reason.to_owned());
+        self.disabled_at = Some(at.to_owned());
+    }
+
+    pub(super) fn enable(&mut self) {
+        self.enabled = true;
+        self.disabled_reason = None;
+        self.disabled_at = None;
+    }
+
     /// A short digest of the record as stored, which a [`Change::Replace`] names as its base.
     ///
     /// [`Change::Replace`]: super::Change::Replace
@@ -133,6 +159,9 @@ impl fmt::Debug for Webhook {
             previous_secret,
             previous_secret_expires_at,
             enabled,
+            disabled_reason,
+            disabled_at,
+            rate_limit,
             name,
             created_at,
             updated_at,
@@ -150,6 +179,9 @@ impl fmt::Debug for Webhook {
             )
             .field("previous_secret_expires_at", previous_secret_expires_at)
             .field("enabled", enabled)
+            .field("disabled_reason", disabled_reason)
+            .field("disabled_at", disabled_at)
+            .field("rate_limit", rate_limit)
             .field("name", name)
             .field("created_at", created_at)
             .field("updated_at", updated_at)
@@ -185,6 +217,8 @@ pub struct NewWebhook {
     /// Defaults to `true`.
     #[serde(default = "enabled_by_default")]
     pub enabled: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<u32>,
 }
 
 /// Written by hand so `NewWebhook::default()` agrees with a JSON body that omits the fields.
@@ -198,6 +232,7 @@ impl Default for NewWebhook {
             secret: None,
             name: None,
             enabled: enabled_by_default(),
+            rate_limit: None,
         }
     }
 }
@@ -227,6 +262,8 @@ pub struct WebhookPatch {
     pub enabled: Option<bool>,
     #[serde(default, deserialize_with = "present")]
     pub secret: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    pub rate_limit: Option<Option<u32>>,
 }
 
 /// Called by serde only when the field is present, so `null` becomes `Some(None)` while an absent
@@ -240,7 +277,8 @@ where
 }
 
 impl WebhookPatch {
-    pub(super) fn apply(&self, webhook: &mut Webhook) {
+    /// Applies the patch at `now` (RFC 3339), the time a disable by hand is recorded with.
+    pub(super) fn apply(&self, webhook: &mut Webhook, now: &str) {
         if let Some(url) = &self.url {
             webhook.url.clone_from(url);
         }
@@ -253,8 +291,13 @@ impl WebhookPatch {
         if let Some(name) = &self.name {
             webhook.name.clone_from(name);
         }
-        if let Some(enabled) = self.enabled {
-            webhook.enabled = enabled;
+        match self.enabled {
+            Some(true) => webhook.enable(),
+            Some(false) if webhook.enabled => webhook.disable("manual", now),
+            _ => {}
+        }
+        if let Some(rate_limit) = self.rate_limit {
+            webhook.rate_limit = rate_limit;
         }
         if let Some(secret) = &self.secret {
             // Setting a secret outright replaces it at once, ending any rotation's grace.
@@ -304,6 +347,14 @@ pub(super) fn validate(webhook: &Webhook) -> Result<(), StoreError> {
         }
         if secret.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(invalid("secret", "must not contain whitespace"));
+        }
+    }
+    if let Some(rate) = webhook.rate_limit {
+        if !(1..=MAX_RATE_LIMIT).contains(&rate) {
+            return Err(invalid(
+                "rate_limit",
+                format!("must be from 1 to {MAX_RATE_LIMIT} requests per second, got {rate}"),
+            ));
         }
     }
     if let Some(name) = &webhook.name {
@@ -412,6 +463,9 @@ mod tests {
             previous_secret: None,
             previous_secret_expires_at: None,
             enabled: true,
+            disabled_reason: None,
+            disabled_at: None,
+            rate_limit: None,
             name: None,
             created_at: String::new(),
             updated_at: String::new(),
@@ -492,6 +546,9 @@ mod tests {
                 previous_secret: None,
                 previous_secret_expires_at: None,
                 enabled: true,
+                disabled_reason: None,
+                disabled_at: None,
+                rate_limit: None,
                 name: None,
                 created_at: String::new(),
                 updated_at: String::new(),

@@ -10,6 +10,7 @@ mod dlq;
 mod failover;
 mod faults;
 mod hostile;
+mod lifecycle;
 mod limits;
 mod ownership;
 mod pipeline;
