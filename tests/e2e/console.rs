@@ -148,15 +148,9 @@ async fn assert_deleted(daemon: &Daemon, id: &str) {
 }
 
 async fn api_webhook(daemon: &Daemon, id: &str) -> Value {
-    let (status, body) = daemon
-        .request(
-            Method::GET,
-            &format!("/v1/webhooks/{id}"),
-            Some(&daemon.token),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    serde_json::from_str(&body).expect("webhook JSON")
+    let (status, webhook) = daemon.get_json(&format!("/v1/webhooks/{id}")).await;
+    assert_eq!(status, StatusCode::OK, "{webhook}");
+    webhook
 }
 
 #[tokio::test]

@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use http::{Method, StatusCode};
+use http::StatusCode;
 use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use serde_json::Value;
@@ -23,24 +23,17 @@ const PROPAGATION: Duration = Duration::from_secs(1);
 
 /// The webhook as `daemon` serves it, or `None` while it does not know it.
 async fn webhook_on(daemon: &Daemon, id: &str) -> Option<Value> {
-    let (status, body) = daemon
-        .request(
-            Method::GET,
-            &format!("/v1/webhooks/{id}"),
-            Some(&daemon.token),
-        )
-        .await;
-    (status == StatusCode::OK).then(|| serde_json::from_str(&body).expect("webhook JSON"))
+    let (status, webhook) = daemon.get_json(&format!("/v1/webhooks/{id}")).await;
+    (status == StatusCode::OK).then_some(webhook)
 }
 
 /// Every webhook `daemon` serves, as (id, url).
 async fn registry_of(daemon: &Daemon) -> BTreeSet<(String, String)> {
-    let (status, body) = daemon
-        .request(Method::GET, "/v1/webhooks", Some(&daemon.token))
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let list: Vec<Value> = serde_json::from_str(&body).expect("list JSON");
-    list.iter()
+    let (status, list) = daemon.get_json("/v1/webhooks").await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    list.as_array()
+        .expect("a list of webhooks")
+        .iter()
         .map(|w| {
             (
                 w["id"].as_str().expect("id").to_owned(),
@@ -275,16 +268,13 @@ async fn each_instance_shows_the_attempts_both_made() {
             WAIT,
             "every attempt in this instance's attempt log",
             || async {
-                let (status, body) = daemon
-                    .request(
-                        Method::GET,
-                        &format!("/v1/webhooks/{id}/attempts?limit=100"),
-                        Some(&daemon.token),
-                    )
+                let (status, attempts) = daemon
+                    .get_json(&format!("/v1/webhooks/{id}/attempts?limit=100"))
                     .await;
-                assert_eq!(status, StatusCode::OK, "{body}");
-                let attempts: Vec<Value> = serde_json::from_str(&body).expect("attempts JSON");
+                assert_eq!(status, StatusCode::OK, "{attempts}");
                 let logged: BTreeSet<String> = attempts
+                    .as_array()
+                    .expect("a list of attempts")
                     .iter()
                     .map(|a| a["delivery_id"].as_str().expect("delivery id").to_owned())
                     .collect();

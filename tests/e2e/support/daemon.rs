@@ -351,6 +351,12 @@ drain_timeout = "{drain_timeout}"
             .sum()
     }
 
+    /// GET on the admin API with the daemon's token, and the body as JSON (`Null` if it is not).
+    pub async fn get_json(&self, path: &str) -> (StatusCode, Value) {
+        let (status, body) = self.request(Method::GET, path, Some(&self.token)).await;
+        (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+    }
+
     /// GET on the admin API without a token.
     pub async fn get(&self, path: &str) -> (StatusCode, String) {
         self.request(Method::GET, path, None).await
