@@ -6,10 +6,15 @@
 //! label sets, and each increment is one atomic add on a handle held here. Only the rarer series
 //! (dead letters by reason, retries by delay bucket) are looked up in their family when counted.
 //!
-//! The latency histogram is webhookd's own, because the crate's takes a mutex per observation.
-//! Its buckets are atomics, and its count is not kept apart but summed from the buckets when
-//! scraped, so a scrape never shows a count that disagrees with the buckets (the sum may trail by
-//! the observations in flight during the scrape, as with any lock-free histogram).
+//! The histograms are webhookd's own, because the crate's takes a mutex per observation. Their
+//! buckets are atomics, and a count is not kept apart but summed from the buckets when scraped,
+//! so a scrape never shows a count that disagrees with the buckets (the sum may trail by the
+//! observations in flight during the scrape, as with any lock-free histogram).
+//!
+//! Besides the request latency, every timed message's way is split into its stages
+//! (`webhookd_message_stage_seconds`, see `service/timeline.rs`) beside its total
+//! (`webhookd_message_seconds`). Each stage is measured in whole microseconds from the message's
+//! first mark, so the stages' sums add up to the total's sum exactly.
 //!
 //! Label values are bounded by construction: event names outside Chatwoot's twelve are counted as
 //! `other`, and reasons and buckets come from closed sets, so a hostile publisher cannot blow up
@@ -17,7 +22,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::{
     prometheus_text, DescriptorEncoder, EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet,
@@ -40,6 +45,18 @@ const LATENCY_BUCKETS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 15.0,
 ];
 
+/// Upper bounds (seconds) of the message stage histograms: most stages take microseconds.
+const STAGE_BUCKETS: [f64; 16] = [
+    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+    0.25, 1.0, 5.0, 15.0,
+];
+
+/// The stages of a message's way, in order, as `webhookd_message_stage_seconds` labels them
+/// (defined in `service/timeline.rs`).
+pub const STAGES: [&str; 6] = [
+    "dispatch", "decode", "lookup", "prepare", "response", "settle",
+];
+
 /// What an attempt led to, as `webhookd_deliveries_total` labels it.
 const OUTCOMES: [&str; 3] = ["delivered", "retry", "dead"];
 
@@ -51,6 +68,11 @@ struct EventLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabel {
     outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StageLabel {
+    stage: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -79,7 +101,10 @@ pub struct Metrics {
     circuits_opened: Counter,
     broker_connected: Gauge,
     reconnects: Counter,
-    latency: LatencyHistogram,
+    latency: Histogram,
+    /// One histogram per stage, in [`STAGES`] order.
+    stages: Vec<Histogram>,
+    message: Histogram,
 }
 
 impl Default for Metrics {
@@ -116,6 +141,19 @@ impl Default for Metrics {
             "Delivery attempts, by outcome",
             deliveries_family,
         );
+        let stages_family =
+            Family::<StageLabel, Histogram, fn() -> Histogram>::new_with_constructor(|| {
+                Histogram::new(&STAGE_BUCKETS)
+            });
+        let stages = STAGES
+            .iter()
+            .map(|stage| stages_family.get_or_create(&StageLabel { stage }).clone())
+            .collect();
+        registry.register(
+            "webhookd_message_stage_seconds",
+            "Time a message spent in each stage of its way, for messages acked after exactly one request",
+            stages_family,
+        );
         let metrics = Metrics {
             events,
             deliveries,
@@ -129,7 +167,9 @@ impl Default for Metrics {
             circuits_opened: Counter::default(),
             broker_connected: Gauge::default(),
             reconnects: Counter::default(),
-            latency: LatencyHistogram::default(),
+            latency: Histogram::new(&LATENCY_BUCKETS),
+            stages,
+            message: Histogram::new(&STAGE_BUCKETS),
             registry: Registry::default(),
         };
         registry.register(
@@ -187,6 +227,11 @@ impl Default for Metrics {
             "Time from sending a webhook request to its outcome",
             metrics.latency.clone(),
         );
+        registry.register(
+            "webhookd_message_seconds",
+            "Time from the consumer handing a message over to its ack, for the messages timed by stage",
+            metrics.message.clone(),
+        );
         registry.register_collector(Box::new(Process));
         Metrics {
             registry,
@@ -210,7 +255,24 @@ impl Metrics {
         if let Some(index) = OUTCOMES.iter().position(|known| *known == outcome) {
             self.deliveries[index].inc();
         }
-        self.latency.observe(latency);
+        self.latency
+            .observe_micros(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX));
+    }
+
+    /// One message's way, timed: `marks` begin its stages (in [`STAGES`] order), `settled` ends
+    /// the last. Each stage is counted in whole microseconds from the first mark, so the stages
+    /// add up to the total exactly.
+    pub fn message_timed(&self, marks: &[Instant; STAGES.len()], settled: Instant) {
+        let micros = |at: Instant| {
+            u64::try_from(at.saturating_duration_since(marks[0]).as_micros()).unwrap_or(u64::MAX)
+        };
+        let mut from = 0;
+        for (histogram, end) in self.stages.iter().zip(marks[1..].iter().chain([&settled])) {
+            let to = micros(*end).max(from);
+            histogram.observe_micros(to - from);
+            from = to;
+        }
+        self.message.observe_micros(from);
     }
 
     pub fn dead_letter(&self, reason: &str) {
@@ -315,36 +377,45 @@ impl Drop for InFlight<'_> {
 }
 
 /// A histogram that counts with atomics only; see the module doc for why it is not the crate's.
-#[derive(Debug, Clone, Default)]
-struct LatencyHistogram(std::sync::Arc<LatencyCounts>);
+#[derive(Debug, Clone)]
+struct Histogram(std::sync::Arc<HistogramCounts>);
 
-#[derive(Debug, Default)]
-struct LatencyCounts {
-    /// One per bound of [`LATENCY_BUCKETS`], then one for everything above the last.
-    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+#[derive(Debug)]
+struct HistogramCounts {
+    /// Upper bounds, in seconds.
+    bounds: &'static [f64],
+    /// One per bound, then one for everything above the last.
+    buckets: Box<[AtomicU64]>,
     sum_micros: AtomicU64,
 }
 
-impl LatencyHistogram {
-    fn observe(&self, value: Duration) {
-        let seconds = value.as_secs_f64();
-        let index = LATENCY_BUCKETS
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Histogram {
+        Histogram(std::sync::Arc::new(HistogramCounts {
+            bounds,
+            buckets: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum_micros: AtomicU64::new(0),
+        }))
+    }
+
+    fn observe_micros(&self, micros: u64) {
+        let seconds = micros as f64 / 1e6;
+        let index = self
+            .0
+            .bounds
             .iter()
             .position(|bound| seconds <= *bound)
-            .unwrap_or(LATENCY_BUCKETS.len());
+            .unwrap_or(self.0.bounds.len());
         self.0.buckets[index].fetch_add(1, Ordering::Relaxed);
-        self.0.sum_micros.fetch_add(
-            u64::try_from(value.as_micros()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
+        self.0.sum_micros.fetch_add(micros, Ordering::Relaxed);
     }
 }
 
-impl TypedMetric for LatencyHistogram {
+impl TypedMetric for Histogram {
     const TYPE: MetricType = MetricType::Histogram;
 }
 
-impl EncodeMetric for LatencyHistogram {
+impl EncodeMetric for Histogram {
     fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
         // Each bucket is read once; the count is their total, so the two always agree.
         let counts: Vec<u64> = self
@@ -353,7 +424,9 @@ impl EncodeMetric for LatencyHistogram {
             .iter()
             .map(|bucket| bucket.load(Ordering::Relaxed))
             .collect();
-        let buckets: Vec<(f64, u64)> = LATENCY_BUCKETS
+        let buckets: Vec<(f64, u64)> = self
+            .0
+            .bounds
             .iter()
             .copied()
             .chain([f64::INFINITY])
@@ -510,6 +583,37 @@ mod tests {
             "webhookd_deliveries_total{outcome=\"delivered\"} 2",
         ] {
             assert!(text.contains(line), "{line} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn a_timed_message_s_stages_add_up_to_its_total() {
+        let metrics = Metrics::default();
+        let start = Instant::now();
+        // Uneven gaps, some below a microsecond, so rounding each stage apart would not add up.
+        let marks: [Instant; 6] =
+            std::array::from_fn(|k| start + Duration::from_nanos(1_700 * (k * k) as u64 + 300));
+        metrics.message_timed(&marks, start + Duration::from_nanos(3_000_450));
+        let text = metrics.render();
+        let value = |name: &str| -> f64 {
+            text.lines()
+                .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+                .unwrap_or_else(|| panic!("{name} in:\n{text}"))
+        };
+        let stages: f64 = STAGES
+            .iter()
+            .map(|stage| {
+                value(&format!(
+                    "webhookd_message_stage_seconds_sum{{stage=\"{stage}\"}}"
+                ))
+            })
+            .sum();
+        let total = value("webhookd_message_seconds_sum");
+        assert!((stages - total).abs() < 1e-9, "{stages} vs {total}");
+        assert!((total - 0.003).abs() < 1e-6, "{total}");
+        for stage in STAGES {
+            let count = format!("webhookd_message_stage_seconds_count{{stage=\"{stage}\"}} 1");
+            assert!(text.contains(&count), "{count} in:\n{text}");
         }
     }
 

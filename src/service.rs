@@ -4,6 +4,7 @@
 //!   drain.
 //! - [`message`] takes one AMQP delivery: decode, look up, deliver to each webhook, settle.
 //! - [`attempt`] takes one event to one webhook: admission, request, outcome, follow-up.
+//! - [`timeline`] marks where a message's time goes, for `/metrics`.
 //! - [`acks`] coalesces acknowledgements; [`endpoints`] keeps per-URL in-flight caps and
 //!   circuit breakers; [`reload`] applies SIGHUP to what can change live.
 //!
@@ -18,6 +19,7 @@ mod endpoints;
 mod message;
 mod reload;
 mod session;
+mod timeline;
 
 use std::future::Future;
 use std::sync::atomic::AtomicU32;
@@ -116,6 +118,7 @@ pub(super) struct Stage<'a, O> {
     live: &'a Live,
     outbox: &'a O,
     clock: &'a dyn Clock,
+    timeline: &'a timeline::Timeline,
 }
 
 impl Outbox for Publisher {

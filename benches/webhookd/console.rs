@@ -8,13 +8,11 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
-use bytes::Bytes;
-use http::{header, Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http::{Method, StatusCode};
 use tokio_util::sync::CancellationToken;
 
 use crate::events::now_ns;
-use crate::http::{bare_client, BareClient};
+use crate::http::{bare_client, send, BareClient};
 
 /// The admin token every run's config sets, so the console can be signed in to.
 pub const TOKEN: &str = "bench-console-token-0123456789";
@@ -84,30 +82,4 @@ async fn sign_in(client: &BareClient, base: &str) -> anyhow::Result<String> {
         .into_iter()
         .find(|c| c.starts_with("webhookd_session="))
         .context("no session cookie")
-}
-
-/// One request; its status, the `name=value` of each cookie it sets, and its body.
-async fn send(
-    client: &BareClient,
-    method: Method,
-    url: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> anyhow::Result<(StatusCode, Vec<String>, String)> {
-    let mut request = Request::builder().method(method).uri(url);
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let response = client
-        .request(request.body(Full::new(Bytes::from(body.to_owned())))?)
-        .await?;
-    let status = response.status();
-    let cookies = response
-        .headers()
-        .get_all(header::SET_COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok()?.split(';').next().map(str::to_owned))
-        .collect();
-    let body = response.into_body().collect().await?.to_bytes();
-    Ok((status, cookies, String::from_utf8_lossy(&body).into_owned()))
 }

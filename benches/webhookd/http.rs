@@ -109,3 +109,29 @@ pub async fn client_apart() -> anyhow::Result<()> {
     println!("{rate} {}", cpu / (count as f64 / 1000.0));
     Ok(())
 }
+
+/// One request; its status, the `name=value` of each cookie it sets, and its body.
+pub async fn send(
+    client: &BareClient,
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> anyhow::Result<(StatusCode, Vec<String>, String)> {
+    let mut request = Request::builder().method(method).uri(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = client
+        .request(request.body(Full::new(Bytes::from(body.to_owned())))?)
+        .await?;
+    let status = response.status();
+    let cookies = response
+        .headers()
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok()?.split(';').next().map(str::to_owned))
+        .collect();
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok((status, cookies, String::from_utf8_lossy(&body).into_owned()))
+}

@@ -35,6 +35,7 @@ mod registry;
 mod replication;
 mod report;
 mod scenarios;
+mod stages;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -47,7 +48,7 @@ use crate::receiver::Receiver;
 use crate::registry::Registry;
 use crate::replication::Propagation;
 use crate::report::{median, quantile, Figure, Goal, Raw, Report};
-use crate::scenarios::{Bench, By, Delivered, Delivery, DRAIN};
+use crate::scenarios::{Bench, By, Delivered, Delivery, Latencies, DRAIN};
 
 /// The bench node `scripts/bench.sh` starts; under `cargo test`, the test node.
 const BENCH_URL: &str = "amqp://guest:guest@127.0.0.1:5680/%2f";
@@ -308,6 +309,70 @@ const SCENARIOS: [&str; 10] = [
     "console",
 ];
 
+/// Rows of the stage breakdown for one queue kind: a row's name and its (mean, p50, p99) in µs.
+type StageColumn = Vec<(String, [f64; 3])>;
+
+/// One queue kind's column of the stage breakdown: per stage, then the total, then publish →
+/// receipt as the receiver measured it, the median over the runs of (mean, p50, p99) in µs.
+fn stage_columns(runs: &[Latencies]) -> anyhow::Result<StageColumn> {
+    let first = runs
+        .first()
+        .and_then(|run| run.stages.as_ref())
+        .context("a latency run without webhookd's stage breakdown")?;
+    let mut rows = Vec::new();
+    for (k, stage) in first.iter().enumerate() {
+        let mut values = [Vec::new(), Vec::new(), Vec::new()];
+        for run in runs {
+            let times = &run.stages.as_ref().context("a run without its breakdown")?[k];
+            values[0].push(times.mean_us);
+            values[1].push(times.p50_us);
+            values[2].push(times.p99_us);
+        }
+        let name = match stage.name {
+            "total" => "total: handed over → acked".to_owned(),
+            name => name.to_owned(),
+        };
+        rows.push((name, values.map(|v| median(&v))));
+    }
+    let mut measured = [Vec::new(), Vec::new(), Vec::new()];
+    for run in runs {
+        let mean = run.all.iter().sum::<u64>() as f64 / run.all.len().max(1) as f64;
+        measured[0].push(mean / 1e3);
+        measured[1].push(quantile(&run.all, 0.5)? as f64 / 1e3);
+        measured[2].push(quantile(&run.all, 0.99)? as f64 / 1e3);
+    }
+    rows.push((
+        "publish → receipt (the receiver's clock)".to_owned(),
+        measured.map(|v| median(&v)),
+    ));
+    Ok(rows)
+}
+
+/// The stage breakdown of the latency scenario as a markdown table, one column group per kind.
+fn stage_table(rate: u64, columns: &[(&str, StageColumn)]) -> String {
+    let mut out = format!(
+        "Where webhookd's time goes in the latency scenario, {rate}/s: µs, medians of the runs; \
+         means exact, p50 and p99 interpolated from webhookd's /metrics buckets\n\n| stage |"
+    );
+    for (kind, _) in columns {
+        out.push_str(&format!(" {kind} mean | p50 | p99 |"));
+    }
+    out.push_str("\n| --- |");
+    out.push_str(&" ---: |".repeat(3 * columns.len()));
+    out.push('\n');
+    let rows = columns.first().map_or(0, |(_, rows)| rows.len());
+    for row in 0..rows {
+        out.push_str(&format!("| {} |", columns[0].1[row].0));
+        for (_, rows) in columns {
+            for value in rows[row].1 {
+                out.push_str(&format!(" {value:.0} |"));
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
 /// The raw limits' medians, which the other targets derive from.
 #[derive(Clone, Copy)]
 struct Limits {
@@ -340,6 +405,8 @@ struct Measure<'a> {
     inputs: Inputs<'a>,
     figures: Vec<Figure>,
     details: serde_json::Map<String, serde_json::Value>,
+    /// Tables printed after the figures (the latency scenario's stage breakdown).
+    sections: Vec<String>,
 }
 
 async fn measure(
@@ -371,6 +438,7 @@ async fn measure(
         bench,
         figures: Vec::new(),
         details: serde_json::Map::new(),
+        sections: Vec::new(),
     };
     let limits = if wanted("raw") {
         Some(m.limits().await?)
@@ -439,6 +507,7 @@ async fn measure(
         }),
         figures: m.figures,
         details: serde_json::Value::Object(m.details),
+        sections: m.sections,
     })
 }
 
@@ -736,6 +805,7 @@ impl Measure<'_> {
     /// and webhookd's, when the bridge ran, compared with the bridge's (`bridge_p99`).
     async fn latency(&mut self, by: By, bridge_p99: Option<f64>) -> anyhow::Result<f64> {
         let mut p99_classic = 0.0;
+        let mut breakdown = Vec::new();
         let (rate, seconds) = (
             self.inputs.sizes.latency_per_second,
             self.inputs.sizes.latency_seconds,
@@ -792,6 +862,12 @@ impl Measure<'_> {
             self.figures.extend(beside_the_bridge);
             self.figures
                 .push(Figure::new(label("max"), "ms", millis(1.0)?)?);
+            if let By::Webhookd = by {
+                breakdown.push((kind, stage_columns(&runs)?));
+            }
+        }
+        if !breakdown.is_empty() {
+            self.sections.push(stage_table(rate, &breakdown));
         }
         Ok(p99_classic)
     }

@@ -118,6 +118,8 @@ pub struct Report {
     pub figures: Vec<Figure>,
     /// Scenario details too long for the table (RSS samples over the backlog drain, …).
     pub details: Value,
+    /// Markdown tables printed after the figures.
+    pub sections: Vec<String>,
 }
 
 impl Report {
@@ -141,6 +143,10 @@ impl Report {
             ));
         }
         out.push_str("\nratio ≥ 1.00 meets the target; each value is the median of its runs.\n");
+        for section in &self.sections {
+            out.push('\n');
+            out.push_str(section);
+        }
         out
     }
 
@@ -174,6 +180,7 @@ impl Report {
             "parameters": self.parameters,
             "figures": figures,
             "details": self.details,
+            "sections": self.sections,
         })
     }
 }

@@ -19,6 +19,7 @@ use crate::procfs::{self, CpuShares, MachineCpu};
 use crate::receiver::{Receiver, Tally, HANG_PATH};
 use crate::replication;
 use crate::report::Raw;
+use crate::stages::{self, Breakdown};
 use ::http as http_types;
 
 /// How often a waiting run looks at the receiver's counters (the figures come from the
@@ -165,10 +166,12 @@ pub struct Latencies {
     /// The worst latency of the events published in each second of the run: shows whether the
     /// tail is a start-up effect, periodic (a timer in webhookd) or scattered (CPU contention).
     pub worst_per_second: Vec<u64>,
+    /// webhookd's own account of where the time went (none for the bridge).
+    pub stages: Option<Breakdown>,
 }
 
 impl Latencies {
-    fn new(stamped: &[(u64, u64)]) -> Latencies {
+    fn new(stamped: &[(u64, u64)], stages: Option<Breakdown>) -> Latencies {
         let start = stamped
             .iter()
             .map(|(sent, _)| *sent)
@@ -185,6 +188,7 @@ impl Latencies {
         Latencies {
             all: stamped.iter().map(|(_, latency)| *latency).collect(),
             worst_per_second,
+            stages,
         }
     }
 }
@@ -415,6 +419,10 @@ impl Bench {
         let count = per_second * seconds;
         amqp::publish_steadily(&self.amqp, &run.topology, bodies, count, per_second).await?;
         receipts(&receiver, &mut daemon, count, "of the last publish").await?;
+        let stages = match by {
+            By::Webhookd => Some(stages::scrape(run.admin).await?),
+            By::Bridge => None,
+        };
         daemon.stop().await?;
         self.delete(&run).await?;
         let stamped = receiver.stamped();
@@ -423,7 +431,7 @@ impl Bench {
             "only {} of {count} deliveries carried their stamp",
             stamped.len()
         );
-        Ok(Latencies::new(&stamped))
+        Ok(Latencies::new(&stamped, stages))
     }
 
     /// Deletes `run`'s exchange and queues (see [`amqp::delete`]). RabbitMQ has answered a queue

@@ -20,8 +20,12 @@
 //! its one consumer, so the acker needs no registration of tags, only the verdicts. A tag that
 //! never got a verdict (which would be a bug) costs only the coalescing: everything after it is
 //! acked alone after [`STRAGGLE`].
+//!
+//! A message that comes with its [`Marks`] (see `timeline.rs`) is timed when the ack that covers
+//! it has been sent: that instant ends its `settle` stage.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::options::{BasicAckOptions, BasicNackOptions};
@@ -29,6 +33,9 @@ use lapin::Channel;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::debug;
+
+use super::timeline::Marks;
+use crate::metrics::Metrics;
 
 /// How long a finished message waits for the messages before it to finish, so that one ack
 /// covers them all, before it is acked alone. Short enough that a stuck message holds back
@@ -50,21 +57,32 @@ pub(super) enum Verdict {
 /// is dropped and every verdict sent before is acted on.
 #[derive(Clone)]
 pub(super) struct Acks {
-    verdicts: mpsc::UnboundedSender<(u64, Verdict)>,
+    verdicts: mpsc::UnboundedSender<Settled>,
 }
 
+/// A message's tag, its verdict, and its marks if it is timed.
+type Settled = (u64, Verdict, Option<Marks>);
+
 impl Acks {
-    /// Starts the acker of `channel`, the session's consuming channel.
-    pub(super) fn start(channel: Channel) -> (Acks, tokio::task::JoinHandle<()>) {
+    /// Starts the acker of `channel`, the session's consuming channel, timing into `metrics`.
+    pub(super) fn start(
+        channel: Channel,
+        metrics: Arc<Metrics>,
+    ) -> (Acks, tokio::task::JoinHandle<()>) {
         let (verdicts, received) = mpsc::unbounded_channel();
-        let acker = tokio::spawn(run(channel, received));
+        let timed = Timed {
+            metrics,
+            waiting: BTreeMap::new(),
+        };
+        let acker = tokio::spawn(run(channel, received, timed));
         (Acks { verdicts }, acker)
     }
 
-    pub(super) fn settle(&self, tag: u64, verdict: Verdict) {
+    /// `marks` time the message once it is acked (`None`: not timed).
+    pub(super) fn settle(&self, tag: u64, verdict: Verdict, marks: Option<Marks>) {
         // The acker ends only after every sender is gone, so this cannot fail while `self`
         // lives; if the task was aborted (the session is lost), the broker requeues anyway.
-        let _ = self.verdicts.send((tag, verdict));
+        let _ = self.verdicts.send((tag, verdict, marks));
     }
 }
 
@@ -79,7 +97,7 @@ enum Send {
     Requeue(u64),
 }
 
-async fn run(channel: Channel, mut received: mpsc::UnboundedReceiver<(u64, Verdict)>) {
+async fn run(channel: Channel, mut received: mpsc::UnboundedReceiver<Settled>, mut timed: Timed) {
     let mut window = Window::default();
     let mut batch = Vec::with_capacity(BATCH);
     loop {
@@ -96,29 +114,63 @@ async fn run(channel: Channel, mut received: mpsc::UnboundedReceiver<(u64, Verdi
         }
         let now = Instant::now();
         let mut sends = Vec::new();
-        for (tag, verdict) in batch.drain(..) {
+        for (tag, verdict, marks) in batch.drain(..) {
             sends.extend(window.report(tag, verdict, now));
+            if let (Verdict::Ack, Some(marks)) = (verdict, marks) {
+                timed.waiting.insert(tag, marks);
+            }
         }
         sends.extend(window.advance());
         sends.extend(window.stragglers(now));
-        if !send_all(&channel, sends).await {
+        if !send_all(&channel, &sends).await {
             return;
         }
+        timed.sent(&sends);
     }
     // Every task is done: a gap (a tag without a verdict) is the only thing that could keep a
     // finished message from the prefix, so what still waits is acked alone.
     let sends = window
         .advance()
         .into_iter()
-        .chain(window.stragglers(Instant::now() + STRAGGLE));
-    send_all(&channel, sends.collect()).await;
+        .chain(window.stragglers(Instant::now() + STRAGGLE))
+        .collect::<Vec<_>>();
+    if send_all(&channel, &sends).await {
+        timed.sent(&sends);
+    }
+}
+
+/// The timed messages whose ack has not been sent yet, by tag.
+struct Timed {
+    metrics: Arc<Metrics>,
+    waiting: BTreeMap<u64, Marks>,
+}
+
+impl Timed {
+    /// `sends` went out: every timed message they acked is settled now.
+    fn sent(&mut self, sends: &[Send]) {
+        let settled = std::time::Instant::now();
+        for send in sends {
+            let acked = match *send {
+                Send::AckUpTo(tag) => {
+                    let later = self.waiting.split_off(&(tag + 1));
+                    std::mem::replace(&mut self.waiting, later)
+                }
+                Send::AckOne(tag) => self.waiting.remove_entry(&tag).into_iter().collect(),
+                // Never timed: only acked messages are.
+                Send::Requeue(_) => BTreeMap::new(),
+            };
+            for marks in acked.values() {
+                self.metrics.message_timed(marks, settled);
+            }
+        }
+    }
 }
 
 /// Sends the frames in order; `false` once the channel failed (the session is being lost, and
 /// the broker requeues whatever is unacked).
-async fn send_all(channel: &Channel, sends: Vec<Send>) -> bool {
+async fn send_all(channel: &Channel, sends: &[Send]) -> bool {
     for send in sends {
-        let result = match send {
+        let result = match *send {
             Send::AckUpTo(tag) => {
                 channel
                     .basic_ack(tag, BasicAckOptions { multiple: true })

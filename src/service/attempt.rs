@@ -176,10 +176,12 @@ impl<O: Outbox> Leg<'_, O> {
             let _permit = permit;
             let _counted = shared.metrics.in_flight();
             let started = Instant::now();
+            self.stage.timeline.sent();
             let result = tokio::select! {
                 result = live.client.post(&webhook.url, headers, event.body.clone()) => result,
                 () = slot.cut_off() => Err(SendError::Stalled),
             };
+            self.stage.timeline.answered();
             (result, started.elapsed())
         };
         let outcome = delivery::classify(&result, self.stage.clock.now());
@@ -385,6 +387,8 @@ pub(super) struct EventRef<'a> {
 mod tests {
     use std::time::SystemTime;
 
+    use crate::service::timeline::Timeline;
+
     use super::*;
     use crate::event::decode_envelope;
     use crate::service::testing::{self, FixedClock, Receiver, Recorder};
@@ -404,6 +408,7 @@ mod tests {
             live: &live,
             outbox,
             clock: &FixedClock(SystemTime::now()),
+            timeline: &Timeline::new(Instant::now()),
         };
         let body = Bytes::from_static(BODY);
         let envelope = decode_envelope(&body).expect("an event");

@@ -17,7 +17,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::stream::FuturesUnordered;
@@ -29,6 +29,7 @@ use tracing::{debug, info, warn, Instrument as _};
 
 use super::acks::{Acks, Verdict};
 use super::attempt::{self, EventRef, Unsettled};
+use super::timeline::Timeline;
 use super::Publisher;
 use super::{Outbox, Shared, Stage, SystemClock};
 use crate::broker::BrokerError;
@@ -81,13 +82,15 @@ pub(super) async fn handle(
     publisher: Arc<Publisher>,
     acks: Acks,
     mut delivery: Delivery,
+    received: Instant,
     stops: Stops,
 ) {
+    let timeline = Timeline::new(received);
     if !shared.deliver_notices && delivery.routing_key.as_str() == WEBHOOK_DISABLED {
         // webhookd's own notice, caught by a wildcard binding: it is for the application, not
         // for the account's webhooks, unless an operator bound it on purpose.
         debug!("skipping webhookd's own notice");
-        acks.settle(delivery.delivery_tag, Verdict::Ack);
+        acks.settle(delivery.delivery_tag, Verdict::Ack, None);
         return;
     }
     let body = Bytes::from(std::mem::take(&mut delivery.data));
@@ -106,6 +109,7 @@ pub(super) async fn handle(
         live: &live,
         outbox: publisher.as_ref(),
         clock: &SystemClock,
+        timeline: &timeline,
     };
     let processing = process(&stage, &delivery.properties, delivery.redelivered, body);
     let settled = tokio::select! {
@@ -154,7 +158,10 @@ pub(super) async fn handle(
     if verdict == Verdict::Ack && shared.settle_failures.load(Ordering::Relaxed) != 0 {
         shared.settle_failures.store(0, Ordering::Relaxed);
     }
-    acks.settle(delivery.delivery_tag, verdict);
+    let marks = (verdict == Verdict::Ack)
+        .then(|| timeline.marks())
+        .flatten();
+    acks.settle(delivery.delivery_tag, verdict, marks);
 }
 
 /// The pause before a message whose settlement failed is handed back: 1 s doubling to 30 s
@@ -185,6 +192,7 @@ async fn process<O: Outbox>(
         Ok(read) => read,
         Err(unroutable) => return park_unrouted(stage, &body, message_id, unroutable).await,
     };
+    stage.timeline.decoded();
     let event_id = match &job {
         Some(job) if !job.event_id.is_empty() => job.event_id.clone(),
         _ => event::event_id(message_id, &body),
@@ -233,6 +241,7 @@ async fn process<O: Outbox>(
                 .matching(envelope.account_id, &envelope.event, envelope.inbox_id)?
         }
     };
+    stage.timeline.looked_up();
     if targets.is_empty() {
         debug!(account_id = envelope.account_id, event = %envelope.event, "no matching webhook");
         return Ok(());
@@ -367,6 +376,7 @@ mod tests {
             live: &live,
             outbox,
             clock: &FixedClock(SystemTime::now()),
+            timeline: &Timeline::new(Instant::now()),
         };
         process(&stage, properties, redelivered, body).await
     }

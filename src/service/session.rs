@@ -15,7 +15,7 @@
 //! and hands the rest back to the broker ([`drain`]); the acker sends what was settled.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
@@ -232,7 +232,7 @@ async fn session(
 
     let tasks = TaskTracker::new();
     let stops = Stops::default();
-    let (acks, acker) = Acks::start(link.channel.clone());
+    let (acks, acker) = Acks::start(link.channel.clone(), shared.metrics.clone());
     let mut check = tokio::time::interval(LIVENESS_CHECK);
     let ended = loop {
         tokio::select! {
@@ -243,7 +243,8 @@ async fn session(
             },
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => {
-                    let message = message::handle(shared.clone(), link.publisher.clone(), acks.clone(), delivery, stops.clone());
+                    let received = Instant::now();
+                    let message = message::handle(shared.clone(), link.publisher.clone(), acks.clone(), delivery, received, stops.clone());
                     tasks.spawn(message);
                 }
                 Some(Err(error)) => break Err(BrokerError::from(error)),

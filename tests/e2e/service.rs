@@ -491,6 +491,89 @@ async fn metrics_count_exactly_what_happened() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_stages_add_up_to_the_total_and_hold_the_receiver_s_time_in_response() {
+    let daemon = Daemon::start(Settings::default()).await;
+    // The receiver works 20 ms per request: time webhookd cannot spend anywhere but `response`.
+    let work = Duration::from_millis(20);
+    let receiver = Receiver::scripted(move |_, _| Reply::status(200).after(work)).await;
+    daemon.add_webhook(1, &receiver.url("/one"), &[]).await;
+    // Account 2's events go to two webhooks: their requests overlap, so they are not timed.
+    for path in ["/two-a", "/two-b"] {
+        daemon.add_webhook(2, &receiver.url(path), &[]).await;
+    }
+    let amqp = broker::connect().await;
+    let (timed, untimed): (u32, u32) = (10, 3);
+    for n in 0..timed {
+        broker::publish_event(
+            &amqp,
+            &daemon.names.exchange,
+            "message_created",
+            1,
+            n.into(),
+        )
+        .await;
+    }
+    for n in 0..untimed {
+        broker::publish_event(
+            &amqp,
+            &daemon.names.exchange,
+            "message_created",
+            2,
+            n.into(),
+        )
+        .await;
+    }
+    let delivered = f64::from(timed + 2 * untimed);
+    eventually(
+        WAIT,
+        "every delivery made and every timed message acked",
+        || async {
+            let done = daemon
+                .metric(r#"webhookd_deliveries_total{outcome="delivered"}"#)
+                .await
+                == delivered
+                && daemon.metric("webhookd_message_seconds_count").await >= f64::from(timed);
+            done.then_some(())
+        },
+    )
+    .await;
+
+    let (_, text) = daemon.get("/metrics").await;
+    assert_eq!(
+        daemon.metric("webhookd_message_seconds_count").await,
+        f64::from(timed),
+        "only the one-request messages are timed:\n{text}"
+    );
+    let mut stages = 0.0;
+    for stage in webhookd::metrics::STAGES {
+        let series =
+            |part: &str| format!("webhookd_message_stage_seconds_{part}{{stage=\"{stage}\"}}");
+        assert_eq!(
+            daemon.metric(&series("count")).await,
+            f64::from(timed),
+            "{stage}:\n{text}"
+        );
+        stages += daemon.metric(&series("sum")).await;
+    }
+    let total = daemon.metric("webhookd_message_seconds_sum").await;
+    assert!(
+        (stages - total).abs() < 1e-6,
+        "stages {stages} s, total {total} s:\n{text}"
+    );
+    let response = daemon
+        .metric(r#"webhookd_message_stage_seconds_sum{stage="response"}"#)
+        .await;
+    assert!(
+        response >= f64::from(timed) * work.as_secs_f64(),
+        "the receiver's 20 ms each are in response ({response} s):\n{text}"
+    );
+    assert!(
+        response > total / 2.0,
+        "response ({response} s) is most of the total ({total} s):\n{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_are_one_object_a_line_and_each_outcome_names_its_ids() {
     let daemon = Daemon::start(Settings {
         extra: "[log]\nformat = \"json\"\nlevel = \"debug\"\n".to_owned(),

@@ -40,8 +40,8 @@ impl Received {
 pub struct Reply {
     pub status: u16,
     pub headers: Vec<(&'static str, String)>,
-    /// Never answer (the client's timeout must fire).
-    pub hang: bool,
+    /// How long the receiver works before it answers.
+    pub delay: Duration,
 }
 
 impl Reply {
@@ -49,7 +49,7 @@ impl Reply {
         Reply {
             status,
             headers: Vec::new(),
-            hang: false,
+            delay: Duration::ZERO,
         }
     }
 
@@ -58,12 +58,15 @@ impl Reply {
         self
     }
 
+    /// The reply, after `delay` of work.
+    pub fn after(mut self, delay: Duration) -> Reply {
+        self.delay = delay;
+        self
+    }
+
+    /// Never answer (the client's timeout must fire).
     pub fn hang() -> Reply {
-        Reply {
-            status: 200,
-            headers: Vec::new(),
-            hang: true,
-        }
+        Reply::status(200).after(Duration::from_secs(3600))
     }
 }
 
@@ -202,11 +205,8 @@ impl Receiver {
         };
         let script = self.script.lock().expect("script lock").clone();
         let reply = script(&path, seen);
-        if reply.hang {
-            tokio::time::sleep(Duration::from_secs(3600)).await;
-        } else {
-            self.log.lock().expect("log lock")[index].status = Some(reply.status);
-        }
+        tokio::time::sleep(reply.delay).await;
+        self.log.lock().expect("log lock")[index].status = Some(reply.status);
         let mut response = Response::new(Full::new(Bytes::from_static(b"ok")));
         *response.status_mut() = StatusCode::from_u16(reply.status).expect("valid status");
         for (name, value) in reply.headers {
