@@ -49,9 +49,7 @@ use crate::health::Readiness;
 use crate::lifecycle::{check_event, send_test, Monitor, WebhookView, DEFAULT_TEST_EVENT};
 use crate::metrics::Metrics;
 use crate::registry::{Registry, RegistryError};
-use crate::store::{
-    now_rfc3339, Cursor, IssuedToken, NewWebhook, StoreError, Webhook, WebhookPatch,
-};
+use crate::store::{Cursor, NewWebhook, StoreError, Webhook, WebhookPatch};
 
 /// Request bodies above this are refused: a webhook definition is a few hundred bytes.
 const MAX_REQUEST_BYTES: usize = 64 * 1024;
@@ -562,8 +560,7 @@ async fn api(
         (&Method::POST, ["tokens"]) => {
             let (fields, _) = read_json(request).await?;
             let new: NewToken = from_fields(fields, &["account_id"])?;
-            let issued = IssuedToken::generate(new.account_id, new.name, now_rfc3339());
-            store.add_token(&issued.record).await?;
+            let issued = registry.issue_token(new.account_id, new.name).await?;
             info!(token_id = %issued.record.id, account_id = new.account_id, "account token created");
             // The token is shown once, in this reply; only its hash is kept.
             Ok(json(
@@ -572,7 +569,7 @@ async fn api(
             ))
         }
         (&Method::DELETE, ["tokens", id]) => {
-            if store.revoke_token(id).await? {
+            if registry.revoke_token(id).await? {
                 info!(token_id = %id, "account token revoked");
                 Ok(empty(StatusCode::NO_CONTENT))
             } else {

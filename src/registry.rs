@@ -7,7 +7,8 @@
 //! from an offset of their choice. A write (the admin API, the CLI, a receiver's 410) is one
 //! [`Change`], decided entirely by the instance that makes it (ids, secrets, timestamps), published
 //! with a confirm; every instance applies the changes in the stream's order to its own store, so
-//! all of them hold the same registry. The store stays the local copy, and the in-memory index in
+//! all of them hold the same registry. Account tokens travel the same way (issued and revoked as
+//! changes, as their records: a hash, never the token), so a token opens every instance. The store stays the local copy, and the in-memory index in
 //! front of it stays the lookup path: nothing on the delivery path talks to the broker for it.
 //!
 //! # Read your writes
@@ -26,7 +27,8 @@
 //! was down too long) sees the first offset the broker delivers beyond it — the broker moves such
 //! a consumer silently — and rebuilds from a snapshot instead. Snapshots are written into the same
 //! stream (begin, chunks, end with a count and a digest) by one instance at a time: the one that
-//! holds the token of a single-active-consumer queue (`snapshot` below). The snapshot is the
+//! holds the election token of a single-active-consumer queue (`snapshot` below). A snapshot
+//! holds every webhook and every account token. The snapshot is the
 //! registry exactly at its begin entry's offset, because the writer takes it when it applies that
 //! entry; a rebuilding instance loads it and applies what came after the begin entry.
 //!
@@ -52,7 +54,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::config::BrokerConfig;
-use crate::store::{Applied, Change, NewWebhook, Store, StoreError, Webhook, WebhookPatch};
+use crate::store::{
+    now_rfc3339, AccountToken, Applied, Change, Contents, IssuedToken, NewWebhook, Store,
+    StoreError, Webhook, WebhookPatch,
+};
 
 mod follower;
 mod snapshot;
@@ -97,9 +102,14 @@ enum Entry {
     SnapshotBegin {
         snapshot: String,
     },
+    /// Webhooks, or account tokens: a snapshot written before tokens were in the log has
+    /// chunks of webhooks alone.
     SnapshotChunk {
         snapshot: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
         webhooks: Vec<Webhook>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        tokens: Vec<AccountToken>,
     },
     SnapshotEnd {
         snapshot: String,
@@ -137,14 +147,14 @@ struct Log {
     waiting: Mutex<HashMap<String, oneshot::Sender<Outcome>>>,
     /// Whether this instance holds the snapshot token.
     leader: AtomicBool,
-    /// What the store held when it had never followed a log, for `catch_up` to publish.
-    unlogged: Mutex<Vec<Webhook>>,
+    /// What the store held that it had not taken from the log, for `catch_up` to publish.
+    unlogged: Mutex<Contents>,
     /// Why the follower's last connection failed, while it is not connected.
     down: Mutex<Option<String>>,
 }
 
 impl Log {
-    fn new(broker: &BrokerConfig, unlogged: Vec<Webhook>) -> Log {
+    fn new(broker: &BrokerConfig, unlogged: Contents) -> Log {
         Log {
             stream: broker.registry_stream.clone(),
             attempts_stream: attempts_stream(broker),
@@ -249,11 +259,7 @@ impl Registry {
         store: Store,
         stopped: &CancellationToken,
     ) -> Result<(Registry, JoinHandle<()>), RegistryError> {
-        let unlogged = match store.log_position()? {
-            Some(_) => Vec::new(),
-            None => store.list(None)?,
-        };
-        let log = Arc::new(Log::new(broker, unlogged));
+        let log = Arc::new(Log::new(broker, store.unlogged()?));
         let follower = tokio::spawn(follower::follow(
             broker.clone(),
             log.clone(),
@@ -271,9 +277,10 @@ impl Registry {
     /// the broker as long as it takes unless `stopped`; `waiting` hears why each time it waits.
     ///
     /// A store that had never followed a log (an upgrade from a single-instance webhookd, or one
-    /// filled before its first start) first publishes each webhook it holds as a create: that is
-    /// how those webhooks reach the other instances. One another instance already logged under
-    /// the same id stays as it was.
+    /// filled before its first start) first publishes each webhook it holds as a create, and a
+    /// store whose account tokens predate their going through the log publishes each as issued:
+    /// that is how they reach the other instances. One another instance already logged under the
+    /// same id stays as it was.
     pub async fn catch_up(
         &self,
         stopped: &CancellationToken,
@@ -287,24 +294,35 @@ impl Registry {
         };
         let unlogged =
             std::mem::take(&mut *log.unlogged.lock().unwrap_or_else(PoisonError::into_inner));
-        if !unlogged.is_empty() {
+        if unlogged != Contents::default() {
             info!(
-                webhooks = unlogged.len(),
-                "publishing the webhooks of a store that never followed the registry log"
+                webhooks = unlogged.webhooks.len(),
+                tokens = unlogged.tokens.len(),
+                "publishing what this store holds but never took from the registry log"
             );
         }
-        for batch in unlogged.chunks(BATCH) {
+        let changes: Vec<Change> = unlogged
+            .webhooks
+            .into_iter()
+            .map(|webhook| Change::Create { webhook })
+            .chain(
+                unlogged
+                    .tokens
+                    .into_iter()
+                    .map(|token| Change::IssueToken { token }),
+            )
+            .collect();
+        for batch in changes.chunks(BATCH) {
             let entries: Vec<Entry> = batch
                 .iter()
-                .map(|webhook| Entry::Change {
+                .map(|change| Entry::Change {
                     id: uuid::Uuid::new_v4().to_string(),
-                    change: Change::Create {
-                        webhook: webhook.clone(),
-                    },
+                    change: change.clone(),
                 })
                 .collect();
             retry_unavailable(stopped, &waiting, || log.append_all(&entries)).await?;
         }
+        self.store.mark_logged()?;
         let id = uuid::Uuid::new_v4().to_string();
         let applied = log.expect(&id);
         let marker = Entry::Marker { id: id.clone() };
@@ -406,6 +424,31 @@ impl Registry {
     /// `false` when there was no such webhook.
     pub async fn delete(&self, id: &str) -> Result<bool, RegistryError> {
         let applied = self.submit(Change::Delete { id: id.to_owned() }).await?;
+        Ok(applied == Applied::Deleted)
+    }
+
+    /// Issues a fresh account token for `account_id` (see [`IssuedToken`]); the token is in the
+    /// result alone, the log and the stores hold its hash.
+    pub async fn issue_token(
+        &self,
+        account_id: u64,
+        name: Option<String>,
+    ) -> Result<IssuedToken, RegistryError> {
+        let issued = IssuedToken::generate(account_id, name, now_rfc3339());
+        match self
+            .submit(Change::issue_token(issued.record.clone())?)
+            .await?
+        {
+            Applied::Issued => Ok(issued),
+            _ => Err(StoreError::Corrupt("a generated token id already exists".to_owned()).into()),
+        }
+    }
+
+    /// Revokes the account token `id` on every instance; `false` when there was no such token.
+    pub async fn revoke_token(&self, id: &str) -> Result<bool, RegistryError> {
+        let applied = self
+            .submit(Change::RevokeToken { id: id.to_owned() })
+            .await?;
         Ok(applied == Applied::Deleted)
     }
 

@@ -15,7 +15,8 @@
 //!   masking, and the validation every write goes through.
 //! - `store/index.rs`: the in-memory index every lookup is answered from, and the cache of
 //!   decoded accounts in front of it (why, and what they cost, is written there).
-//! - `store/token.rs`: account tokens — issuing one, and checking a presented one.
+//! - `store/token.rs`: account tokens — issuing one, applying their changes, and checking a
+//!   presented one.
 //! - `store/attempts.rs`: recording the attempt of every delivery — the buffer that takes them,
 //!   and persisting it (why it is built so is written there); `store/attempt_log.rs` and
 //!   `store/record.rs` below it: the attempt log's ring files and the encoding of one attempt.
@@ -93,6 +94,9 @@ const TREE_TOKENS: &str = "tokens";
 const TREE_META: &str = "meta";
 /// In `meta`: the registry log offset of the next change to apply (u64 big-endian).
 const LOG_POSITION: &[u8] = b"log_position";
+/// In `meta`, present once the tokens stored before token changes went through the registry log
+/// have been published to it (see [`Store::unlogged`]).
+const TOKENS_LOGGED: &[u8] = b"tokens_logged";
 
 /// How many attempts are kept per webhook: enough to see a pattern of failures in
 /// `webhookd webhooks attempts ID`, small enough that a million webhooks stay a bounded store.
@@ -167,9 +171,10 @@ pub enum StoreError {
     AttemptLog { path: PathBuf, source: io::Error },
 }
 
-/// One change to the registry, fully decided by the instance that makes it (ids, secrets and
-/// timestamps included), so that every instance applying the same changes in the same order holds
-/// the same registry. The registry log carries these as JSON.
+/// One change to the registry, fully decided by the instance that makes it (ids, secrets,
+/// token hashes and timestamps included), so that every instance applying the same changes in the
+/// same order holds the same registry. The registry log carries these as JSON, tagged by `op`;
+/// variants are only ever added, so a log written by an earlier version still reads.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Change {
@@ -184,6 +189,13 @@ pub enum Change {
         base: String,
     },
     Delete {
+        id: String,
+    },
+    /// An account token, as its record: its hash, never the token (see `store/token.rs`).
+    IssueToken {
+        token: AccountToken,
+    },
+    RevokeToken {
         id: String,
     },
 }
@@ -220,10 +232,14 @@ impl Change {
 pub enum Applied {
     /// Created or replaced: the webhook as stored now.
     Webhook(Webhook),
+    /// An account token stored as issued.
+    Issued,
+    /// A webhook deleted, or a token revoked.
     Deleted,
-    /// The webhook a replace or delete names does not exist (any more).
+    /// The webhook a replace or delete names, or the token a revoke names, does not exist (any
+    /// more).
     Missing,
-    /// A create of an id that exists, or a replace of a record changed since its base.
+    /// A create or issue of an id that exists, or a replace of a record changed since its base.
     Conflict,
 }
 
@@ -241,7 +257,7 @@ impl Applied {
     pub fn into_webhook(self) -> Result<Option<Webhook>, StoreError> {
         match self {
             Applied::Webhook(webhook) => Ok(Some(webhook)),
-            Applied::Missing | Applied::Deleted => Ok(None),
+            Applied::Missing | Applied::Deleted | Applied::Issued => Ok(None),
             Applied::Conflict => Err(StoreError::Conflict),
         }
     }
@@ -592,6 +608,8 @@ impl Store {
             Change::Create { webhook } => self.insert(webhook),
             Change::Replace { webhook, base } => self.replace(webhook, base),
             Change::Delete { id } => self.remove(id),
+            Change::IssueToken { token } => self.issue_token(token),
+            Change::RevokeToken { id } => self.revoke_token(id),
         }
     }
 
@@ -669,13 +687,23 @@ impl Store {
         Ok(Applied::Deleted)
     }
 
-    /// Replaces every webhook with `webhooks` (an instance rebuilding its copy from a snapshot
-    /// of the log). Attempt logs of webhooks that are gone stay as orphans under ids never reused.
-    pub fn replace_all(&self, webhooks: &[Webhook]) -> Result<(), StoreError> {
+    /// Everything the registry log replicates, as stored now: what a snapshot carries.
+    pub fn contents(&self) -> Result<Contents, StoreError> {
+        Ok(Contents {
+            webhooks: self.list(None)?,
+            tokens: self.tokens()?,
+        })
+    }
+
+    /// Replaces every webhook and token with `contents` (an instance rebuilding its copy from a
+    /// snapshot of the log). Attempt logs of webhooks that are gone stay as orphans under ids
+    /// never reused.
+    pub fn replace_all(&self, contents: &Contents) -> Result<(), StoreError> {
         let mut index = self.index_mut();
         self.by_id.clear()?;
         self.by_account.clear()?;
-        for webhook in webhooks {
+        self.tokens.clear()?;
+        for webhook in &contents.webhooks {
             self.by_id
                 .insert(webhook.id.as_bytes(), &webhook.account_id.to_be_bytes()[..])?;
             self.by_account.insert(
@@ -683,8 +711,35 @@ impl Store {
                 encode(webhook)?,
             )?;
         }
+        for token in &contents.tokens {
+            self.tokens.insert(token.id.as_bytes(), encode(token)?)?;
+        }
         *index = load_index(&self.by_account)?;
         self.cache().clear();
+        Ok(())
+    }
+
+    /// What this store holds that it did not take from the registry log, for the daemon to
+    /// publish when it starts: every webhook of a store that has never followed a log, and the
+    /// tokens of one that has not published them yet (they were stored here alone before token
+    /// changes went through the log). Once they are published, [`Store::mark_logged`].
+    pub fn unlogged(&self) -> Result<Contents, StoreError> {
+        Ok(Contents {
+            webhooks: match self.log_position()? {
+                Some(_) => Vec::new(),
+                None => self.list(None)?,
+            },
+            tokens: match self.meta.get(TOKENS_LOGGED)? {
+                Some(_) => Vec::new(),
+                None => self.tokens()?,
+            },
+        })
+    }
+
+    /// Records that what [`Store::unlogged`] returned is in the log: from now on every token
+    /// here came from it.
+    pub fn mark_logged(&self) -> Result<(), StoreError> {
+        self.meta.insert(TOKENS_LOGGED, &[][..])?;
         Ok(())
     }
 
@@ -756,6 +811,13 @@ impl Store {
         self.flush().await?;
         applied.into_webhook()
     }
+}
+
+/// Everything the registry log replicates: every webhook and every account token.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Contents {
+    pub webhooks: Vec<Webhook>,
+    pub tokens: Vec<AccountToken>,
 }
 
 /// sled 0.34 reports a failed `flock` as `Error::Io` with `ErrorKind::Other` and a formatted
@@ -1216,6 +1278,57 @@ mod tests {
             .matching(7, "message_created", None)
             .unwrap()
             .is_empty());
+    }
+
+    fn token(account_id: u64) -> AccountToken {
+        IssuedToken::generate(account_id, None, now_rfc3339()).record
+    }
+
+    #[tokio::test]
+    async fn unlogged_is_what_a_store_holds_that_it_did_not_take_from_the_log() {
+        let store = Store::open_temporary().unwrap();
+        let webhook = store.create(new_webhook(1)).await.unwrap();
+        let token = token(1);
+        store
+            .apply(&Change::issue_token(token.clone()).unwrap())
+            .unwrap();
+        // A store from before the log: all of it.
+        let everything = Contents {
+            webhooks: vec![webhook],
+            tokens: vec![token.clone()],
+        };
+        assert_eq!(store.unlogged().unwrap(), everything);
+        // One that followed the log before tokens went through it: its tokens.
+        store.set_log_position(7).unwrap();
+        let tokens = Contents {
+            webhooks: Vec::new(),
+            tokens: vec![token],
+        };
+        assert_eq!(store.unlogged().unwrap(), tokens);
+        store.mark_logged().unwrap();
+        assert_eq!(store.unlogged().unwrap(), Contents::default());
+    }
+
+    #[tokio::test]
+    async fn replace_all_leaves_exactly_the_webhooks_and_tokens_given() {
+        let store = Store::open_temporary().unwrap();
+        store.create(new_webhook(1)).await.unwrap();
+        store
+            .apply(&Change::issue_token(token(1)).unwrap())
+            .unwrap();
+        let source = Store::open_temporary().unwrap();
+        let kept = source.create(new_webhook(2)).await.unwrap();
+        let kept_token = IssuedToken::generate(2, None, now_rfc3339());
+        source
+            .apply(&Change::issue_token(kept_token.record.clone()).unwrap())
+            .unwrap();
+
+        store.replace_all(&source.contents().unwrap()).unwrap();
+        assert_eq!(store.contents().unwrap(), source.contents().unwrap());
+        assert!(store.list(Some(1)).unwrap().is_empty());
+        assert_eq!(store.matching(2, "message_created", None).unwrap().len(), 1);
+        assert_eq!(store.get(&kept.id).unwrap(), Some(kept));
+        assert_eq!(store.token_account(&kept_token.token).unwrap(), Some(2));
     }
 
     /// Opens the store at `path` again once the dropped handle has let go of its lock: sled's

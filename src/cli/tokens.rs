@@ -1,6 +1,7 @@
 //! `webhookd tokens …`: account tokens, which open `/v1` and the console for one account. They
 //! go through the same [`Registry`] client as `webhooks …`: the daemon's admin API (with the
-//! admin token) or, with no daemon running, the store itself.
+//! admin token) or, with no daemon running, the store brought up to date with the registry log
+//! and written through it, so a token issued or revoked here is so on every instance.
 
 use anyhow::bail;
 use clap::Subcommand;
@@ -10,7 +11,7 @@ use serde_json::{json, Value};
 
 use super::webhooks::{ApiFailure, Registry};
 use crate::config::Config;
-use crate::store::{now_rfc3339, AccountToken, IssuedToken};
+use crate::store::AccountToken;
 
 #[derive(Debug, Subcommand)]
 pub enum TokensCommand {
@@ -56,9 +57,7 @@ pub async fn tokens(config: &Config, command: TokensCommand) -> anyhow::Result<(
                         .await?
                 }
                 Registry::Direct(registry) => {
-                    let store = registry.store();
-                    let issued = IssuedToken::generate(account, name, now_rfc3339());
-                    store.add_token(&issued.record).await?;
+                    let issued = registry.issue_token(account, name).await?;
                     Issued {
                         token: issued.token,
                         record: issued.record,
@@ -102,7 +101,7 @@ pub async fn tokens(config: &Config, command: TokensCommand) -> anyhow::Result<(
                         Err(other) => return Err(other.into()),
                     }
                 }
-                Registry::Direct(registry) => registry.store().revoke_token(&id).await?,
+                Registry::Direct(registry) => registry.revoke_token(&id).await?,
             };
             if !revoked {
                 bail!("no token with id {id}");

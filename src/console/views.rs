@@ -13,6 +13,7 @@ use crate::admin::Principal;
 use crate::delivery::ALL_REASONS;
 use crate::dlq::Entry;
 use crate::event::KNOWN_EVENTS;
+use crate::lifecycle::{self, Circuit};
 use crate::metrics::Gauges;
 use crate::store::{Attempt, Webhook};
 
@@ -30,10 +31,10 @@ pub struct Page<'a> {
     pub flash: Option<&'a Flash>,
 }
 
-/// What is known today of how a webhook fares. More (a success rate) joins it when the daemon
-/// measures it.
+/// How a webhook fares: its health as `GET /v1/webhooks/{id}` gives it (this instance's
+/// attempts, tracked in memory), and how long its URL's circuit stays open.
 pub struct Health {
-    pub last_attempt: Option<Attempt>,
+    pub measured: lifecycle::Health,
     pub circuit_open_for: Option<Duration>,
 }
 
@@ -149,25 +150,101 @@ pub fn problem(message: &str) -> Markup {
     }
 }
 
-fn status_words(enabled: bool) -> Markup {
+fn status_words(webhook: &Webhook) -> Markup {
     html! {
-        @if enabled { span .badge.ok { "Enabled" } } @else { span .badge.off { "Disabled" } }
+        @if webhook.enabled {
+            span .badge.ok { "Enabled" }
+        } @else {
+            span .badge.off { "Disabled" }
+            @if let Some(reason) = &webhook.disabled_reason {
+                " " small { (disabled_words(reason)) }
+            }
+        }
     }
 }
 
-fn health_cell(health: &Health) -> Markup {
+fn disabled_words(reason: &str) -> &str {
+    match reason {
+        "manual" => "by hand",
+        "gone" => "the receiver answered 410 Gone",
+        "failing" => "failing for too long",
+        other => other,
+    }
+}
+
+/// The last attempt: when, and its status (or error) in words beside the colour.
+fn last_attempt(health: &lifecycle::Health) -> Markup {
+    let success = health.last_success_at.as_deref();
+    let failure = health.last_failure_at.as_deref();
+    // RFC 3339 with milliseconds, all in UTC: the later one sorts last.
     html! {
-        @match &health.last_attempt {
-            Some(attempt) => {
-                span .badge.(outcome_class(&attempt.outcome)) { (outcome_words(attempt)) }
-                " " small { (attempt.at) }
+        @match (success, failure) {
+            (Some(at), failure) if failure.is_none_or(|failed| failed < at) => {
+                span .badge.ok { "Delivered: " (status_text(health.last_success_status, None)) }
+                " " small { (at) }
             }
-            None => span .muted { "No attempts yet" },
+            (_, Some(at)) => {
+                span .badge.bad {
+                    "Failed: "
+                    (status_text(health.last_failure_status, health.last_failure_error.as_deref()))
+                }
+                " " small { (at) }
+            }
+            _ => span .muted { "No attempts yet" },
         }
-        @if let Some(open) = health.circuit_open_for {
-            br;
-            span .badge.bad { "Circuit open" } " " small { "for " (words(open)) }
+    }
+}
+
+fn status_text(status: Option<u16>, error: Option<&str>) -> String {
+    match (status, error) {
+        (Some(status), _) => status.to_string(),
+        (None, Some(error)) => error.to_owned(),
+        (None, None) => "-".to_owned(),
+    }
+}
+
+/// The share of the last 24 hours' attempts answered 2xx.
+fn success_rate(health: &lifecycle::Health) -> Markup {
+    html! {
+        @match health.success_rate_24h {
+            // Rounded down, so a single failure never shows as 100%.
+            Some(rate) => {
+                ((rate * 1000.0).floor() / 10.0) "% of " (health.attempts_24h) " succeeded"
+            }
+            None => span .muted { "No attempts" },
         }
+    }
+}
+
+fn circuit(health: &Health) -> Markup {
+    html! {
+        @match health.measured.circuit {
+            Circuit::Closed => span .badge.ok { "Circuit closed" },
+            Circuit::HalfOpen => span .badge.warn { "Circuit half-open: testing the URL" },
+            Circuit::Open => {
+                span .badge.bad { "Circuit open" }
+                @if let Some(open) = health.circuit_open_for { " " small { "for " (words(open)) } }
+            }
+        }
+    }
+}
+
+fn failing(health: &lifecycle::Health) -> Option<Markup> {
+    let since = health.failing_since.as_deref()?;
+    Some(html! {
+        "Since " (since) ", " (health.consecutive_failures) " failed attempts in a row"
+    })
+}
+
+/// The health column of the Webhooks page: the last attempt, the 24 h success rate, the circuit,
+/// and how long it has been failing.
+fn health_cell(health: &Health) -> Markup {
+    let measured = &health.measured;
+    html! {
+        (last_attempt(measured)) br;
+        small { "24 h: " } (success_rate(measured)) br;
+        (circuit(health))
+        @if let Some(failing) = failing(measured) { br; small { "Failing: " (failing) } }
     }
 }
 
@@ -177,20 +254,6 @@ fn outcome_class(outcome: &str) -> &'static str {
         "retry" => "warn",
         _ => "bad",
     }
-}
-
-fn outcome_words(attempt: &Attempt) -> String {
-    let result = match (attempt.status, &attempt.error) {
-        (Some(status), _) => status.to_string(),
-        (None, Some(error)) => error.clone(),
-        (None, None) => "-".to_owned(),
-    };
-    let outcome = match attempt.outcome.as_str() {
-        "delivered" => "Delivered".to_owned(),
-        "retry" => "Will retry".to_owned(),
-        dead => format!("Dead ({})", dead.trim_start_matches("dead:")),
-    };
-    format!("{outcome}: {result}")
 }
 
 pub fn webhooks(
@@ -230,7 +293,7 @@ pub fn webhooks(
                                 td data-label="Name" { (webhook.name.as_deref().unwrap_or("")) }
                                 @if principal == Principal::Operator { td data-label="Account" { (webhook.account_id) } }
                                 td data-label="Events" { (webhook.events.join(", ")) }
-                                td data-label="Status" { (status_words(webhook.enabled)) }
+                                td data-label="Status" { (status_words(webhook)) }
                                 td data-label="Health" { (health_cell(health)) }
                             }
                         }
@@ -325,8 +388,14 @@ pub fn webhook(
             dt { "Account" } dd { (webhook.account_id) }
             dt { "Events" } dd { (webhook.events.join(", ")) }
             @if let Some(inbox) = webhook.inbox_id { dt { "Inbox" } dd { (inbox) } }
-            dt { "Status" } dd { (status_words(webhook.enabled)) }
-            dt { "Health" } dd { (health_cell(health)) }
+            dt { "Status" } dd { (status_words(webhook)) }
+            dt { "Last attempt" } dd { (last_attempt(&health.measured)) }
+            dt { "Success rate (24 h)" } dd { (success_rate(&health.measured)) }
+            @if let (Some(p50), Some(p99)) = (health.measured.latency_p50_ms_24h, health.measured.latency_p99_ms_24h) {
+                dt { "Latency (24 h)" } dd { "median ≤ " (p50) " ms, 99th percentile ≤ " (p99) " ms" }
+            }
+            dt { "Circuit" } dd { (circuit(health)) }
+            @if let Some(failing) = failing(&health.measured) { dt { "Failing" } dd { (failing) } }
         }
         div .actions {
             a .button href={ (base) "/edit" } { "Edit" }
@@ -527,6 +596,78 @@ pub fn overview(
                 Err(why) => span .error { "Unknown: " (why) },
             } }
             dt { "Accounts with webhooks" } dd { (accounts) }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn measured() -> lifecycle::Health {
+        lifecycle::Health {
+            last_success_at: None,
+            last_success_status: None,
+            last_failure_at: None,
+            last_failure_status: None,
+            last_failure_error: None,
+            consecutive_failures: 0,
+            failing_since: None,
+            attempts_24h: 0,
+            success_rate_24h: None,
+            latency_p50_ms_24h: None,
+            latency_p99_ms_24h: None,
+            circuit: Circuit::Closed,
+        }
+    }
+
+    fn cell(measured: lifecycle::Health, circuit_open_for: Option<Duration>) -> String {
+        health_cell(&Health {
+            measured,
+            circuit_open_for,
+        })
+        .into_string()
+    }
+
+    #[test]
+    fn the_health_cell_says_in_words_what_the_last_attempt_the_day_and_the_circuit_were() {
+        assert!(cell(measured(), None).contains("No attempts yet"));
+
+        let delivered = lifecycle::Health {
+            last_success_at: Some("2026-01-01T10:00:01.000Z".into()),
+            last_success_status: Some(204),
+            last_failure_at: Some("2026-01-01T10:00:00.000Z".into()),
+            last_failure_status: Some(503),
+            attempts_24h: 1000,
+            success_rate_24h: Some(0.9996),
+            ..measured()
+        };
+        let shown = cell(delivered.clone(), None);
+        for words in [
+            "Delivered: 204",
+            "99.9% of 1000 succeeded",
+            "Circuit closed",
+        ] {
+            assert!(shown.contains(words), "{words} in {shown}");
+        }
+
+        let failing = lifecycle::Health {
+            last_failure_at: Some("2026-01-01T10:00:02.000Z".into()),
+            last_failure_status: None,
+            last_failure_error: Some("connection refused".into()),
+            failing_since: Some("2026-01-01T10:00:02.000Z".into()),
+            consecutive_failures: 3,
+            circuit: Circuit::Open,
+            ..delivered
+        };
+        let shown = cell(failing, Some(Duration::from_secs(30)));
+        for words in [
+            "Failed: connection refused",
+            "Circuit open",
+            "for 30s",
+            "3 failed attempts in a row",
+        ] {
+            assert!(shown.contains(words), "{words} in {shown}");
         }
     }
 }

@@ -4,7 +4,8 @@
 //! it is a map split by webhook id into shards, each behind its own lock, so deliveries to
 //! different webhooks rarely meet. It sends nothing to the broker and writes nothing to disk.
 //!
-//! Memory is fixed per webhook: the last success and failure, the failure streak, and a ring of
+//! Memory is fixed per webhook: the last success and failure with their statuses, the failure
+//! streak, and a ring of
 //! [`SLOTS`] two-hour slots, each counting successes, failures and a latency histogram of
 //! [`LATENCY_BOUNDS_MS`] buckets. The "24 h" figures read every slot younger than 24 h, so they
 //! cover the last 22 to 24 hours; the percentiles are the upper bound of the bucket they fall in,
@@ -33,6 +34,9 @@ const MAX_ERROR_CHARS: usize = 200;
 pub struct Health {
     /// RFC 3339 with milliseconds.
     pub last_success_at: Option<String>,
+    /// The last successful attempt's status (which 2xx).
+    #[serde(default)]
+    pub last_success_status: Option<u16>,
     pub last_failure_at: Option<String>,
     /// The last failed attempt's status, or its error when there was no answer.
     pub last_failure_status: Option<u16>,
@@ -95,6 +99,7 @@ struct Entry {
     /// The webhook's `updated_at` when the streak below was counted.
     version: Box<str>,
     last_success: Option<SystemTime>,
+    success_status: Option<u16>,
     last_failure: Option<SystemTime>,
     last_status: Option<u16>,
     last_error: Option<Box<str>>,
@@ -199,6 +204,7 @@ impl Tracker {
         let attempts = u64::from(window.ok) + u64::from(window.failed);
         Health {
             last_success_at: text(entry.and_then(|e| e.last_success)),
+            last_success_status: entry.and_then(|e| e.success_status),
             last_failure_at: text(entry.and_then(|e| e.last_failure)),
             last_failure_status: entry.and_then(|e| e.last_status),
             last_failure_error: entry.and_then(|e| e.last_error.as_deref().map(str::to_owned)),
@@ -223,6 +229,7 @@ impl Entry {
         let at = attempt.at;
         if attempt.ok {
             self.last_success = Some(at);
+            self.success_status = attempt.status;
             self.consecutive = 0;
             self.failing_since = None;
         } else {
@@ -329,12 +336,13 @@ mod tests {
         let health = tracker.health("w", later(6), Circuit::Closed);
         assert_eq!(health.consecutive_failures, 2);
         assert_eq!(health.last_failure_status, Some(503));
+        assert_eq!(health.last_success_status, Some(200));
         assert_eq!(tracker.record("w", &attempt(later(7), true, 10)), None);
+        let health = tracker.health("w", later(8), Circuit::Closed);
+        assert_eq!(health.consecutive_failures, 0);
         assert_eq!(
-            tracker
-                .health("w", later(8), Circuit::Closed)
-                .consecutive_failures,
-            0
+            health.last_success_at.as_deref(),
+            Some("1970-01-12T13:46:47.000Z")
         );
     }
 

@@ -326,9 +326,10 @@ impl Replica {
             let Some(done) = rebuild.receive(entry, offset) else {
                 return Ok(());
             };
-            store.replace_all(&done.webhooks)?;
+            store.replace_all(&done.contents)?;
             info!(
-                webhooks = done.webhooks.len(),
+                webhooks = done.contents.webhooks.len(),
+                tokens = done.contents.tokens.len(),
                 "registry rebuilt from a snapshot in the log"
             );
             self.rebuild = None;
@@ -376,7 +377,7 @@ impl Replica {
             Entry::SnapshotBegin { snapshot } => {
                 if self.own_snapshot.as_deref() == Some(snapshot.as_str()) {
                     self.own_snapshot = None;
-                    snapshot::write(log, snapshot.clone(), store.list(None)?);
+                    snapshot::write(log, snapshot.clone(), store.contents()?);
                 }
                 self.open_snapshot = Some((snapshot, offset));
             }

@@ -11,8 +11,10 @@
 //! the queue without a ready token puts one in, so a token exists once anyone has started (two
 //! racing instances may add two; the spare waits in the queue, harmlessly).
 //!
-//! A snapshot is a begin entry, chunks of [`CHUNK`] webhooks, and an end entry with the count and
-//! a SHA-256 digest of the webhooks' JSON in order. The writer takes it when its follower applies
+//! A snapshot is a begin entry, chunks of [`CHUNK`] webhooks and then of account tokens, and an
+//! end entry with the count of both and a SHA-256 digest of their JSON in order, so a rebuild
+//! restores the tokens with the webhooks and notices a chunk of either gone missing. A snapshot
+//! from before tokens were in the log has webhook chunks alone, and reads the same way. The writer takes it when its follower applies
 //! its own begin entry, so it is the registry at exactly that offset, whatever other instances
 //! append while the chunks are written; an instance that rebuilds keeps the changes that arrive
 //! after the begin entry and applies them on top once the end entry checks out.
@@ -33,9 +35,9 @@ use tracing::{info, warn};
 use super::{Entry, Log};
 use crate::broker::Version;
 use crate::config::BrokerConfig;
-use crate::store::Webhook;
+use crate::store::{AccountToken, Contents, Webhook};
 
-/// Webhooks per chunk entry: a few hundred kilobytes of JSON.
+/// Webhooks, or tokens, per chunk entry: a few hundred kilobytes of JSON.
 const CHUNK: usize = 1000;
 
 /// This instance's place in the election for the snapshot writer.
@@ -148,43 +150,63 @@ pub(super) async fn won(election: &mut Option<Election>) -> Result<(), lapin::Er
     }
 }
 
-/// Writes the snapshot `id` of `webhooks` (the registry at its begin entry) into the log, in the
+/// Writes the snapshot `id` of `contents` (the registry at its begin entry) into the log, in the
 /// background: the follower goes on applying meanwhile.
-pub(super) fn write(log: &Arc<Log>, snapshot: String, webhooks: Vec<Webhook>) {
+pub(super) fn write(log: &Arc<Log>, snapshot: String, contents: Contents) {
     let log = log.clone();
+    let (webhooks, tokens) = (contents.webhooks.len(), contents.tokens.len());
+    let entries = entries(snapshot, contents);
     tokio::spawn(async move {
-        let count = webhooks.len();
-        let mut digest = Sha256::new();
-        for chunk in webhooks.chunks(CHUNK) {
-            for webhook in chunk {
-                digest.update(encoded(webhook));
-            }
-            let entry = Entry::SnapshotChunk {
-                snapshot: snapshot.clone(),
-                webhooks: chunk.to_vec(),
-            };
+        for entry in entries {
             if let Err(error) = log.append(&entry).await {
                 warn!(%error, "writing a registry snapshot failed; the next one will be tried");
                 return;
             }
         }
-        let end = Entry::SnapshotEnd {
-            snapshot,
-            count: count as u64,
-            digest: hex::encode(digest.finalize()),
-        };
-        match log.append(&end).await {
-            Ok(()) => info!(webhooks = count, "registry snapshot written to the log"),
-            Err(error) => {
-                warn!(%error, "writing a registry snapshot failed; the next one will be tried")
-            }
-        }
+        info!(webhooks, tokens, "registry snapshot written to the log");
     });
 }
 
-/// A webhook as the digest covers it.
-fn encoded(webhook: &Webhook) -> Vec<u8> {
-    serde_json::to_vec(webhook).unwrap_or_default()
+/// The entries of snapshot `snapshot` of `contents` after its begin entry: the chunks, made as
+/// they are published (a copy of the registry is not held twice), and the end entry.
+fn entries(snapshot: String, contents: Contents) -> impl Iterator<Item = Entry> + Send {
+    let mut digest = Sha256::new();
+    add_to_digest(&mut digest, &contents.webhooks, &contents.tokens);
+    let end = Entry::SnapshotEnd {
+        snapshot: snapshot.clone(),
+        count: (contents.webhooks.len() + contents.tokens.len()) as u64,
+        digest: hex::encode(digest.finalize()),
+    };
+    let webhooks = chunked(contents.webhooks).map(|webhooks| (webhooks, Vec::new()));
+    let tokens = chunked(contents.tokens).map(|tokens| (Vec::new(), tokens));
+    webhooks
+        .chain(tokens)
+        .map(move |(webhooks, tokens)| Entry::SnapshotChunk {
+            snapshot: snapshot.clone(),
+            webhooks,
+            tokens,
+        })
+        .chain(std::iter::once(end))
+}
+
+/// `items` in chunks of [`CHUNK`].
+fn chunked<T>(items: Vec<T>) -> impl Iterator<Item = Vec<T>> {
+    let mut items = items.into_iter();
+    std::iter::from_fn(move || {
+        let chunk: Vec<T> = items.by_ref().take(CHUNK).collect();
+        (!chunk.is_empty()).then_some(chunk)
+    })
+}
+
+/// Adds a chunk's records to the digest as it covers them: each one's JSON, in order.
+fn add_to_digest(digest: &mut Sha256, webhooks: &[Webhook], tokens: &[AccountToken]) {
+    let records = webhooks
+        .iter()
+        .map(serde_json::to_vec)
+        .chain(tokens.iter().map(serde_json::to_vec));
+    for record in records {
+        digest.update(record.unwrap_or_default());
+    }
 }
 
 /// A store waiting for a snapshot: what it has read of the latest one, and what came after.
@@ -198,7 +220,7 @@ pub(super) struct Rebuild {
 struct Reading {
     snapshot: String,
     begin: u64,
-    webhooks: Vec<Webhook>,
+    contents: Contents,
     digest: Sha256,
     after: Vec<(u64, Entry)>,
 }
@@ -206,7 +228,7 @@ struct Reading {
 /// A snapshot read whole and checked.
 pub(super) struct Rebuilt {
     pub(super) begin: u64,
-    pub(super) webhooks: Vec<Webhook>,
+    pub(super) contents: Contents,
     /// Entries after the begin entry, to apply on top, with their offsets.
     pub(super) after: Vec<(u64, Entry)>,
     pub(super) markers: Vec<String>,
@@ -221,17 +243,20 @@ impl Rebuild {
                 self.reading = Some(Reading {
                     snapshot,
                     begin: offset,
-                    webhooks: Vec::new(),
+                    contents: Contents::default(),
                     digest: Sha256::new(),
                     after: Vec::new(),
                 });
             }
-            Entry::SnapshotChunk { snapshot, webhooks } => {
+            Entry::SnapshotChunk {
+                snapshot,
+                webhooks,
+                tokens,
+            } => {
                 if let Some(reading) = self.reading.as_mut().filter(|r| r.snapshot == snapshot) {
-                    for webhook in &webhooks {
-                        reading.digest.update(encoded(webhook));
-                    }
-                    reading.webhooks.extend(webhooks);
+                    add_to_digest(&mut reading.digest, &webhooks, &tokens);
+                    reading.contents.webhooks.extend(webhooks);
+                    reading.contents.tokens.extend(tokens);
                 }
             }
             Entry::SnapshotEnd {
@@ -241,7 +266,8 @@ impl Rebuild {
             } => {
                 let reading = self.reading.take_if(|r| r.snapshot == snapshot)?;
                 let actual = hex::encode(reading.digest.finalize());
-                if reading.webhooks.len() as u64 != count || actual != digest {
+                let records = reading.contents.webhooks.len() + reading.contents.tokens.len();
+                if records as u64 != count || actual != digest {
                     warn!(
                         snapshot,
                         "a registry snapshot in the log does not match its count or digest; \
@@ -251,7 +277,7 @@ impl Rebuild {
                 }
                 return Some(Rebuilt {
                     begin: reading.begin,
-                    webhooks: reading.webhooks,
+                    contents: reading.contents,
                     after: reading.after,
                     markers: std::mem::take(&mut self.markers),
                 });
@@ -264,5 +290,83 @@ impl Rebuild {
             }
         }
         None
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::store::{Change, IssuedToken, NewWebhook};
+
+    fn contents() -> Contents {
+        let webhooks = (1..=3)
+            .map(|account_id| {
+                let new = NewWebhook {
+                    account_id,
+                    url: "https://example.com/hook".to_owned(),
+                    ..NewWebhook::default()
+                };
+                match Change::create(new).unwrap() {
+                    Change::Create { webhook } => webhook,
+                    other => panic!("{other:?}"),
+                }
+            })
+            .collect();
+        let tokens = (1..=2)
+            .map(|account_id| {
+                IssuedToken::generate(account_id, None, "2026-01-01T00:00:00Z".into()).record
+            })
+            .collect();
+        Contents { webhooks, tokens }
+    }
+
+    /// Reads `entries`, as the log carries them (JSON), after a begin entry at offset 10.
+    fn read(entries: impl IntoIterator<Item = Entry>) -> Option<Rebuilt> {
+        let mut rebuild = Rebuild::default();
+        let begin = Entry::SnapshotBegin {
+            snapshot: "s".into(),
+        };
+        let mut rebuilt = None;
+        for (offset, entry) in (10..).zip(std::iter::once(begin).chain(entries)) {
+            let carried = serde_json::from_slice(&serde_json::to_vec(&entry).unwrap()).unwrap();
+            rebuilt = rebuild.receive(carried, offset);
+        }
+        rebuilt
+    }
+
+    #[test]
+    fn a_snapshot_restores_the_webhooks_and_the_tokens() {
+        let contents = contents();
+        let rebuilt = read(entries("s".into(), contents.clone())).unwrap();
+        assert_eq!(rebuilt.begin, 10);
+        assert_eq!(rebuilt.contents, contents);
+    }
+
+    #[test]
+    fn a_snapshot_missing_its_token_chunk_is_refused() {
+        let mut entries: Vec<Entry> = entries("s".into(), contents()).collect();
+        entries.retain(
+            |entry| !matches!(entry, Entry::SnapshotChunk { tokens, .. } if !tokens.is_empty()),
+        );
+        assert!(read(entries).is_none());
+    }
+
+    #[test]
+    fn a_snapshot_written_before_tokens_were_logged_still_reads() {
+        let webhooks = contents().webhooks;
+        let mut digest = Sha256::new();
+        add_to_digest(&mut digest, &webhooks, &[]);
+        let chunk = serde_json::json!({
+            "entry": "snapshot_chunk", "snapshot": "s", "webhooks": webhooks,
+        });
+        let end = Entry::SnapshotEnd {
+            snapshot: "s".into(),
+            count: webhooks.len() as u64,
+            digest: hex::encode(digest.finalize()),
+        };
+        let rebuilt = read([serde_json::from_value(chunk).unwrap(), end]).unwrap();
+        assert_eq!(rebuilt.contents.webhooks, webhooks);
+        assert!(rebuilt.contents.tokens.is_empty());
     }
 }

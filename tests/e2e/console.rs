@@ -91,20 +91,29 @@ async fn an_account_adds_a_webhook_sees_its_delivery_then_edits_disables_and_del
     .await;
     let delivered = receiver.requests("/chatwoot");
     assert!(!delivered[0].header("webhook-signature").is_empty());
-    eventually(PATIENCE, "the attempt on the webhook's page", || async {
-        browser.goto(&url).await;
-        let text = browser.text().await;
-        (text.contains("delivered") && text.contains("200")).then_some(())
-    })
+    eventually(
+        PATIENCE,
+        "the attempt and the health on the webhook's page",
+        || async {
+            browser.goto(&url).await;
+            let text = browser.text().await;
+            let health = text.contains("Delivered: 200") && text.contains("100% of 1 succeeded");
+            (text.contains("delivered") && health).then_some(())
+        },
+    )
     .await;
     browser.screenshot("webhook.png").await;
 
-    browser.goto(&ui(&daemon, "webhooks")).await;
-    let page = browser.wait_for_text("CRM sync").await;
-    assert!(
-        page.contains("Delivered: 200") && page.contains("Enabled"),
-        "{page}"
-    );
+    // The health, from the daemon's memory: the last status, the day's success rate, the circuit.
+    let page = eventually(PATIENCE, "the delivery in the webhook's health", || async {
+        browser.goto(&ui(&daemon, "webhooks")).await;
+        let page = browser.wait_for_text("CRM sync").await;
+        page.contains("Delivered: 200").then_some(page)
+    })
+    .await;
+    for shown in ["100% of 1 succeeded", "Circuit closed", "Enabled"] {
+        assert!(page.contains(shown), "{shown} in {page}");
+    }
     browser.screenshot("webhooks.png").await;
 
     browser.goto(&url).await;

@@ -1,12 +1,14 @@
 //! More than one instance: the registry is one log in the broker that every instance applies,
-//! so a webhook added or changed through any instance is known to all of them, and an instance
-//! with an empty store rebuilds it, from a snapshot once retention has removed the log's start.
+//! so a webhook added or changed, or an account token issued or revoked, through any instance is
+//! in effect on all of them, and an instance with an empty store rebuilds it, from a snapshot
+//! once retention has removed the log's start.
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::StreamExt;
-use http::StatusCode;
+use http::{Method, StatusCode};
 use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use serde_json::Value;
@@ -43,12 +45,18 @@ async fn registry_of(daemon: &Daemon) -> BTreeSet<(String, String)> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_instances_share_one_registry_and_together_deliver_every_event() {
+/// Two instances on one registry, both ready.
+async fn two_instances() -> (Daemon, Daemon) {
     let first = Daemon::start(Settings::default()).await;
     let mut second = first.sibling(Settings::default());
     second.spawn();
     second.wait_ready().await;
+    (first, second)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_one_registry_and_together_deliver_every_event() {
+    let (first, second) = two_instances().await;
     // Every third request to an endpoint fails once: retries cross instances too.
     let receiver = Receiver::scripted(|_, seen| {
         if seen % 3 == 1 {
@@ -141,8 +149,87 @@ async fn two_instances_share_one_registry_and_together_deliver_every_event() {
     );
 }
 
-/// The offset of the oldest entry the stream still holds.
-async fn first_offset(stream: &str) -> u64 {
+/// Issues an account token for `account` through `daemon`'s `/v1/tokens`: (token, token id).
+async fn issue_token(daemon: &Daemon, account: u64) -> (String, String) {
+    let body = format!(r#"{{"account_id": {account}, "name": "portal"}}"#);
+    let (status, reply) = daemon
+        .request_with_body(
+            Method::POST,
+            "/v1/tokens",
+            Some(&daemon.token),
+            Bytes::from(body),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{reply}");
+    let issued: Value = serde_json::from_str(&reply).expect("token JSON");
+    let text = |value: &Value| value.as_str().expect("a string").to_owned();
+    (text(&issued["token"]), text(&issued["record"]["id"]))
+}
+
+/// The status `daemon` answers `GET path` with, `token` presented.
+async fn status_with(daemon: &Daemon, path: &str, token: &str) -> StatusCode {
+    daemon.request(Method::GET, path, Some(token)).await.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_token_issued_on_one_instance_opens_the_other_and_its_revocation_closes_it() {
+    let (first, second) = two_instances().await;
+    let own = first.add_webhook(61, "https://own.example/hook", &[]).await;
+    let other = first
+        .add_webhook(62, "https://other.example/hook", &[])
+        .await;
+    let own = format!("/v1/webhooks/{}", own["id"].as_str().expect("id"));
+    let other = format!("/v1/webhooks/{}", other["id"].as_str().expect("id"));
+
+    let (token, token_id) = issue_token(&first, 61).await;
+    eventually(
+        PROPAGATION,
+        "the second instance to take the first's token",
+        || async { (status_with(&second, &own, &token).await == StatusCode::OK).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        status_with(&second, &other, &token).await,
+        StatusCode::NOT_FOUND,
+        "another account's webhook"
+    );
+    let (status, listed) = second.get_json("/v1/tokens").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    assert!(
+        !listed.to_string().contains(&token),
+        "only the hash is kept"
+    );
+
+    // Revoked through the second instance: at once there, within a second on the first.
+    let (status, reply) = second
+        .request(
+            Method::DELETE,
+            &format!("/v1/tokens/{token_id}"),
+            Some(&second.token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{reply}");
+    assert_eq!(
+        status_with(&second, &own, &token).await,
+        StatusCode::UNAUTHORIZED
+    );
+    eventually(
+        PROPAGATION,
+        "the first instance to refuse the revoked token",
+        || async {
+            (status_with(&first, &own, &token).await == StatusCode::UNAUTHORIZED).then_some(())
+        },
+    )
+    .await;
+    let (status, listed) = first.get_json("/v1/tokens").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(listed, serde_json::json!([]));
+}
+
+/// The offset of the oldest entry the stream still holds (`"first"`), or of the first entry of
+/// its last chunk (`"last"`).
+async fn offset_at(stream: &str, which: &str) -> u64 {
     let amqp = broker::connect().await;
     let channel = amqp.create_channel().await.expect("channel");
     channel
@@ -152,7 +239,7 @@ async fn first_offset(stream: &str) -> u64 {
     let mut arguments = FieldTable::default();
     arguments.insert(
         ShortString::from("x-stream-offset"),
-        AMQPValue::LongString(LongString::from("first")),
+        AMQPValue::LongString(LongString::from(which)),
     );
     let mut consumer = channel
         .basic_consume(
@@ -193,6 +280,11 @@ async fn an_empty_store_rebuilds_the_registry_from_a_snapshot_once_retention_rem
             .add_webhook(account, &receiver.url("/kept"), &[])
             .await;
     }
+    // Tokens are in the snapshot too: one kept, one revoked, their entries gone with the start.
+    let (kept, _) = issue_token(&first, 7).await;
+    let (revoked, revoked_id) = issue_token(&first, 8).await;
+    first.cli_ok(&["tokens", "revoke", &revoked_id]).await;
+    let tokens_logged = offset_at(&first.names.registry, "last").await;
     // Churn until retention has deleted the first segment.
     eventually(
         WAIT,
@@ -202,7 +294,7 @@ async fn an_empty_store_rebuilds_the_registry_from_a_snapshot_once_retention_rem
             first
                 .cli_ok(&["webhooks", "rm", churn["id"].as_str().expect("id")])
                 .await;
-            (first_offset(&first.names.registry).await > 0).then_some(())
+            (offset_at(&first.names.registry, "first").await > tokens_logged).then_some(())
         },
     )
     .await;
@@ -217,6 +309,21 @@ async fn an_empty_store_rebuilds_the_registry_from_a_snapshot_once_retention_rem
         second.logs().contains("rebuilding from the next snapshot"),
         "the second instance did not rebuild from a snapshot"
     );
+    assert_eq!(
+        second.get_json("/v1/tokens").await,
+        first.get_json("/v1/tokens").await
+    );
+    let (status, own) = second
+        .request(Method::GET, "/v1/webhooks", Some(&kept))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{own}");
+    let own: Value = serde_json::from_str(&own).expect("a list");
+    assert_eq!(own.as_array().map(Vec::len), Some(1), "{own}");
+    assert_eq!(own[0]["account_id"], 7);
+    assert_eq!(
+        status_with(&second, "/v1/webhooks", &revoked).await,
+        StatusCode::UNAUTHORIZED
+    );
 
     // Rebuilt, it follows the log on: its own change reaches the first instance.
     let added = second.add_webhook(31, &receiver.url("/after"), &[]).await;
@@ -230,10 +337,7 @@ async fn an_empty_store_rebuilds_the_registry_from_a_snapshot_once_retention_rem
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_instance_shows_the_attempts_both_made() {
-    let first = Daemon::start(Settings::default()).await;
-    let mut second = first.sibling(Settings::default());
-    second.spawn();
-    second.wait_ready().await;
+    let (first, second) = two_instances().await;
     let receiver = Receiver::ok().await;
     let webhook = first.add_webhook(51, &receiver.url("/both"), &[]).await;
     let id = webhook["id"].as_str().expect("id").to_owned();
