@@ -8,8 +8,9 @@
 //! [`Change`], decided entirely by the instance that makes it (ids, secrets, timestamps), published
 //! with a confirm; every instance applies the changes in the stream's order to its own store, so
 //! all of them hold the same registry. Account tokens travel the same way (issued and revoked as
-//! changes, as their records: a hash, never the token), so a token opens every instance. The store stays the local copy, and the in-memory index in
-//! front of it stays the lookup path: nothing on the delivery path talks to the broker for it.
+//! changes, as their records: a hash, never the token), so a token opens every instance. The
+//! store stays the local copy, and the in-memory index in front of it stays the lookup path:
+//! nothing on the delivery path talks to the broker for it.
 //!
 //! # Read your writes
 //!
@@ -28,9 +29,9 @@
 //! a consumer silently — and rebuilds from a snapshot instead. Snapshots are written into the same
 //! stream (begin, chunks, end with a count and a digest) by one instance at a time: the one that
 //! holds the election token of a single-active-consumer queue (`snapshot` below). A snapshot
-//! holds every webhook and every account token. The snapshot is the
-//! registry exactly at its begin entry's offset, because the writer takes it when it applies that
-//! entry; a rebuilding instance loads it and applies what came after the begin entry.
+//! holds every webhook and every account token, exactly as the registry was at its begin entry's
+//! offset, because the writer takes it when it applies that entry; a rebuilding instance loads it
+//! and applies what came after the begin entry.
 //!
 //! # Parts
 //!
