@@ -14,10 +14,11 @@
 //! A snapshot is a begin entry, chunks of [`CHUNK`] webhooks and then of account tokens, and an
 //! end entry with the count of both and a SHA-256 digest of their JSON in order, so a rebuild
 //! restores the tokens with the webhooks and notices a chunk of either gone missing. A snapshot
-//! from before tokens were in the log has webhook chunks alone, and reads the same way. The writer takes it when its follower applies
-//! its own begin entry, so it is the registry at exactly that offset, whatever other instances
-//! append while the chunks are written; an instance that rebuilds keeps the changes that arrive
-//! after the begin entry and applies them on top once the end entry checks out.
+//! from before tokens were in the log has webhook chunks alone, and reads the same way. The
+//! writer takes it when its follower applies its own begin entry, so it is the registry at
+//! exactly that offset, whatever other instances append while the chunks are written; an
+//! instance that rebuilds keeps the changes that arrive after the begin entry and applies them on
+//! top once the end entry checks out.
 
 use std::sync::Arc;
 use std::time::Duration;

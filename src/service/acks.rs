@@ -2,8 +2,8 @@
 //!
 //! One `basic.ack` per message costs the broker about as much as delivering it: a bare consumer
 //! drains a classic queue about four times faster acking with `multiple=true` than acking one by
-//! one (~45,000 against ~12,000 msg/s on the benchmark's machine). So message tasks do not ack; they report their verdict to one acker per
-//! session, which acks the contiguous prefix of finished tags with a single `multiple=true` ack.
+//! one. So message tasks do not ack; they report their verdict to one acker per session, which
+//! acks the contiguous prefix of finished tags with a single `multiple=true` ack.
 //!
 //! The rule that keeps this safe: an ack with `multiple=true` up to tag T acks every unacked
 //! message at or below T, so it is sent only once every tag at or below T has been reported.
