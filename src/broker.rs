@@ -96,6 +96,27 @@ pub enum BrokerError {
     },
     #[error("cannot set up TLS for the broker: {0}")]
     Tls(#[from] TlsSetupError),
+    /// Messages another reader holds unacked are neither ready nor counted: acting then would
+    /// skip them, and report the skip as done.
+    #[error(
+        "the dead-letter queue {queue} still had {consumers} consumer(s) after {waited:?}: another \
+         `webhookd dlq` command or the console is reading it (or some other client consumes it), \
+         and the dead letters it holds cannot be seen; nothing was done, try again when it is done"
+    )]
+    DeadLettersHeld {
+        queue: String,
+        consumers: u32,
+        waited: Duration,
+    },
+    #[error(
+        "the broker counts {ready} ready message(s) in the dead-letter queue {queue} but sent none \
+         for {waited:?}; the scan stopped part way"
+    )]
+    DeadLettersStalled {
+        queue: String,
+        ready: u32,
+        waited: Duration,
+    },
 }
 
 /// The names and kinds webhookd declares, taken from `[broker]` once.

@@ -562,6 +562,7 @@ impl SignedIn<'_> {
                     Some(offset + PAGE_ROWS + 1),
                     Action::Look,
                     false,
+                    dlq::PATIENCE,
                 )
                 .await
             })
@@ -606,7 +607,16 @@ impl SignedIn<'_> {
         let held = filter.exclude_webhooks.len();
         let done = self
             .with_broker(|connection, topology| async move {
-                dlq::scan(&connection, &topology, &filter, None, action, false).await
+                dlq::scan(
+                    &connection,
+                    &topology,
+                    &filter,
+                    None,
+                    action,
+                    false,
+                    dlq::PATIENCE,
+                )
+                .await
             })
             .await?;
         info!(
@@ -632,7 +642,16 @@ impl SignedIn<'_> {
     async fn undeliverable(&self, filter: &Filter) -> Result<HashSet<String>, Problem> {
         let selected = self
             .with_broker(|connection, topology| async move {
-                dlq::scan(&connection, &topology, filter, None, Action::Look, false).await
+                dlq::scan(
+                    &connection,
+                    &topology,
+                    filter,
+                    None,
+                    Action::Look,
+                    false,
+                    dlq::PATIENCE,
+                )
+                .await
             })
             .await?;
         let mut held = HashSet::new();

@@ -6,27 +6,41 @@
 //! closes (RabbitMQ requeues at the original position), so listing twice shows the same messages
 //! in the same order. `basic.get` in a loop would do the same work one round trip at a time.
 //!
+//! Going back is not instant: the broker requeues after the channel is gone (a quorum queue
+//! through its Raft log), and until then those messages are neither ready nor counted, so a scan
+//! right after another one (`dlq replay` after its own look at the selection, or after `dlq
+//! list`) would take a queue of dead letters for an empty one. A reader therefore keeps a
+//! consumer on the queue until its channel closes, and the broker drops a channel's consumers and
+//! requeues its messages in one step; a scan starts only once the queue has no consumer, and
+//! fails, saying why, if that does not happen in time. It never reports a partial pass as whole.
+//!
 //! Replay removes a dead letter only after its replacement in the work queue is confirmed by the
 //! broker; a crash in between leaves a duplicate, never a loss.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel};
+use lapin::{BasicProperties, Channel, Consumer, Queue};
 use serde::Serialize;
 
 use crate::broker::{BrokerError, Publisher, Topology};
 use crate::delivery::DeadReason;
 use crate::job::{self, header, Job};
 
-/// How long to wait for the next message of a scan before deciding the queue has no more.
-const SCAN_IDLE: Duration = Duration::from_secs(3);
+/// How long the `dlq` commands and the console wait on the broker before failing: for another
+/// reader of the dead-letter queue to hand its messages back, or for a message the broker counts
+/// to arrive.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// How long a scan waits for a delivery before asking the broker whether any are still to come,
+/// and how often it asks whether other readers are gone.
+const RECHECK: Duration = Duration::from_millis(250);
 
 /// Everything a dead letter records besides its body.
 pub struct Parked<'a> {
@@ -239,7 +253,8 @@ pub enum Action {
 
 /// Reads the dead-letter queue once, front to back, returning the entries matching `filter` (at
 /// most `limit`) after applying `action` to each; with `bodies`, each entry carries its body.
-/// Entries not acted on stay in place.
+/// Entries not acted on stay in place. Waits up to `patience` for other readers of the queue to
+/// finish, and as long for each message the broker still counts as ready, and fails after that.
 pub async fn scan(
     connection: &Arc<lapin::Connection>,
     topology: &Topology,
@@ -247,6 +262,7 @@ pub async fn scan(
     limit: Option<usize>,
     action: Action,
     bodies: bool,
+    patience: Duration,
 ) -> Result<Vec<Entry>, BrokerError> {
     let channel = connection.create_channel().await?;
     let publisher = match action {
@@ -259,13 +275,15 @@ pub async fn scan(
         limit,
         action,
         bodies,
+        patience,
         now: SystemTime::now(),
         found: Vec::new(),
     };
     let result = scan.run(&channel, topology).await;
-    // Closing the channel hands every unacked message back to the queue, in place.
+    // Closing the channel hands every unacked message back to the queue, in place; the holding
+    // consumer (dropped only after the close) keeps that visible until it is done.
     let _ = channel.close(200, ShortString::from("scan done")).await;
-    result.map(|()| scan.found)
+    result.map(|_holding| scan.found)
 }
 
 /// How many dead letters the queue holds, as the broker counts them.
@@ -274,18 +292,24 @@ pub async fn depth(
     topology: &Topology,
 ) -> Result<u32, BrokerError> {
     let channel = connection.create_channel().await?;
-    let declared = channel
+    let queue = ShortString::from(topology.dead_letter_queue.as_str());
+    let declared = passive_declare(&channel, &queue).await;
+    let _ = channel.close(200, ShortString::from("counted")).await;
+    Ok(declared?.message_count())
+}
+
+/// The queue's ready messages and consumers; fails (closing the channel) if it does not exist.
+async fn passive_declare(channel: &Channel, queue: &ShortString) -> Result<Queue, BrokerError> {
+    Ok(channel
         .queue_declare(
-            ShortString::from(topology.dead_letter_queue.as_str()),
+            queue.clone(),
             QueueDeclareOptions {
                 passive: true,
                 ..QueueDeclareOptions::default()
             },
             FieldTable::default(),
         )
-        .await;
-    let _ = channel.close(200, ShortString::from("counted")).await;
-    Ok(declared?.message_count())
+        .await?)
 }
 
 /// How many dead letters one window of a scan holds in webhookd's memory at most.
@@ -299,37 +323,40 @@ const WINDOW: u16 = 64;
 /// the whole queue into this process's memory at once. So the scan reads in windows: a consumer
 /// with a prefetch of [`WINDOW`] takes that many, is cancelled (its messages stay unacked on the
 /// channel, held by the broker, not here), and the next consumer takes the next window.
+///
+/// A scan ends when it has seen as many messages as the queue had ready when it started, or when
+/// the broker says none is ready any more (someone else took or purged the rest); never on a
+/// mere pause in deliveries, which a loaded broker makes.
 struct Scan<'a> {
     publisher: Option<&'a Publisher>,
     filter: &'a Filter,
     limit: Option<usize>,
     action: Action,
     bodies: bool,
+    patience: Duration,
     now: SystemTime,
     found: Vec<Entry>,
 }
 
 impl Scan<'_> {
-    async fn run(&mut self, channel: &Channel, topology: &Topology) -> Result<(), BrokerError> {
+    /// The pass itself; what it returns is the consumer that holds the queue until the channel
+    /// closes, if the scan took anything.
+    async fn run(
+        &mut self,
+        channel: &Channel,
+        topology: &Topology,
+    ) -> Result<Option<Consumer>, BrokerError> {
         let queue = ShortString::from(topology.dead_letter_queue.as_str());
-        let declared = channel
-            .queue_declare(
-                queue.clone(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        let total = declared.message_count() as usize;
+        let total = self.alone(channel, &queue).await?.message_count() as usize;
         // Per consumer (not global): each new consumer gets a window of its own.
         channel
             .basic_qos(WINDOW, BasicQosOptions::default())
             .await?;
         let mut seen = 0;
         let mut window = 0u64;
-        while seen < total && !self.done() {
+        // The broker has no more ready for this scan than what it already sent.
+        let mut drained = false;
+        while seen < total && !drained && !self.done() {
             window += 1;
             let tag = ShortString::from(format!("webhookd-dlq-{window}"));
             let mut consumer = channel
@@ -342,8 +369,11 @@ impl Scan<'_> {
                 .await?;
             let mut taken = 0;
             let mut cancelled = false;
+            let mut waiting_since = Instant::now();
             loop {
-                if !cancelled && (taken == usize::from(WINDOW) || seen >= total || self.done()) {
+                if !cancelled
+                    && (taken == usize::from(WINDOW) || seen >= total || drained || self.done())
+                {
                     // Whatever the broker sent before the cancel still arrives, then the
                     // consumer ends; it is read too, so nothing of this window is skipped.
                     channel
@@ -351,13 +381,26 @@ impl Scan<'_> {
                         .await?;
                     cancelled = true;
                 }
-                let delivery = match tokio::time::timeout(SCAN_IDLE, consumer.next()).await {
+                let delivery = match tokio::time::timeout(RECHECK, consumer.next()).await {
                     Ok(Some(delivery)) => delivery?,
                     Ok(None) => break,
-                    // Fewer messages than counted: another consumer took some, or they were
-                    // purged.
-                    Err(_) => return Ok(()),
+                    Err(_) => {
+                        let ready = passive_declare(channel, &queue).await?.message_count();
+                        if !cancelled && ready == 0 {
+                            // Fewer messages than counted: someone else took or purged the
+                            // rest. Cancelling collects any still on their way.
+                            drained = true;
+                        } else if waiting_since.elapsed() >= self.patience {
+                            return Err(BrokerError::DeadLettersStalled {
+                                queue: queue.to_string(),
+                                ready,
+                                waited: self.patience,
+                            });
+                        }
+                        continue;
+                    }
                 };
+                waiting_since = Instant::now();
                 taken += 1;
                 seen += 1;
                 if !self.done() {
@@ -365,7 +408,40 @@ impl Scan<'_> {
                 }
             }
         }
-        Ok(())
+        if seen == 0 {
+            return Ok(None);
+        }
+        // Not read: at most one message more, which goes back with the rest.
+        channel.basic_qos(1, BasicQosOptions::default()).await?;
+        let holding = channel
+            .basic_consume(
+                queue,
+                ShortString::from("webhookd-dlq-holding"),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(Some(holding))
+    }
+
+    /// Waits until no one else consumes the queue (another `dlq` command, the console), so that
+    /// what they hold is back and counted, and returns the queue's state then.
+    async fn alone(&self, channel: &Channel, queue: &ShortString) -> Result<Queue, BrokerError> {
+        let started = Instant::now();
+        loop {
+            let declared = passive_declare(channel, queue).await?;
+            if declared.consumer_count() == 0 {
+                return Ok(declared);
+            }
+            if started.elapsed() >= self.patience {
+                return Err(BrokerError::DeadLettersHeld {
+                    queue: queue.to_string(),
+                    consumers: declared.consumer_count(),
+                    waited: self.patience,
+                });
+            }
+            tokio::time::sleep(RECHECK).await;
+        }
     }
 
     fn done(&self) -> bool {

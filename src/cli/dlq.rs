@@ -137,6 +137,7 @@ async fn dlq_on(
                 limit,
                 Action::Look,
                 false,
+                dlq::PATIENCE,
             )
             .await?;
             if json {
@@ -154,8 +155,16 @@ async fn dlq_on(
                 ..Filter::default()
             };
             // The first with that id is enough: a duplicate carries the same delivery.
-            let entries =
-                dlq::scan(connection, topology, &filter, Some(1), Action::Look, true).await?;
+            let entries = dlq::scan(
+                connection,
+                topology,
+                &filter,
+                Some(1),
+                Action::Look,
+                true,
+                dlq::PATIENCE,
+            )
+            .await?;
             let Some(entry) = entries.first() else {
                 bail!("no dead letter with id {id}");
             };
@@ -182,7 +191,16 @@ async fn dlq_on(
             } else {
                 Action::Replay
             };
-            let entries = dlq::scan(connection, topology, &filter, None, action, false).await?;
+            let entries = dlq::scan(
+                connection,
+                topology,
+                &filter,
+                None,
+                action,
+                false,
+                dlq::PATIENCE,
+            )
+            .await?;
             for entry in &entries {
                 println!("{}", entry_line(entry));
             }
@@ -198,7 +216,16 @@ async fn dlq_on(
         DlqCommand::Purge { filter, all, yes } => {
             let filter = selection(filter, all, "purge")?;
             let action = if yes { Action::Purge } else { Action::Look };
-            let entries = dlq::scan(connection, topology, &filter, None, action, false).await?;
+            let entries = dlq::scan(
+                connection,
+                topology,
+                &filter,
+                None,
+                action,
+                false,
+                dlq::PATIENCE,
+            )
+            .await?;
             for entry in &entries {
                 println!("{}", entry_line(entry));
             }
@@ -225,7 +252,16 @@ async fn held_back(
     topology: &Topology,
     filter: &Filter,
 ) -> anyhow::Result<BTreeMap<String, &'static str>> {
-    let selected = dlq::scan(connection, topology, filter, None, Action::Look, false).await?;
+    let selected = dlq::scan(
+        connection,
+        topology,
+        filter,
+        None,
+        Action::Look,
+        false,
+        dlq::PATIENCE,
+    )
+    .await?;
     let webhooks: BTreeSet<&str> = selected
         .iter()
         .filter_map(|entry| entry.webhook_id.as_deref())
