@@ -345,7 +345,7 @@ pub async fn run(
     // Consuming waits until the registry is current: an event must not meet an old registry.
     let waiting = |why: &str| readiness.set(State::Reconnecting(why.to_owned()));
     match registry.catch_up(&shutdown, waiting).await {
-        Ok(()) => session::supervise(&config, &shared, &readiness, &shutdown).await,
+        Ok(()) => consume(&config, &shared, &readiness, &shutdown).await,
         Err(error) => info!(%error, "stopped before the registry log was applied"),
     }
 
@@ -363,6 +363,28 @@ pub async fn run(
     );
     info!("stopped");
     Ok(())
+}
+
+/// Runs the broker sessions until shutdown on a runtime worker, not on this thread (the one
+/// `main` blocks on): the message tasks a session spawns then start on the worker that took the
+/// delivery, without a parked worker to wake for each one. A panic in a session is a panic of
+/// the daemon, as before.
+async fn consume(
+    config: &Config,
+    shared: &Arc<Shared>,
+    readiness: &Arc<Readiness>,
+    shutdown: &CancellationToken,
+) {
+    let (config, shared) = (config.clone(), shared.clone());
+    let (readiness, shutdown) = (readiness.clone(), shutdown.clone());
+    let sessions = tokio::spawn(async move {
+        session::supervise(&config, &shared, &readiness, &shutdown).await;
+    });
+    if let Err(error) = sessions.await {
+        if error.is_panic() {
+            std::panic::resume_unwind(error.into_panic());
+        }
+    }
 }
 
 /// Writes the buffered attempt log to the store off the delivery path, each share of it once
