@@ -423,8 +423,9 @@ fn tls_failure(host: &str, port: u16, error: &io::Error) -> String {
 /// first and loops. So a connection that consumes takes the broker's frame size (128 KiB by
 /// default): every message the broker accepted can be received. A connection that only publishes
 /// receives confirms, and back only what webhookd itself published (whose headers are capped far
-/// below 16 KiB), so it asks for 16 KiB: lapin keeps 32 frames of buffer per direction and
-/// connection, and the broker's size would cost the daemon 8 MiB more for nothing.
+/// below 16 KiB), and the registry's connection consumes only what webhookd instances wrote; so
+/// those ask for 16 KiB: lapin keeps 32 frames of buffer per direction and connection, and the
+/// broker's size would cost the daemon 8 MiB more for nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Receives {
     Messages,

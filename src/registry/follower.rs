@@ -104,8 +104,9 @@ async fn session(
     replica: &mut Replica,
     stopped: &CancellationToken,
 ) -> Result<(), FollowError> {
+    // The registry's streams carry only what webhookd instances wrote, with small headers.
     let (connection, node) =
-        broker::connect(broker, *first_node, "registry", Receives::Messages).await?;
+        broker::connect(broker, *first_node, "registry", Receives::OwnMessages).await?;
     *first_node = node.index + 1;
     declare_stream(
         &connection,
