@@ -3,14 +3,11 @@
 
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
-use hmac::{Hmac, Mac};
 use http::{Method, StatusCode};
 use lapin::options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{FieldTable, ShortString};
 use lapin::Channel;
 use serde_json::Value;
-use sha2::Sha256;
 
 use crate::support::daemon::{Daemon, Settings};
 use crate::support::receiver::{Receiver, Reply};
@@ -169,24 +166,6 @@ async fn a_webhook_failing_past_disable_after_is_disabled_its_jobs_parked_and_re
     assert_eq!(show(&daemon, &failing_id).await["enabled"], true);
 }
 
-fn standard_signature(secret: &str, request: &crate::support::receiver::Received) -> String {
-    let key = base64::engine::general_purpose::STANDARD
-        .decode(secret.trim_start_matches("whsec_"))
-        .expect("whsec_ secret is base64");
-    let mut mac = Hmac::<Sha256>::new_from_slice(&key).expect("any key length");
-    mac.update(
-        format!(
-            "{}.{}.",
-            request.header("webhook-id"),
-            request.header("webhook-timestamp")
-        )
-        .as_bytes(),
-    );
-    mac.update(&request.body);
-    let signature = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
-    format!("v1,{signature}")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhooks_test_sends_one_signed_sample_to_that_webhook_and_exits_by_its_answer() {
     let daemon = Daemon::start(Settings::default()).await;
@@ -213,11 +192,7 @@ async fn webhooks_test_sends_one_signed_sample_to_that_webhook_and_exits_by_its_
         .requests("/working")
         .try_into()
         .expect("one request");
-    let secret = working["secret"].as_str().expect("secret");
-    assert_eq!(
-        request.header("webhook-signature"),
-        standard_signature(secret, &request)
-    );
+    request.assert_signed_with(working["secret"].as_str().expect("secret"));
     let body: Value = serde_json::from_slice(&request.body).expect("JSON body");
     assert_eq!(body["event"], "message_created");
     assert_eq!(body["account"]["id"], 3);

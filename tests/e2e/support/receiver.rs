@@ -5,13 +5,16 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
 use bytes::Bytes;
+use hmac::{Hmac, Mac};
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use sha2::Sha256;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
@@ -32,6 +35,21 @@ impl Received {
             .get(name)
             .and_then(|v| v.to_str().ok())
             .unwrap_or_else(|| panic!("request to {} has no {name} header", self.path))
+    }
+
+    /// Asserts that the request carries the Standard Webhooks signature of `secret` alone.
+    #[track_caller]
+    pub fn assert_signed_with(&self, secret: &str) {
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(secret.trim_start_matches("whsec_"))
+            .expect("whsec_ secret is base64");
+        let mut mac = Hmac::<Sha256>::new_from_slice(&key).expect("any key length");
+        let (id, ts) = (self.header("webhook-id"), self.header("webhook-timestamp"));
+        mac.update(format!("{id}.{ts}.").as_bytes());
+        mac.update(&self.body);
+        let signature =
+            base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+        assert_eq!(self.header("webhook-signature"), format!("v1,{signature}"));
     }
 }
 
