@@ -46,7 +46,7 @@ use crate::console::{self, Console};
 use crate::delivery::sign::generate_secret;
 use crate::health::Circuits;
 use crate::health::Readiness;
-use crate::lifecycle::{check_event, send_test, Monitor, WebhookView, DEFAULT_TEST_EVENT};
+use crate::lifecycle::{check_event, send_test, Monitor, Trial, WebhookView, DEFAULT_TEST_EVENT};
 use crate::metrics::Metrics;
 use crate::registry::{Registry, RegistryError};
 use crate::store::{Cursor, NewWebhook, StoreError, Webhook, WebhookPatch};
@@ -515,9 +515,7 @@ async fn api(
         (&Method::POST, ["webhooks", id, "test"]) => {
             let event = query_param(query, "event").unwrap_or(DEFAULT_TEST_EVENT);
             check_event(event).map_err(|message| ApiError::bad_request(message, "event"))?;
-            let webhook = owned(id)?;
-            let trial = send_test(&state.monitor.client(), store, &webhook, event).await;
-            info!(webhook_id = %id, event, status = trial.status, error = trial.error.as_deref(), "test delivery sent");
+            let trial = send_test_event(state, &owned(id)?, event).await;
             Ok(json(StatusCode::OK, &trial))
         }
         (&Method::PATCH, ["webhooks", id]) => {
@@ -593,6 +591,15 @@ pub(crate) async fn rotate_secret(
         info!(webhook_id = %id, grace = %humantime::format_duration(state.secret_rotation_grace), "webhook secret rotated");
     }
     Ok(rotated)
+}
+
+/// Sends `webhook` a sample `event` (checked by [`check_event`]) now, with the delivery client in
+/// force, and logs it: `POST /v1/webhooks/{id}/test` and the console's **Send test event**.
+pub(crate) async fn send_test_event(state: &AdminState, webhook: &Webhook, event: &str) -> Trial {
+    let store = state.registry.store();
+    let trial = send_test(&state.monitor.client(), store, webhook, event).await;
+    info!(webhook_id = %webhook.id, event, status = trial.status, error = trial.error.as_deref(), "test delivery sent");
+    trial
 }
 
 /// The body of `POST /v1/tokens`.

@@ -42,6 +42,7 @@ use crate::broker::{self, Receives, Topology};
 use crate::config::{BrokerConfig, Config};
 use crate::delivery::DeadReason;
 use crate::dlq::{self, Action, Filter};
+use crate::lifecycle::{check_event, DEFAULT_TEST_EVENT};
 use crate::registry::RegistryError;
 use crate::store::{Cursor, NewWebhook, StoreError, Webhook, WebhookPatch};
 
@@ -234,6 +235,7 @@ impl SignedIn<'_> {
             (&Method::POST, ["webhooks", id]) => self.update(id).await,
             (&Method::POST, ["webhooks", id, "enabled"]) => self.set_enabled(id).await,
             (&Method::POST, ["webhooks", id, "rotate"]) => self.rotate(id).await,
+            (&Method::POST, ["webhooks", id, "test"]) => self.send_test_event(id).await,
             (&Method::POST, ["webhooks", id, "delete"]) => self.delete(id).await,
             (&Method::GET, ["dead-letters"]) => self.dead_letters().await,
             (&Method::POST, ["dead-letters", verb @ ("replay" | "purge")]) => {
@@ -498,6 +500,20 @@ impl SignedIn<'_> {
             .ok_or(Problem::NotFound)?;
         self.show_secret_once(&rotated);
         Ok(redirect(&back))
+    }
+
+    /// Sends the webhook a sample of the chosen event now, as `POST /v1/webhooks/{id}/test`
+    /// does, and shows what the receiver answered once on the webhook's page.
+    async fn send_test_event(&self, id: &str) -> Result<Reply, Problem> {
+        let webhook = self.owned(id)?;
+        let event = self.visit.form.get("event").unwrap_or(DEFAULT_TEST_EVENT);
+        check_event(event).map_err(Problem::Invalid)?;
+        let trial = admin::send_test_event(self.state, &webhook, event).await;
+        self.state
+            .console
+            .sessions
+            .flash(self.id, Flash::Trial(trial));
+        Ok(redirect(&format!("/ui/webhooks/{id}")))
     }
 
     async fn delete(&self, id: &str) -> Result<Reply, Problem> {

@@ -16,6 +16,7 @@ use rand::RngCore;
 use subtle::ConstantTimeEq;
 
 use crate::admin::Principal;
+use crate::lifecycle::Trial;
 
 /// Sessions kept at most; a sign-in beyond it ends the oldest.
 const MAX_SESSIONS: usize = 10_000;
@@ -38,7 +39,8 @@ pub struct Session {
     pub principal: Principal,
     /// Every form of this session carries it; a POST without it is refused.
     pub csrf: String,
-    /// A secret or token to show once on the next page (after a POST-redirect-GET), then forget.
+    /// A secret, notice or test result to show once on the next page (after a
+    /// POST-redirect-GET), then forget.
     pub flash: Option<Flash>,
     started: Instant,
     seen: Instant,
@@ -51,6 +53,8 @@ pub enum Flash {
     Secret { webhook_id: String, secret: String },
     /// A line saying what an action did.
     Notice(String),
+    /// What a test event sent from the webhook's page got.
+    Trial(Trial),
 }
 
 /// Every live session, by id.

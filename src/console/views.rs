@@ -13,7 +13,7 @@ use crate::admin::Principal;
 use crate::delivery::ALL_REASONS;
 use crate::dlq::Entry;
 use crate::event::KNOWN_EVENTS;
-use crate::lifecycle::{self, Circuit};
+use crate::lifecycle::{self, Circuit, Trial, DEFAULT_TEST_EVENT, TEST_OUTCOME};
 use crate::metrics::Gauges;
 use crate::store::{Attempt, Webhook};
 
@@ -128,6 +128,9 @@ pub fn layout(page: &Page<'_>, body: Markup) -> Markup {
                             }
                         }
                         Some(Flash::Notice(text)) => p .notice role="status" { (text) },
+                        Some(Flash::Trial(trial)) => {
+                            p .(if trial.ok { "notice" } else { "error" }) role="status" { (trial_words(trial)) }
+                        }
                         None => {}
                     }
                     (body)
@@ -195,6 +198,16 @@ fn last_attempt(health: &lifecycle::Health) -> Markup {
     }
 }
 
+/// What a test event got, in words: the status (or the error) and how long it took.
+fn trial_words(trial: &Trial) -> String {
+    let verdict = if trial.ok { "delivered" } else { "failed" };
+    let answer = status_text(trial.status, trial.error.as_deref());
+    format!(
+        "Test event {verdict}: {answer} in {} ms ({}, delivery {}).",
+        trial.latency_ms, trial.event, trial.delivery_id
+    )
+}
+
 fn status_text(status: Option<u16>, error: Option<&str>) -> String {
     match (status, error) {
         (Some(status), _) => status.to_string(),
@@ -248,10 +261,12 @@ fn health_cell(health: &Health) -> Markup {
     }
 }
 
-fn outcome_class(outcome: &str) -> &'static str {
-    match outcome {
+/// An attempt's colour; a test is coloured by its answer, as it does not retry.
+fn outcome_class(attempt: &Attempt) -> &'static str {
+    match attempt.outcome.as_str() {
         "delivered" => "ok",
         "retry" => "warn",
+        TEST_OUTCOME if attempt.status.is_some_and(|s| (200..300).contains(&s)) => "ok",
         _ => "bad",
     }
 }
@@ -414,6 +429,19 @@ pub fn webhook(
             }
             a href={ "/ui/dead-letters?webhook=" (webhook.id) } { "Dead letters" }
         }
+        form .filters method="post" action={ (base) "/test" } {
+            (csrf(token))
+            div .field {
+                label for="test-event" { "Event" }
+                select #test-event name="event" {
+                    @for event in KNOWN_EVENTS {
+                        option value=(event) selected[event == DEFAULT_TEST_EVENT] { (event) }
+                    }
+                }
+            }
+            button type="submit" { "Send test event" }
+            small { "A signed sample, sent once now; logged below as " code { (TEST_OUTCOME) } "." }
+        }
         h2 { "Attempts" }
         @if shown.is_empty() {
             p { "No attempts yet." }
@@ -430,7 +458,7 @@ pub fn webhook(
                                 td { (a.attempt) }
                                 td { (a.status.map(|s| s.to_string()).or_else(|| a.error.clone()).unwrap_or_default()) }
                                 td { (a.latency_ms) " ms" }
-                                td { span .badge.(outcome_class(&a.outcome)) { (a.outcome) } }
+                                td { span .badge.(outcome_class(a)) { (a.outcome) } }
                             }
                         }
                     }
@@ -627,6 +655,37 @@ mod tests {
             circuit_open_for,
         })
         .into_string()
+    }
+
+    #[test]
+    fn a_test_event_is_told_in_words_with_its_status_or_error() {
+        let trial = Trial {
+            webhook_id: "wh_1".into(),
+            event: "message_created".into(),
+            delivery_id: "d1".into(),
+            status: Some(200),
+            latency_ms: 12,
+            error: None,
+            ok: true,
+        };
+        assert_eq!(
+            trial_words(&trial),
+            "Test event delivered: 200 in 12 ms (message_created, delivery d1)."
+        );
+        let refused = Trial {
+            status: None,
+            error: Some("connection refused".into()),
+            ok: false,
+            ..trial.clone()
+        };
+        let words = trial_words(&refused);
+        assert!(words.starts_with("Test event failed: connection refused in 12 ms"));
+        let failed = Trial {
+            status: Some(503),
+            ok: false,
+            ..trial
+        };
+        assert!(trial_words(&failed).starts_with("Test event failed: 503 in 12 ms"));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The web console in a real browser (headless Chromium over WebDriver), against the real daemon
-//! and broker: an account's whole webhook flow, isolation between accounts, the operator's
-//! replay from the dead letters, the CSRF and origin checks, and session expiry.
+//! and broker: an account's whole webhook flow, a test event from a webhook's page, isolation
+//! between accounts, the operator's replay from the dead letters, the CSRF and origin checks, and
+//! session expiry.
 //!
 //! With `WEBHOOKD_SCREENSHOTS=DIR` set, the tests save screenshots of the main pages there.
 
@@ -190,6 +191,7 @@ async fn an_account_token_sees_and_changes_nothing_of_another_account() {
             Method::POST,
             format!("/v1/webhooks/{other_id}/rotate-secret"),
         ),
+        (Method::POST, format!("/v1/webhooks/{other_id}/test")),
         (Method::GET, "/v1/webhooks?account_id=8".to_owned()),
     ] {
         let (status, body) = daemon.request(method.clone(), &path, Some(&token)).await;
@@ -375,6 +377,129 @@ fn csrf_field(page: &str) -> String {
         .to_owned()
 }
 
+/// The sign-in page as a plain client gets it, with its CSRF token's cookie and field.
+async fn sign_in_form(daemon: &Daemon) -> (Answer, String, String) {
+    let form = send(daemon, Method::GET, "/ui/", &[], String::new()).await;
+    assert_eq!(form.status, StatusCode::OK);
+    let sign_in_cookie = cookie(&form, "webhookd_sign_in");
+    let csrf = csrf_field(&form.body);
+    (form, sign_in_cookie, csrf)
+}
+
+/// Posts the sign-in form's `body` from the console's own origin, with the form's cookie.
+async fn post_sign_in(daemon: &Daemon, sign_in_cookie: &str, body: String) -> Answer {
+    let headers = [
+        ("cookie", sign_in_cookie.to_owned()),
+        ("origin", format!("http://{}", daemon.admin)),
+    ];
+    send(daemon, Method::POST, "/ui/sign-in", &headers, body).await
+}
+
+/// Signs in with `token` as a plain client would; the session's cookie.
+async fn session_cookie(daemon: &Daemon, token: &str) -> String {
+    let (_, sign_in_cookie, csrf) = sign_in_form(daemon).await;
+    let signed_in = post_sign_in(
+        daemon,
+        &sign_in_cookie,
+        format!("csrf={csrf}&token={token}"),
+    )
+    .await;
+    assert_eq!(
+        signed_in.status,
+        StatusCode::SEE_OTHER,
+        "{}",
+        signed_in.body
+    );
+    cookie(&signed_in, "webhookd_session")
+}
+
+/// The CSRF token of the session whose cookie is `session`, from webhook `id`'s page.
+async fn webhook_page_csrf(daemon: &Daemon, session: &str, id: &str) -> String {
+    let path = format!("/ui/webhooks/{id}");
+    let page = send(
+        daemon,
+        Method::GET,
+        &path,
+        &[("cookie", session.to_owned())],
+        String::new(),
+    )
+    .await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    csrf_field(&page.body)
+}
+
+#[tokio::test]
+async fn send_test_event_delivers_one_signed_sample_and_says_what_the_receiver_answered() {
+    let daemon = Daemon::start(Settings::default()).await;
+    let receiver = Receiver::ok().await;
+    let token = account_token(&daemon, 7).await;
+    let webhook = daemon
+        .add_webhook(7, &receiver.url("/tested"), &["--generate-secret"])
+        .await;
+    let id = webhook["id"].as_str().expect("id");
+    let secret = webhook["secret"].as_str().expect("secret");
+    let url = ui(&daemon, &format!("webhooks/{id}"));
+
+    let browser = Browser::start().await;
+    sign_in(&browser, &daemon, &token).await;
+    browser.goto(&url).await;
+    assert_eq!(browser.value("#test-event").await, "message_created");
+    browser.click_text("Send test event").await;
+    let page = browser.wait_for_text("Test event delivered: 200").await;
+    let [request] = receiver
+        .requests("/tested")
+        .try_into()
+        .expect("one request");
+    request.assert_signed_with(secret);
+    let body: Value = serde_json::from_slice(&request.body).expect("JSON body");
+    assert_eq!(body["event"], "message_created");
+    assert_eq!(body["account"]["id"], 7);
+    // In the attempt log, as a test: the row with its delivery id, its status and outcome.
+    let delivery = request.header("webhook-id");
+    assert!(
+        page.lines()
+            .any(|row| row.contains(delivery) && row.contains("200") && row.ends_with("test")),
+        "{page}"
+    );
+
+    // A receiver that fails: the failure, in words, for the event chosen.
+    receiver.rescript(|_, _| Reply::status(500));
+    browser
+        .click(
+            &browser
+                .find("#test-event option[value=contact_created]")
+                .await,
+        )
+        .await;
+    browser.click_text("Send test event").await;
+    browser.wait_for_text("Test event failed: 500").await;
+    let requests = receiver.requests("/tested");
+    assert_eq!(requests.len(), 2);
+    let body: Value = serde_json::from_slice(&requests[1].body).expect("JSON body");
+    assert_eq!(body["event"], "contact_created");
+    browser.quit().await;
+
+    // Another account's webhook is not there to test, even with a valid session and CSRF token.
+    let other = daemon.add_webhook(8, &receiver.url("/other"), &[]).await;
+    let other_id = other["id"].as_str().expect("id");
+    let session = session_cookie(&daemon, &token).await;
+    let csrf = webhook_page_csrf(&daemon, &session, id).await;
+    let headers = [
+        ("cookie", session),
+        ("origin", format!("http://{}", daemon.admin)),
+    ];
+    let refused = send(
+        &daemon,
+        Method::POST,
+        &format!("/ui/webhooks/{other_id}/test"),
+        &headers,
+        format!("csrf={csrf}&event=message_created"),
+    )
+    .await;
+    assert_eq!(refused.status, StatusCode::NOT_FOUND, "{}", refused.body);
+    assert!(receiver.requests("/other").is_empty());
+}
+
 #[tokio::test]
 async fn a_post_without_the_csrf_token_or_from_another_origin_is_refused() {
     let daemon = Daemon::start(Settings::default()).await;
@@ -383,8 +508,7 @@ async fn a_post_without_the_csrf_token_or_from_another_origin_is_refused() {
     let host = daemon.admin.to_string();
     let origin = format!("http://{host}");
 
-    let form = send(&daemon, Method::GET, "/ui/", &[], String::new()).await;
-    assert_eq!(form.status, StatusCode::OK);
+    let (form, sign_in_cookie, sign_in_csrf) = sign_in_form(&daemon).await;
     for (name, expected) in [
         ("content-security-policy", "frame-ancestors 'none'"),
         ("x-content-type-options", "nosniff"),
@@ -398,34 +522,15 @@ async fn a_post_without_the_csrf_token_or_from_another_origin_is_refused() {
         assert!(value.contains(expected), "{name}: {value}");
     }
     assert!(!form.body.contains("<script>") && !form.body.contains("style="));
-    let sign_in_cookie = cookie(&form, "webhookd_sign_in");
-    let sign_in_csrf = csrf_field(&form.body);
     let body = format!("csrf={sign_in_csrf}&token={}", daemon.token);
     let without = format!("token={}", daemon.token);
-    let refused = send(
-        &daemon,
-        Method::POST,
-        "/ui/sign-in",
-        &[
-            ("cookie", sign_in_cookie.clone()),
-            ("origin", origin.clone()),
-        ],
-        without,
-    )
-    .await;
+    let refused = post_sign_in(&daemon, &sign_in_cookie, without).await;
     assert_eq!(
         refused.status,
         StatusCode::FORBIDDEN,
         "sign-in without its CSRF token"
     );
-    let signed_in = send(
-        &daemon,
-        Method::POST,
-        "/ui/sign-in",
-        &[("cookie", sign_in_cookie), ("origin", origin.clone())],
-        body,
-    )
-    .await;
+    let signed_in = post_sign_in(&daemon, &sign_in_cookie, body).await;
     assert_eq!(
         signed_in.status,
         StatusCode::SEE_OTHER,
@@ -446,16 +551,7 @@ async fn a_post_without_the_csrf_token_or_from_another_origin_is_refused() {
     );
     assert!(!set.contains(&daemon.token));
 
-    let page = send(
-        &daemon,
-        Method::GET,
-        &format!("/ui/webhooks/{id}"),
-        &[("cookie", session.clone())],
-        String::new(),
-    )
-    .await;
-    assert_eq!(page.status, StatusCode::OK);
-    let csrf = csrf_field(&page.body);
+    let csrf = webhook_page_csrf(&daemon, &session, id).await;
     let delete = |headers: Vec<(&'static str, String)>, body: String| {
         let daemon = &daemon;
         let path = format!("/ui/webhooks/{id}/delete");
