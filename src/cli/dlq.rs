@@ -191,19 +191,7 @@ async fn dlq_on(
             } else {
                 Action::Replay
             };
-            let entries = dlq::scan(
-                connection,
-                topology,
-                &filter,
-                None,
-                action,
-                false,
-                dlq::PATIENCE,
-            )
-            .await?;
-            for entry in &entries {
-                println!("{}", entry_line(entry));
-            }
+            let entries = scan_and_print(connection, topology, &filter, action).await?;
             for (webhook, why) in &held {
                 println!("left in place: dead letters of webhook {webhook}, which {why}");
             }
@@ -216,19 +204,7 @@ async fn dlq_on(
         DlqCommand::Purge { filter, all, yes } => {
             let filter = selection(filter, all, "purge")?;
             let action = if yes { Action::Purge } else { Action::Look };
-            let entries = dlq::scan(
-                connection,
-                topology,
-                &filter,
-                None,
-                action,
-                false,
-                dlq::PATIENCE,
-            )
-            .await?;
-            for entry in &entries {
-                println!("{}", entry_line(entry));
-            }
+            let entries = scan_and_print(connection, topology, &filter, action).await?;
             if yes {
                 println!("purged {} dead letter(s)", entries.len());
             } else {
@@ -292,6 +268,30 @@ async fn held_back(
 }
 
 /// Replay and purge act on everything only when told `--all`, never by omission.
+/// Replays, purges or only looks at (`action`) the dead letters `filter` selects, printing a
+/// line for each.
+async fn scan_and_print(
+    connection: &Arc<lapin::Connection>,
+    topology: &Topology,
+    filter: &Filter,
+    action: Action,
+) -> anyhow::Result<Vec<Entry>> {
+    let entries = dlq::scan(
+        connection,
+        topology,
+        filter,
+        None,
+        action,
+        false,
+        dlq::PATIENCE,
+    )
+    .await?;
+    for entry in &entries {
+        println!("{}", entry_line(entry));
+    }
+    Ok(entries)
+}
+
 fn selection(filter: FilterArgs, all: bool, verb: &str) -> anyhow::Result<Filter> {
     let filter = filter.into_filter();
     if filter.is_empty() && !all {

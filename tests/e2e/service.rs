@@ -503,25 +503,11 @@ async fn message_stages_add_up_to_the_total_and_hold_the_receiver_s_time_in_resp
     }
     let amqp = broker::connect().await;
     let (timed, untimed): (u32, u32) = (10, 3);
-    for n in 0..timed {
-        broker::publish_event(
-            &amqp,
-            &daemon.names.exchange,
-            "message_created",
-            1,
-            n.into(),
-        )
-        .await;
-    }
-    for n in 0..untimed {
-        broker::publish_event(
-            &amqp,
-            &daemon.names.exchange,
-            "message_created",
-            2,
-            n.into(),
-        )
-        .await;
+    for (account, events) in [(1, timed), (2, untimed)] {
+        for n in 0..events {
+            let exchange = &daemon.names.exchange;
+            broker::publish_event(&amqp, exchange, "message_created", account, n.into()).await;
+        }
     }
     let delivered = f64::from(timed + 2 * untimed);
     eventually(
