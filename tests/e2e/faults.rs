@@ -283,8 +283,12 @@ async fn the_fault_suite_loses_nothing() {
         ));
     }
     hanging.store(false, Ordering::Relaxed);
+    // The faults are over; what is in flight now settles within a few retries (2 s apart at
+    // most). Its own deadline, so a slow machine's waves do not eat the time to settle.
+    let deadline = Instant::now() + SETTLE;
 
-    // Until every pair is accounted for: a 2xx at its receiver or a dead letter.
+    // Until every pair is accounted for: a 2xx at its receiver or a dead letter. Past the
+    // deadline the pairs still missing are traced below, to tell one in flight from one lost.
     let event_of = |body: &[u8]| -> u64 {
         let value: Value = serde_json::from_slice(body).expect("event JSON");
         value["id"].as_u64().expect("event id")
@@ -315,7 +319,7 @@ async fn the_fault_suite_loses_nothing() {
         // The broker's count first: listing the DLQ is only worth it once the numbers add up.
         let letters = u64::from(broker::ready_count(&amqp, &daemon.names.dead_letters).await);
         let (delivered, duplicates) = delivered();
-        if delivered.len() as u64 + letters >= pairs {
+        if delivered.len() as u64 + letters >= pairs || Instant::now() > deadline {
             let dead = daemon.dead_letters().await;
             let mut reasons = BTreeMap::<String, usize>::new();
             let mut parked = HashSet::new();
@@ -345,12 +349,6 @@ async fn the_fault_suite_loses_nothing() {
                 break (delivered, duplicates, parked, reasons, lost);
             }
         }
-        assert!(
-            Instant::now() < deadline,
-            "after {:.1?}: {} pairs delivered and {letters} dead letters, of {pairs}",
-            started.elapsed(),
-            delivered.len(),
-        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
 
@@ -412,6 +410,10 @@ async fn publish_events(url: &str, exchange: &str, events: std::ops::Range<u64>)
     broker::publish_events(&connection, exchange, "message_created", events).await;
     let _ = connection.close(200, ShortString::from("done")).await;
 }
+
+/// How long the fault suite waits, after its last fault, for every pair to be delivered or
+/// dead-lettered.
+const SETTLE: Duration = Duration::from_secs(90);
 
 /// The fault suite's accounts, and which of them event `n` belongs to.
 const ACCOUNTS: u64 = 10;

@@ -223,7 +223,9 @@ impl Receiver {
         };
         let script = self.script.lock().expect("script lock").clone();
         let reply = script(&path, seen);
-        tokio::time::sleep(reply.delay).await;
+        if !reply.delay.is_zero() {
+            tokio::time::sleep(reply.delay).await;
+        }
         self.log.lock().expect("log lock")[index].status = Some(reply.status);
         let mut response = Response::new(Full::new(Bytes::from_static(b"ok")));
         *response.status_mut() = StatusCode::from_u16(reply.status).expect("valid status");
