@@ -150,17 +150,20 @@ impl Timed {
     fn sent(&mut self, sends: &[Send]) {
         let settled = std::time::Instant::now();
         for send in sends {
-            let acked = match *send {
+            match *send {
                 Send::AckUpTo(tag) => {
                     let later = self.waiting.split_off(&(tag + 1));
-                    std::mem::replace(&mut self.waiting, later)
+                    for marks in std::mem::replace(&mut self.waiting, later).values() {
+                        self.metrics.message_timed(marks, settled);
+                    }
                 }
-                Send::AckOne(tag) => self.waiting.remove_entry(&tag).into_iter().collect(),
+                Send::AckOne(tag) => {
+                    if let Some(marks) = self.waiting.remove(&tag) {
+                        self.metrics.message_timed(&marks, settled);
+                    }
+                }
                 // Never timed: only acked messages are.
-                Send::Requeue(_) => BTreeMap::new(),
-            };
-            for marks in acked.values() {
-                self.metrics.message_timed(marks, settled);
+                Send::Requeue(_) => {}
             }
         }
     }
