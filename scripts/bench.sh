@@ -7,7 +7,8 @@
 #   scripts/bench.sh --smoke    every scenario once at small sizes (CI runs the same smoke in
 #                               debug through `cargo test --all-targets`)
 #
-# Other options: --runs N, --out PATH, --log-level LEVEL (webhookd's; default info).
+# Other options: --runs N, --out PATH, --log-level LEVEL (webhookd's; default info),
+# --latency-rate N (events/s in the latency scenario; default 2,000).
 # The broker port is WEBHOOKD_BENCH_BROKER_PORT (default 5680).
 set -euo pipefail
 cd "$(dirname "$0")/.."

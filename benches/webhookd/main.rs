@@ -135,6 +135,8 @@ struct Options {
     runs: Option<usize>,
     out: Option<PathBuf>,
     log_level: String,
+    /// Events per second in the latency scenario, instead of the size's own.
+    latency_rate: Option<u64>,
     /// libtest-style name filters, as `cargo test <filter>` passes them to every target.
     filters: Vec<String>,
 }
@@ -146,6 +148,7 @@ fn options() -> anyhow::Result<Options> {
         runs: None,
         out: None,
         log_level: "info".to_owned(),
+        latency_rate: None,
         filters: Vec::new(),
     };
     let mut args = std::env::args().skip(1);
@@ -156,9 +159,13 @@ fn options() -> anyhow::Result<Options> {
             "--runs" => options.runs = Some(args.next().context("--runs N")?.parse()?),
             "--out" => options.out = Some(args.next().context("--out PATH")?.into()),
             "--log-level" => options.log_level = args.next().context("--log-level LEVEL")?,
+            "--latency-rate" => {
+                options.latency_rate = Some(args.next().context("--latency-rate N")?.parse()?)
+            }
             "--help" | "-h" => {
                 println!(
-                    "usage: scripts/bench.sh [--smoke] [--runs N] [--out PATH] [--log-level LEVEL]"
+                    "usage: scripts/bench.sh [--smoke] [--runs N] [--out PATH] [--log-level LEVEL] \
+                     [--latency-rate N] [SCENARIO…]"
                 );
                 std::process::exit(0);
             }
@@ -192,6 +199,9 @@ async fn main() -> anyhow::Result<()> {
     let mut sizes = if smoke { SMOKE } else { FULL };
     if let Some(runs) = options.runs {
         sizes.runs = runs.max(1);
+    }
+    if let Some(rate) = options.latency_rate {
+        sizes.latency_per_second = rate.max(1);
     }
     let url = std::env::var("WEBHOOKD_BENCH_AMQP_URL")
         .or_else(|_| std::env::var("WEBHOOKD_TEST_AMQP_URL"))
