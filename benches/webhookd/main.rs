@@ -872,6 +872,11 @@ impl Measure<'_> {
             self.figures.extend(beside_the_bridge);
             self.figures
                 .push(Figure::new(label("max"), "ms", millis(1.0)?)?);
+            self.figures.push(Figure::new(
+                format!("receiver connections opened, {of}{kind}, {rate}/s"),
+                "",
+                runs.iter().map(|run| run.connections as f64).collect(),
+            )?);
             if let By::Webhookd = by {
                 breakdown.push((kind, stage_columns(&runs)?));
             }

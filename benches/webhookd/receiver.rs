@@ -34,6 +34,9 @@ pub struct Tally {
     pub count: u64,
     pub first_ns: u64,
     pub last_ns: u64,
+    /// TCP connections accepted: a sender that reuses its keep-alive connections opens about as
+    /// many as it has requests in flight at once, not one per delivery.
+    pub connections: u64,
 }
 
 #[derive(Default)]
@@ -42,6 +45,7 @@ struct State {
     first_ns: AtomicU64,
     last_ns: AtomicU64,
     hung: AtomicU64,
+    connections: AtomicU64,
     /// (sent, latency) of each stamped body, nanoseconds.
     stamped: Mutex<Vec<(u64, u64)>>,
 }
@@ -81,6 +85,7 @@ impl Receiver {
             count: self.state.answered.load(Ordering::Acquire),
             first_ns: self.state.first_ns.load(Ordering::Acquire),
             last_ns: self.state.last_ns.load(Ordering::Acquire),
+            connections: self.state.connections.load(Ordering::Acquire),
         }
     }
 
@@ -114,6 +119,7 @@ async fn serve(listener: TcpListener, state: Arc<State>, stop: CancellationToken
                 Err(_) => continue,
             },
         };
+        state.connections.fetch_add(1, Ordering::AcqRel);
         let _ = stream.set_nodelay(true);
         let (state, stop) = (state.clone(), stop.clone());
         tokio::spawn(async move {

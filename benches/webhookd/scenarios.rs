@@ -168,10 +168,12 @@ pub struct Latencies {
     pub worst_per_second: Vec<u64>,
     /// webhookd's own account of where the time went (none for the bridge).
     pub stages: Option<Breakdown>,
+    /// Connections the receiver accepted during the run.
+    pub connections: u64,
 }
 
 impl Latencies {
-    fn new(stamped: &[(u64, u64)], stages: Option<Breakdown>) -> Latencies {
+    fn new(stamped: &[(u64, u64)], stages: Option<Breakdown>, connections: u64) -> Latencies {
         let start = stamped
             .iter()
             .map(|(sent, _)| *sent)
@@ -189,6 +191,7 @@ impl Latencies {
             all: stamped.iter().map(|(_, latency)| *latency).collect(),
             worst_per_second,
             stages,
+            connections,
         }
     }
 }
@@ -431,7 +434,11 @@ impl Bench {
             "only {} of {count} deliveries carried their stamp",
             stamped.len()
         );
-        Ok(Latencies::new(&stamped, stages))
+        Ok(Latencies::new(
+            &stamped,
+            stages,
+            receiver.tally().connections,
+        ))
     }
 
     /// Deletes `run`'s exchange and queues (see [`amqp::delete`]). RabbitMQ has answered a queue
