@@ -77,7 +77,10 @@ pub(super) async fn deliver<O: Outbox>(
             },
         };
         let next = leg.unless_failing_too_long(next);
-        leg.follow_up(&state, next).await
+        // Boxed: publishing a retry job or a dead letter, or disabling the webhook, takes
+        // futures many times the size of a delivery's, and only a failed attempt needs them.
+        // Inline, they would make every message task that large, to allocate and move.
+        Box::pin(leg.follow_up(&state, next)).await
     };
     turn.instrument(span).await
 }
