@@ -6,9 +6,9 @@
 //!
 //! Memory is fixed per webhook: the last success and failure with their statuses, the failure
 //! streak, and a ring of [`SLOTS`] two-hour slots, each counting successes, failures and a
-//! latency histogram of [`LATENCY_BOUNDS_MS`] buckets. The "24 h" figures read every slot younger than 24 h, so they
-//! cover the last 22 to 24 hours; the percentiles are the upper bound of the bucket they fall in,
-//! which is what a fixed-size histogram can say.
+//! latency histogram of [`LATENCY_BOUNDS_MS`] buckets. The "24 h" figures read every slot younger
+//! than 24 h, so they cover the last 22 to 24 hours; the percentiles are the upper bound of the
+//! bucket they fall in, which is what a fixed-size histogram can say.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
